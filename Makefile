@@ -1,0 +1,24 @@
+# The two commands: `make demo` and `make test`. Both run the idempotent `make setup` first.
+SHELL := /bin/bash
+PY := .venv/bin/python
+
+.PHONY: setup demo test lab-up lab-down clean
+
+setup:
+	@scripts/setup.sh
+
+demo: setup
+	@$(PY) -m medic.demo
+
+test: setup
+	@$(PY) -m pytest $(PYTEST_ARGS)
+
+lab-up: setup
+	@.venv/bin/medic lab up
+
+lab-down: setup
+	@.venv/bin/medic lab down
+
+clean:
+	-@.venv/bin/medic lab down 2>/dev/null
+	rm -rf .lab .venv

@@ -1,0 +1,1 @@
+"""medic: runbook automation for operations teams, built on Prefect."""

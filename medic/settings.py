@@ -1,0 +1,77 @@
+"""The one settings object. Environment variables use the prefix ``MEDIC_``.
+
+Anything left unset that the running lab provides (Prometheus, Alertmanager, Prefect, inventory,
+SSH key, known_hosts) is taken from the lab's state file, so on a machine with `medic lab up` no
+configuration is needed. Secrets are ``SecretStr``: they never appear in a repr, a log or an artifact.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from medic.lab.state import LabState
+from medic.paths import DEFAULT_LAB_DIR, PLAYBOOKS_DIR, RUNBOOKS_DIR
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MEDIC_", extra="ignore")
+
+    lab_dir: Path = Field(DEFAULT_LAB_DIR, description="where the ops lab keeps all its state")
+    lab_base_port: int = Field(19000, description="the lab's ports are derived from this one")
+
+    runbooks_dir: Path = RUNBOOKS_DIR
+    playbooks_dir: Path = PLAYBOOKS_DIR
+    inventory: Path | None = Field(None, description="Ansible inventory (YAML); default: the lab's")
+    ssh_key: Path | None = Field(None, description="private key for SSH and Ansible; default: the lab's")
+    known_hosts: Path | None = Field(None, description="known_hosts for host-key checking; default: the lab's")
+    prometheus_url: str | None = None
+    alertmanager_url: str | None = None
+    prefect_api_url: str | None = None
+    prefect_ui_url: str | None = None
+
+    ssh_connect_timeout: float = 5.0
+    ssh_command_timeout: float = 30.0
+    ssh_max_parallel: int = 64
+    ssh_max_per_host: int = 4
+    prometheus_timeout: float = 5.0
+
+    slack_bot_token: SecretStr | None = None
+    slack_signing_secret: SecretStr | None = None
+    slack_app_token: SecretStr | None = None
+    slack_channel: str | None = None
+    slack_escalation_channel: str | None = None
+    slack_api_url: str = "https://slack.com/api/"
+    slack_socket_mode: bool = False
+
+    server_host: str = "127.0.0.1"
+    server_port: int = 8787
+    state_dir: Path | None = Field(None, description="audit log and server state; default: <lab_dir>/medic")
+
+    @model_validator(mode="after")
+    def _fill_from_lab(self) -> "Settings":
+        lab = LabState.load(self.lab_dir)
+        if lab is not None:
+            self.inventory = self.inventory or lab.inventory
+            self.ssh_key = self.ssh_key or lab.ssh_key
+            self.known_hosts = self.known_hosts or lab.known_hosts
+            self.prometheus_url = self.prometheus_url or lab.prometheus_url
+            self.alertmanager_url = self.alertmanager_url or lab.alertmanager_url
+            self.prefect_api_url = self.prefect_api_url or lab.prefect_api_url
+        if self.state_dir is None:
+            self.state_dir = self.lab_dir / "medic"
+        if self.prefect_ui_url is None and self.prefect_api_url:
+            self.prefect_ui_url = self.prefect_api_url.removesuffix("/api")
+        return self
+
+    def lab(self) -> LabState | None:
+        return LabState.load(self.lab_dir)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (read once)."""
+    return Settings()
