@@ -65,6 +65,7 @@ class LabState(BaseModel):
     hosts: list[LabHost]
     webhook_url: str
     started_at: datetime
+    with_prefect: bool = True
 
     @property
     def prometheus_url(self) -> str:

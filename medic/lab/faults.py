@@ -1,0 +1,126 @@
+"""Faults the lab can inject into a host, and their fixes. Each one makes its alert fire for real.
+
+- ``service-down``: SIGKILL the demo service (a crash: the pidfile stays behind, stale).
+- ``disk-full``: old junk files in the host's data/cache dir push usage past 90 % of capacity.
+- ``slow``: SIGUSR1 puts the service in a degraded state; every request takes 0.6 s until a restart.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+
+from medic.errors import LabError
+from medic.lab.hosts import DATA_CAPACITY_BYTES, ensure_user
+from medic.lab.state import LabHost, LabState
+
+JUNK_PREFIX = "junk-"
+JUNK_AGE_SECONDS = 3 * 24 * 3600
+
+
+def _service_pid(host: LabHost) -> int | None:
+    try:
+        pid = int((host.root / "run" / "web.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    return pid
+
+
+def _require_pid(host: LabHost) -> int:
+    pid = _service_pid(host)
+    if pid is None:
+        raise LabError(f"the web service of {host.name} is not running; `medic lab fix service-down {host.name}` first")
+    return pid
+
+
+def _kill_service(host: LabHost, lab: LabState) -> str:
+    pid = _service_pid(host)
+    if pid is None:
+        return f"web service of {host.name} was already down"
+    os.kill(pid, signal.SIGKILL)
+    return f"killed the web service of {host.name} (pid {pid})"
+
+
+def _start_service(host: LabHost, lab: LabState) -> str:
+    from medic.lab.control import start_service
+
+    if _service_pid(host) is not None:
+        return f"web service of {host.name} is already running"
+    start_service(host, lab.lab_dir)
+    return f"started the web service of {host.name}"
+
+
+def _fill_disk(host: LabHost, lab: LabState) -> str:
+    cache = host.data_dir / "cache"
+    account = ensure_user(host.user)
+    target = int(DATA_CAPACITY_BYTES * 0.95)
+    used = sum(f.stat().st_size for f in host.data_dir.rglob("*") if f.is_file())
+    chunk = 2 * 1024 * 1024
+    old = time.time() - JUNK_AGE_SECONDS
+    n = 0
+    block = os.urandom(chunk)
+    while used < target:
+        n += 1
+        path = cache / f"{JUNK_PREFIX}{n:04d}.tmp"
+        while path.exists():
+            n += 1
+            path = cache / f"{JUNK_PREFIX}{n:04d}.tmp"
+        path.write_bytes(block)
+        os.chown(path, account.pw_uid, account.pw_gid)
+        os.utime(path, (old, old))
+        used += chunk
+    return f"filled {host.name}'s data dir to {used / DATA_CAPACITY_BYTES:.0%} with {n} junk files in {cache}"
+
+
+def _clean_disk(host: LabHost, lab: LabState) -> str:
+    removed = 0
+    for f in (host.data_dir / "cache").glob(f"{JUNK_PREFIX}*.tmp"):
+        f.unlink()
+        removed += 1
+    return f"removed {removed} junk files from {host.name}"
+
+
+def _make_slow(host: LabHost, lab: LabState) -> str:
+    os.kill(_require_pid(host), signal.SIGUSR1)
+    return f"the web service of {host.name} now answers in 0.6 s (degraded until restarted)"
+
+
+def _make_fast(host: LabHost, lab: LabState) -> str:
+    pid = _service_pid(host)
+    if pid is None:
+        return f"web service of {host.name} is not running; nothing to fix"
+    os.kill(pid, signal.SIGUSR2)
+    return f"the web service of {host.name} answers normally again"
+
+
+Action = Callable[[LabHost, LabState], str]
+FAULTS: dict[str, tuple[Action, Action]] = {
+    "service-down": (_kill_service, _start_service),
+    "disk-full": (_fill_disk, _clean_disk),
+    "slow": (_make_slow, _make_fast),
+}
+
+
+def _resolve(lab: LabState, fault: str, host_name: str) -> tuple[tuple[Action, Action], LabHost]:
+    if fault not in FAULTS:
+        raise LabError(f"unknown fault {fault!r} (known: {', '.join(FAULTS)})")
+    host = lab.host(host_name)
+    if host is None:
+        raise LabError(f"unknown host {host_name!r} (lab hosts: {', '.join(h.name for h in lab.hosts)})")
+    return FAULTS[fault], host
+
+
+def break_host(lab: LabState, fault: str, host_name: str) -> str:
+    (inject, _), host = _resolve(lab, fault, host_name)
+    return inject(host, lab)
+
+
+def fix_host(lab: LabState, fault: str, host_name: str) -> str:
+    (_, repair), host = _resolve(lab, fault, host_name)
+    return repair(host, lab)

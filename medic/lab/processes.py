@@ -1,0 +1,142 @@
+"""Start lab daemons detached, and find every one of them again to stop them.
+
+Every process the lab starts carries the environment marker ``MEDIC_LAB_OWNER=<lab dir>``; processes
+started on a host over SSH (which resets the environment) run as a lab user with the lab dir in
+their command line. `down` scans /proc for both, so it leaves nothing behind even when `up` crashed
+before it could record a pid.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from pydantic import BaseModel
+
+LAB_MARK_ENV = "MEDIC_LAB_OWNER"
+LAB_USER_PREFIX = "mlab-"
+
+
+class LabProcess(BaseModel):
+    pid: int
+    user: str
+    command: str
+
+
+def spawn(
+    name: str,
+    argv: list[str],
+    *,
+    lab_dir: Path,
+    env: dict[str, str] | None = None,
+    user: str | None = None,
+    cwd: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start a daemon in its own session, output to ``<lab>/logs/<name>.log``, pid recorded."""
+    logs = lab_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    full_env = {**os.environ, **(env or {}), LAB_MARK_ENV: str(lab_dir)}
+    with open(logs / f"{name}.log", "ab") as log:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=full_env,
+            cwd=cwd,
+            user=user,
+            group=pwd.getpwnam(user).pw_gid if user else None,
+            extra_groups=[] if user else None,
+        )
+    pids = lab_dir / "pids"
+    pids.mkdir(exist_ok=True)
+    (pids / f"{name}.pid").write_text(str(proc.pid))
+    return proc
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def _ancestors() -> set[int]:
+    """This process and its parents: never kill the caller."""
+    seen, pid = set(), os.getpid()
+    while pid > 1 and pid not in seen:
+        seen.add(pid)
+        stat = _read(f"/proc/{pid}/stat").rsplit(b")", 1)
+        pid = int(stat[1].split()[1]) if len(stat) == 2 else 0
+    return seen
+
+
+def find_lab_processes(lab_dir: Path) -> list[LabProcess]:
+    """Every live process that belongs to this lab (see module docstring for the rule)."""
+    mark = f"{LAB_MARK_ENV}={lab_dir}".encode()
+    lab_arg = str(lab_dir).encode()
+    skip = _ancestors()
+    found: list[LabProcess] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in skip:
+            continue
+        pid = int(entry)
+        cmdline = _read(f"/proc/{pid}/cmdline")
+        if not cmdline:
+            continue  # kernel thread or already gone
+        args = cmdline.split(b"\0")
+        names_lab = any(a == lab_arg or a.startswith(lab_arg + b"/") or (b"=" + lab_arg + b"/") in a for a in args)
+        try:
+            uid = os.stat(f"/proc/{pid}").st_uid
+            user = pwd.getpwuid(uid).pw_name
+        except (OSError, KeyError):
+            continue
+        marked = mark in _read(f"/proc/{pid}/environ").split(b"\0")
+        comm = _read(f"/proc/{pid}/comm").strip()
+        ours = marked or (names_lab and (user.startswith(LAB_USER_PREFIX) or comm in (b"ssh", b"sshd")))
+        if ours:
+            found.append(LabProcess(pid=pid, user=user, command=b" ".join(args).decode(errors="replace")[:200]))
+    return found
+
+
+def stop_lab_processes(lab_dir: Path, *, grace: float = 3.0) -> int:
+    """SIGTERM every lab process, SIGKILL what is left after ``grace`` seconds. Returns how many."""
+    procs = find_lab_processes(lab_dir)
+    for p in procs:
+        _signal(p.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if not any(_alive(p.pid) for p in procs):
+            break
+        time.sleep(0.05)
+    for p in find_lab_processes(lab_dir):
+        _signal(p.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline and find_lab_processes(lab_dir):
+        time.sleep(0.05)
+    shutil_pids = lab_dir / "pids"
+    if shutil_pids.is_dir():
+        for f in shutil_pids.iterdir():
+            f.unlink(missing_ok=True)
+    return len(procs)
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _alive(pid: int) -> bool:
+    stat = _read(f"/proc/{pid}/stat")
+    if not stat:
+        return False
+    state = stat.rsplit(b")", 1)[1].split()[0]
+    return state != b"Z"
