@@ -1,0 +1,45 @@
+"""Test session set-up: one real ops lab for the whole session, always stopped at the end.
+
+The lab lives in a fresh directory under /tmp (lab users must be able to traverse it) on its own
+base port (MEDIC_TEST_LAB_BASE_PORT, default 21000), so it never collides with a developer's lab.
+Every medic component in the tests finds it through the settings, exactly as in production.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from medic.lab import control
+from medic.lab.state import LabState
+from medic.settings import get_settings
+
+TEST_HOSTS = 6
+
+
+def _point_settings_at(lab_dir: Path, base_port: int) -> None:
+    os.environ["MEDIC_LAB_DIR"] = str(lab_dir)
+    os.environ["MEDIC_LAB_BASE_PORT"] = str(base_port)
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[LabState]:
+    """The running lab (Prometheus, Alertmanager, Prefect, TEST_HOSTS web hosts)."""
+    base_port = int(os.environ.get("MEDIC_TEST_LAB_BASE_PORT", "21000"))
+    lab_dir = Path(tempfile.mkdtemp(prefix="medic-test-lab-", dir="/tmp"))
+    lab_dir.chmod(0o755)
+    _point_settings_at(lab_dir, base_port)
+    try:
+        state = control.up(lab_dir, hosts=TEST_HOSTS, base_port=base_port,
+                           webhook_url="http://127.0.0.1:9/unused", with_prefect=True)
+        os.environ["PREFECT_API_URL"] = state.prefect_api_url
+        yield state
+    finally:
+        control.down(lab_dir)
+        shutil.rmtree(lab_dir, ignore_errors=True)
