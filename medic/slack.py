@@ -19,7 +19,7 @@ import json
 import logging
 import random
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.error import URLError
 from urllib.parse import parse_qs
 
@@ -36,9 +36,18 @@ from slack_sdk.http_retry.builtin_interval_calculators import BackoffRetryInterv
 from slack_sdk.http_retry.jitter import Jitter
 from slack_sdk.signature import Clock, SignatureVerifier
 
-from medic.approval_card import ApprovalCard, Decision, approval_card_blocks, clip, decided_card_blocks
+from medic.approval_card import (
+    ApprovalCard,
+    Decision,
+    approval_card_blocks,
+    clip,
+    decided_card_blocks,
+    escape,
+)
 from medic.errors import ConfigError, SlackError
-from medic.settings import Settings
+
+if TYPE_CHECKING:
+    from medic.settings import Settings
 
 __all__ = [
     "ApprovalCard",
@@ -164,8 +173,8 @@ class IncidentThread:
         self.ts: str | None = None
 
     def open(self, title: str, evidence_text: str) -> str | None:
-        """Post the parent message and remember its ts for the replies."""
-        self.ts = self.notifier.post(self.channel, f"*{title}*\n{evidence_text}")
+        """Post the parent message and remember its ts for the replies (text escaped: no stray pings)."""
+        self.ts = self.notifier.post(self.channel, f"*{escape(title)}*\n{escape(evidence_text)}")
         return self.ts
 
     def say(self, text: str, *, blocks: list[dict] | None = None) -> str | None:

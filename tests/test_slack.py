@@ -8,7 +8,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from slack_sdk.models.blocks import Block
+import httpx
 
 from medic.errors import ApprovalError, ConfigError, SlackError
 from medic.slack import (
@@ -23,7 +23,7 @@ from medic.slack import (
     verify_and_parse,
 )
 from medic.settings import Settings
-from tests.fakes.slack_api import FakeSlack, fake_slack  # noqa: F401 (fixture)
+from tests.fakes.slack_api import FakeSlack, block_kit_errors, fake_slack  # noqa: F401 (fixture)
 from tests.fakes.slack_signing import (
     SIGNING_SECRET,
     block_action_payload,
@@ -62,11 +62,7 @@ def texts(blocks: list[dict]) -> str:
 
 
 def assert_valid_block_kit(blocks: list[dict]) -> None:
-    """Slack's own models parse and re-serialize every block, checking the documented limits."""
-    for raw in blocks:
-        block = Block.parse(raw)
-        assert block is not None, raw
-        assert block.to_dict() == raw
+    assert block_kit_errors(blocks) is None
 
 
 # --- the notifier against the fake -----------------------------------------------------------------
@@ -176,16 +172,32 @@ def test_blocks_over_slack_limits_are_refused_by_the_fake(fake_slack: FakeSlack)
     assert fake_slack.calls()[0].response["error"] == "invalid_blocks"
 
 
+def test_fake_speaks_form_encoding_and_checks_the_bearer_token(fake_slack: FakeSlack) -> None:
+    blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": "*hi*"}}]
+    form = {"channel": "C0OPS0001", "text": "hi", "blocks": json.dumps(blocks)}
+    auth = {"Authorization": f"Bearer {fake_slack.token}"}
+
+    posted = httpx.post(fake_slack.base_url + "chat.postMessage", data=form, headers=auth, trust_env=False)
+    who = httpx.post(fake_slack.base_url + "auth.test", data={}, headers=auth, trust_env=False)
+    anonymous = httpx.post(fake_slack.base_url + "auth.test", data={}, trust_env=False)
+
+    assert posted.json()["message"]["blocks"] == blocks
+    assert fake_slack.calls("chat.postMessage")[0].args["blocks"] == blocks
+    assert who.json()["ok"] is True and who.json()["user_id"]
+    assert anonymous.json() == {"ok": False, "error": "invalid_auth"}
+
+
 def test_incident_thread_replies_under_the_parent(fake_slack: FakeSlack) -> None:
     thread = IncidentThread(notifier_for(fake_slack), "C0OPS0001")
 
-    parent = thread.open("nginx down on web-2", "up == 0 for 2m")
+    parent = thread.open("nginx down on web-2", "up == 0 for 2m <!channel>")
     stages = ["Diagnosis: nginx inactive", "Waiting for approval", "Playbook ok: changed=1", "Verified: up 1"]
     replies = [thread.say(text) for text in stages]
 
     posts = fake_slack.calls("chat.postMessage")
     assert parent is not None and None not in replies
-    assert "nginx down on web-2" in posts[0].args["text"] and "thread_ts" not in posts[0].args
+    assert posts[0].args["text"] == "*nginx down on web-2*\nup == 0 for 2m &lt;!channel&gt;"
+    assert "thread_ts" not in posts[0].args
     assert [c.args["text"] for c in posts[1:]] == stages
     assert {c.args["thread_ts"] for c in posts[1:]} == {parent}
 

@@ -188,7 +188,7 @@ def _answer(state: _State, method: str, args: dict[str, Any]) -> tuple[int, dict
         return 200, {"ok": False, "error": "channel_not_found"}
     if not args.get("text") and not args.get("blocks"):
         return 200, {"ok": False, "error": "no_text"}
-    if error := _invalid_blocks(args.get("blocks")):
+    if error := block_kit_errors(args.get("blocks")):
         return 200, {"ok": False, "error": "invalid_blocks", "errors": [error]}
     if method == "chat.postEphemeral":
         if not args.get("user"):
@@ -208,7 +208,8 @@ def _answer(state: _State, method: str, args: dict[str, Any]) -> tuple[int, dict
     return 200, {"ok": True, "channel": channel, "ts": ts, "message": dict(message)}
 
 
-def _invalid_blocks(blocks: Any) -> str | None:
+def block_kit_errors(blocks: Any) -> str | None:
+    """Why Slack would answer ``invalid_blocks`` (slack_sdk's Block Kit models check the limits), or None."""
     if blocks is None:
         return None
     if not isinstance(blocks, list) or len(blocks) > _MAX_BLOCKS:
