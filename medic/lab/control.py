@@ -306,7 +306,9 @@ def _http_ok(url: str) -> bool:
 
 def status(lab_dir: Path) -> list[ComponentStatus]:
     lab = require_lab(lab_dir)
-XX, lab.prometheus_url, lambda: (_http_ok(f"{lab.prometheus_url}/-/ready"), "")),
+    checks: list[tuple[str, str, Callable[[], tuple[bool, str]]]] = [
+        ("prefect", lab.prefect_api_url, lambda: (_http_ok(f"{lab.prefect_api_url}/health"), "")),
+        ("prometheus", lab.prometheus_url, lambda: (_http_ok(f"{lab.prometheus_url}/-/ready"), "")),
         ("alertmanager", lab.alertmanager_url, lambda: (_http_ok(f"{lab.alertmanager_url}/-/ready"),
                                                         f"webhook → {lab.webhook_url}")),
         ("node-exporter", lab.node_exporter_url, lambda: (_http_ok(f"{lab.node_exporter_url}/metrics"), "")),
