@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import signal
 import subprocess
 import time
@@ -80,7 +81,9 @@ def _ancestors() -> set[int]:
 def find_lab_processes(lab_dir: Path) -> list[LabProcess]:
     """Every live process that belongs to this lab (see module docstring for the rule)."""
     mark = f"{LAB_MARK_ENV}={lab_dir}".encode()
-    lab_arg = str(lab_dir).encode()
+    # sshd and ssh's ControlMaster rewrite their argv into one title ("sshd: /usr/sbin/sshd -f
+    # <lab>/hosts/... [listener]") and lose their environment, so match the path anywhere in it.
+    names_lab_dir = re.compile(rb"(^|[\s=:])" + re.escape(str(lab_dir).encode()) + rb"(/|\s|$)")
     skip = _ancestors()
     found: list[LabProcess] = []
     for entry in os.listdir("/proc"):
@@ -91,7 +94,7 @@ def find_lab_processes(lab_dir: Path) -> list[LabProcess]:
         if not cmdline:
             continue  # kernel thread or already gone
         args = cmdline.split(b"\0")
-        names_lab = any(a == lab_arg or a.startswith(lab_arg + b"/") or (b"=" + lab_arg + b"/") in a for a in args)
+        names_lab = names_lab_dir.search(b" ".join(args)) is not None
         try:
             uid = os.stat(f"/proc/{pid}").st_uid
             user = pwd.getpwuid(uid).pw_name
