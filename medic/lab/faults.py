@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from medic.errors import LabError
 from medic.lab.hosts import DATA_CAPACITY_BYTES, ensure_user
+from medic.lab.processes import alive
 from medic.lab.state import LabHost, LabState
 
 JUNK_PREFIX = "junk-"
@@ -25,11 +26,7 @@ def _service_pid(host: LabHost) -> int | None:
         pid = int((host.root / "run" / "web.pid").read_text().strip())
     except (OSError, ValueError):
         return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    return pid
+    return pid if alive(pid) else None
 
 
 def _require_pid(host: LabHost) -> int:

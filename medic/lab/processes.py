@@ -115,7 +115,7 @@ def stop_lab_processes(lab_dir: Path, *, grace: float = 3.0) -> int:
         _signal(p.pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
-        if not any(_alive(p.pid) for p in procs):
+        if not any(alive(p.pid) for p in procs):
             break
         time.sleep(0.05)
     for p in find_lab_processes(lab_dir):
@@ -137,7 +137,8 @@ def _signal(pid: int, sig: signal.Signals) -> None:
         pass
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Alive and not a zombie (a killed process can stay a zombie until init reaps it)."""
     stat = _read(f"/proc/{pid}/stat")
     if not stat:
         return False
