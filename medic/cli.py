@@ -107,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = lab.add_parser("webhook", help="point Alertmanager at another webhook URL")
     p.add_argument("url")
     p.set_defaults(handler=cmd_lab_webhook)
+
+    from medic.cli_run import add_commands
+
+    add_commands(sub)
     return parser
 
 

@@ -231,8 +231,11 @@ async def run_flow_now(
         else:
             state = await asyncio.to_thread(_copy_context_run(run_sync))
     result: Any = None
-    if state.is_completed():
+    if state.is_completed() or state.is_failed():
+        # A flow may end Failed *with* a result (medic's report of what went wrong); keep it.
         result = await state.result(raise_on_failure=False)
+        if isinstance(result, BaseException):
+            result = None
     return FlowRunOutcome(
         flow_run_id=flow_run.id,
         flow_run_name=flow_run.name,

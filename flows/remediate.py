@@ -1,0 +1,183 @@
+"""The generic remediation flow: detect → diagnose → [approve] → recover → verify → report.
+
+One flow executes any runbook spec. Each stage is a Prefect task, so the UI shows the procedure
+step by step; the diagnosis and the incident report are markdown artifacts; and the flow's final
+state (Completed/Failed, named after the outcome) says the same thing as the report.
+"""
+
+from __future__ import annotations
+
+import re
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.context import get_run_context
+from prefect.states import Completed, Failed, State
+
+from medic.inventory import Host, load_inventory
+from medic.progress import Timeline
+from medic.prometheus import PrometheusClient
+from medic.report import (
+    ApprovalRecord,
+    CheckResult,
+    Diagnosis,
+    Outcome,
+    RecoveryResult,
+    RemediationReport,
+    render_diagnosis,
+    utcnow,
+)
+from medic.runbook import find_runbook
+from medic.settings import get_settings
+from medic.ssh import SSHSession
+from medic import stages
+
+STAGE = dict(cache_policy=NO_CACHE, persist_result=False)
+
+
+@task(name="detect", retries=2, retry_delay_seconds=1, timeout_seconds=120, **STAGE)
+def detect_task(plan: stages.Plan, prom: PrometheusClient) -> CheckResult:
+    return stages.detect(plan, prom)
+
+
+@task(name="diagnose", timeout_seconds=120, **STAGE)
+def diagnose_task(plan: stages.Plan, hosts: list[Host], ssh: SSHSession, prom: PrometheusClient) -> Diagnosis:
+    return stages.diagnose(plan, hosts, ssh, prom)
+
+
+@task(name="recover", timeout_seconds=900, **STAGE)  # no retries: a failed repair is reported, not repeated
+def recover_task(plan: stages.Plan, hosts: list[Host], dry_run: bool, ssh: SSHSession) -> RecoveryResult:
+    settings = get_settings()
+    return stages.recover(plan, hosts, dry_run=dry_run, ssh=ssh, playbooks_dir=settings.playbooks_dir,
+                          inventory=load_inventory())
+
+
+@task(name="verify", retries=1, retry_delay_seconds=1, timeout_seconds=900, **STAGE)
+def verify_task(plan: stages.Plan, hosts: list[Host], prom: PrometheusClient) -> CheckResult:
+    return stages.verify(plan, hosts, prom)
+
+
+def _artifact_key(*parts: str) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")[:100]
+
+
+def _values(check: CheckResult, hosts: list[str]) -> str:
+    shown = [f"{v.host}={'no data' if v.value is None else f'{v.value:.3g}'}" for v in check.values if v.host in hosts]
+    return ", ".join(shown[:8]) + (" …" if len(shown) > 8 else "")
+
+
+def _summary(outcome: Outcome, hosts: list[str], recovery: RecoveryResult | None, verify: CheckResult | None,
+             approval: ApprovalRecord | None, detail: str) -> str:
+    names = ", ".join(hosts) or "no host"
+    if outcome is Outcome.NOT_NEEDED:
+        return f"Nothing to do: the condition does not hold on any target ({detail})."
+    if outcome is Outcome.DRY_RUN:
+        planned = ", ".join(f"{h.host}: {h.status}" for h in recovery.hosts) if recovery else "—"
+        return f"Dry run on {names}: {recovery.action if recovery else ''} — {planned}. Nothing was changed."
+    if outcome is Outcome.RECOVERED:
+        return f"Recovered {names}: {detail}."
+    if outcome is Outcome.NOT_RECOVERED:
+        return f"Not recovered: the action ran on {names} but verify did not pass within {verify.waited_s:.0f} s ({detail})." if verify else detail
+    if outcome in (Outcome.REJECTED, Outcome.APPROVAL_TIMED_OUT):
+        who = f" by {', '.join(approval.approvers)}" if approval and approval.approvers else ""
+        return f"Nothing was changed: approval {outcome.value}{who}" + (f" ({approval.comment})" if approval and approval.comment else "") + "."
+    return f"Failed: {detail}"
+
+
+@flow(name="remediate", flow_run_name="{runbook} on {target}", persist_result=False, log_prints=False)
+async def remediate(
+    runbook: str,
+    target: str | None = None,
+    dry_run: bool = False,
+    reason: str = "manual run",
+    require_approval: bool = False,
+) -> State:
+    """Run one runbook against one inventory target: detect, diagnose, approve if needed, recover, verify.
+
+    Args:
+        runbook: Name of the runbook (a file in runbooks/, e.g. service-down).
+        target: Inventory host or group to act on; empty uses the runbook's default target.
+        dry_run: Detect and diagnose for real, run the recovery in check mode, change nothing.
+        reason: Why this run started (manual run, alert fingerprint, schedule) — shown in the report.
+        require_approval: Ask a human even if the runbook's policy is 'none' (the flap guard sets this).
+    """
+    logger = get_run_logger()
+    settings = get_settings()
+    started = utcnow()
+    timeline = Timeline()
+    run_id = str(get_run_context().flow_run.id)
+    spec = find_runbook(runbook, settings.runbooks_dir)
+    plan = stages.plan(spec, target, load_inventory())
+    hosts_by_name = {h.name: h for h in plan.hosts}
+    timeline.note("start", f"{spec.name} on {plan.target} ({len(plan.hosts)} host(s)){' — dry run' if dry_run else ''}; {reason}")
+
+    detect = diagnosis = recovery = verify = approval = None
+    affected: list[str] = []
+    outcome, detail = Outcome.FAILED, ""
+    with PrometheusClient(settings.prometheus_url) as prom, SSHSession() as ssh:
+        timeline.announce("detect", f"checking {spec.detect.query} {spec.detect.condition}")
+        detect = detect_task(plan, prom)
+        affected = detect.matching
+        if not affected:
+            outcome, detail = Outcome.NOT_NEEDED, f"{spec.detect.query} {spec.detect.condition}: {_values(detect, list(hosts_by_name))}"
+            timeline.note("detect", f"healthy — {detail}")
+        else:
+            timeline.note("detect", f"confirmed on {', '.join(affected)}: {_values(detect, affected)} "
+                                    f"(condition {spec.detect.condition} held ≥ {spec.detect.hold:g} s)")
+            targets = [hosts_by_name[n] for n in affected]
+            timeline.announce("diagnose", f"gathering evidence from {', '.join(affected)}")
+            diagnosis = diagnose_task(plan, targets, ssh, prom)
+            failed_cmds = sum(1 for c in diagnosis.commands if not c.result.ok)
+            timeline.note("diagnose", f"{len(diagnosis.commands)} command result(s), {len(diagnosis.queries)} query(ies)"
+                                      + (f", {failed_cmds} command(s) failed" if failed_cmds else ""))
+            await create_markdown_artifact(key=_artifact_key("diagnosis", spec.name, plan.target),
+                                           markdown=render_diagnosis(diagnosis), description=f"{spec.name} diagnosis")
+            unreachable = diagnosis.unreachable()
+            if unreachable and len(unreachable) == len(targets):
+                outcome, detail = Outcome.FAILED, f"unreachable over SSH: {', '.join(unreachable)} — nothing was changed"
+                timeline.note("diagnose", detail)
+            else:
+                # ---- APPROVAL POINT: the human decision plugs in here (policy `required`) ----
+                from medic.approval import approval_step
+
+                approval = await approval_step(plan=plan, targets=targets, detect=detect, diagnosis=diagnosis,
+                                               dry_run=dry_run, forced=require_approval, flow_run_id=run_id,
+                                               timeline=timeline)
+                if approval.decision in ("rejected", "timed out"):
+                    outcome = Outcome.REJECTED if approval.decision == "rejected" else Outcome.APPROVAL_TIMED_OUT
+                else:
+                    timeline.announce("recover", f"{spec.recover.description} on {', '.join(affected)}"
+                                                 + (" in check mode" if dry_run else ""))
+                    recovery = recover_task(plan, targets, dry_run, ssh)
+                    results = ", ".join(f"{h.host}: {h.status}" for h in recovery.hosts)
+                    timeline.note("recover", f"{recovery.action}{' (check mode)' if dry_run else ''} — {results}")
+                    if dry_run:
+                        outcome = Outcome.DRY_RUN
+                    elif recovery.errors:
+                        bad = [h for h in recovery.hosts if h.failed]
+                        outcome, detail = Outcome.FAILED, "; ".join(f"{h.host} {h.status}: {h.detail}" for h in bad)
+                    else:
+                        timeline.announce("verify", f"waiting up to {spec.verify.timeout:g} s for "
+                                                    f"{spec.verify.query} {spec.verify.condition}")
+                        verify = verify_task(plan, targets, prom)
+                        if verify.timed_out:
+                            outcome, detail = Outcome.NOT_RECOVERED, _values(verify, affected)
+                        else:
+                            outcome, detail = Outcome.RECOVERED, f"{spec.verify.query} {spec.verify.condition}: {_values(verify, affected)}"
+                        timeline.note("verify", f"{'healthy' if not verify.timed_out else 'still unhealthy'} after "
+                                                f"{verify.waited_s:.1f} s — {_values(verify, affected)}")
+
+    report = RemediationReport(
+        runbook=spec.name, target=plan.target, hosts=affected, reason=reason, dry_run=dry_run, outcome=outcome,
+        summary=_summary(outcome, affected, recovery, verify, approval, detail), started_at=started,
+        finished_at=utcnow(), flow_run_id=run_id, detect=detect, diagnosis=diagnosis, approval=approval,
+        recovery=recovery, verify=verify, timeline=timeline.entries,
+    )
+    timeline.note("report", f"{outcome.value}: {report.summary}")
+    report.timeline = timeline.entries
+    await create_markdown_artifact(key=_artifact_key("incident", spec.name, plan.target), markdown=report.to_markdown(),
+                                   description=f"{spec.name} on {plan.target}: {outcome.value}")
+    logger.info("%s", report.summary)
+    state_cls = Completed if outcome.success else Failed
+    return state_cls(message=report.summary, name=outcome.state_name, data=report)
