@@ -58,32 +58,51 @@ class Inventory(BaseModel):
             raise InventoryError(f"inventory {path} is not valid YAML: {exc}") from exc
         if not isinstance(data, dict):
             raise InventoryError(f"inventory {path}: expected a YAML mapping of groups (Ansible YAML inventory)")
-        host_vars: dict[str, dict[str, Any]] = {}
+        group_vars: dict[str, dict[str, Any]] = {}  # each group's own vars
+        depth: dict[str, int] = {}  # how far below `all`; deeper groups' vars win, as in Ansible
+        own_vars: dict[str, dict[str, Any]] = {}  # each host's own vars, which beat any group's
         host_groups: dict[str, list[str]] = {}
         groups: dict[str, list[str]] = {}
 
-        def walk(group: str, body: Any, inherited: dict[str, Any], lineage: list[str]) -> None:
-            body = body or {}
-            if not isinstance(body, dict):
-                raise InventoryError(f"inventory {path}: group {group!r} must be a mapping")
-            merged = {**inherited, **(body.get("vars") or {})}
-            members = groups.setdefault(group, [])
-            for name, hvars in (body.get("hosts") or {}).items():
+        def mapping(value: Any, what: str) -> dict[Any, Any]:
+            if value is None:
+                return {}
+            if not isinstance(value, dict):
+                raise InventoryError(
+                    f"inventory {path}: {what} must be a mapping, not {type(value).__name__}")
+            return value
+
+        def walk(group: str, body: Any, lineage: list[str]) -> None:
+            body = mapping(body, f"group {group!r}")
+            own = mapping(body.get("vars"), f"vars of group {group!r}")
+            group_vars[group] = {**group_vars.get(group, {}), **own}
+            depth[group] = max(depth.get(group, 0), len(lineage))
+            groups.setdefault(group, [])
+            for name, hvars in mapping(body.get("hosts"), f"hosts of group {group!r}").items():
                 check_name(str(name), what=f"inventory host in {path}")
-                host_vars[name] = {**host_vars.get(name, {}), **merged, **(hvars or {})}
+                own_vars[name] = {**own_vars.get(name, {}), **mapping(hvars, f"host {name!r}")}
                 host_groups.setdefault(name, [])
                 for g in [*lineage, group]:
                     if g not in host_groups[name]:
                         host_groups[name].append(g)
                     if name not in groups.setdefault(g, []):
                         groups[g].append(name)
-            for child, child_body in (body.get("children") or {}).items():
+            for child, child_body in mapping(body.get("children"), f"children of group {group!r}").items():
                 check_name(str(child), what=f"inventory group in {path}")
-                walk(child, child_body, merged, [*lineage, group])
-            del members
+                walk(child, child_body, [*lineage, group])
 
+        # As in Ansible, every group is below `all`, whether or not the file nests it there.
+        walk("all", data.get("all"), [])
         for top, body in data.items():
-            walk(top, body, {}, [])
+            if top != "all":
+                check_name(str(top), what=f"inventory group in {path}")
+                walk(top, body, ["all"])
+        host_vars: dict[str, dict[str, Any]] = {}
+        for name, own in own_vars.items():
+            merged: dict[str, Any] = {}
+            for g in sorted(host_groups[name], key=lambda g: (depth[g], g)):
+                merged.update(group_vars[g])
+            host_vars[name] = {**merged, **own}
         hosts = {}
         for name, v in host_vars.items():
             hosts[name] = Host(

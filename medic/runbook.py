@@ -15,7 +15,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from medic.errors import RunbookError
 from medic.templates import placeholders
@@ -32,7 +41,7 @@ def parse_duration(value: Any) -> float:
         return float(value)
     if isinstance(value, str) and (m := _DURATION.match(value)):
         return float(m.group(1)) * _UNITS[m.group(2)]
-    raise ValueError(f"a duration such as 2s, 500ms, 10m (got {value!r})")
+    raise ValueError("a duration such as 2s, 500ms, 10m")
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -57,7 +66,7 @@ class Condition(BaseModel):
         if isinstance(value, str):
             m = _CONDITION.match(value)
             if not m:
-                raise ValueError(f"a comparison such as '> 0.9' or '== 0' (got {value!r})")
+                raise ValueError("a comparison such as '> 0.9' or '== 0'")
             return {"op": m.group(1), "threshold": float(m.group(2))}
         return value
 
@@ -92,20 +101,28 @@ class Targets(_Spec):
     within: str | None = Field(None, description="inventory group a target must belong to")
 
 
+def _query_placeholders(value: str) -> str:
+    unknown = placeholders(value) - {"host"}
+    if unknown:
+        raise ValueError(f"queries may only use $host, not {', '.join('$' + u for u in sorted(unknown))}")
+    return value
+
+
+def _command_placeholders(value: str) -> str:
+    placeholders(value)
+    return value
+
+
+Query = Annotated[str, AfterValidator(_query_placeholders)]
+Command = Annotated[str, AfterValidator(_command_placeholders)]
+
+
 class Check(_Spec):
     """A PromQL query and a condition on each series' value."""
 
-    query: str = Field(description="PromQL; $host is replaced by the quoted host name")
+    query: Query = Field(description="PromQL; $host is replaced by the quoted host name")
     condition: Condition
     host_label: str = Field("host", pattern=LABEL, description="label that says which host a series is about")
-
-    @field_validator("query")
-    @classmethod
-    def _placeholders(cls, value: str) -> str:
-        unknown = placeholders(value) - {"host"}
-        if unknown:
-            raise ValueError(f"queries may only use $host, not {', '.join('$' + u for u in sorted(unknown))}")
-        return value
 
     @property
     def per_host(self) -> bool:
@@ -124,19 +141,13 @@ class Verify(Check):
 
 class DiagnoseCommand(_Spec):
     name: str
-    run: str = Field(description="shell command; $host and ${var} (inventory medic_var) are quoted")
+    run: Command = Field(description="shell command; $host and ${var} (inventory medic_var) are quoted")
     timeout: Duration = 10.0
-
-    @field_validator("run")
-    @classmethod
-    def _valid_placeholders(cls, value: str) -> str:
-        placeholders(value)
-        return value
 
 
 class DiagnoseQuery(_Spec):
     name: str
-    query: str
+    query: Query = Field(description="PromQL; $host is replaced by the quoted host name")
 
 
 class Diagnose(_Spec):
@@ -152,17 +163,20 @@ class Recover(_Spec):
 
     playbook: str | None = Field(None, description="file name under playbooks/")
     vars: dict[Annotated[str, Field(pattern=LABEL)], Scalar] = Field(default_factory=dict)
-    command: str | None = None
+    command: Command | None = None
     timeout: Duration = 300.0
+
+    @field_validator("playbook")
+    @classmethod
+    def _playbook_file(cls, value: str | None) -> str | None:
+        if value is not None and ("/" in value or "\\" in value or not value.endswith((".yml", ".yaml"))):
+            raise ValueError("a playbook file name under playbooks/ ending in .yml, without a directory")
+        return value
 
     @model_validator(mode="after")
     def _one_action(self) -> "Recover":
         if (self.playbook is None) == (self.command is None):
             raise ValueError("exactly one of 'playbook' or 'command'")
-        if self.playbook is not None and ("/" in self.playbook or not self.playbook.endswith((".yml", ".yaml"))):
-            raise ValueError(f"a playbook file name under playbooks/ ending in .yml (got {self.playbook!r})")
-        if self.command is not None:
-            placeholders(self.command)
         return self
 
     @property
@@ -254,13 +268,18 @@ def load_runbook(path: Path) -> Runbook:
         index = _line_index(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        raise RunbookError(
-            f"not valid YAML: {getattr(exc, 'problem', None) or exc}",
-            file=file, line=mark.line + 1 if mark else None, expected="a YAML mapping",
-        ) from exc
+        context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        message = f"not valid YAML: {getattr(exc, 'problem', None) or exc}"
+        if context and context_mark:
+            message += f" ({context} that starts at line {context_mark.line + 1})"
+        if context == "while scanning a quoted scalar" and context_mark:
+            mark = context_mark  # the quote that never closes, not the end of the file
+        raise RunbookError(message, file=file, line=mark.line + 1 if mark else None,
+                           expected="a YAML mapping") from exc
     if not isinstance(data, dict):
         raise RunbookError("a runbook must be a YAML mapping", file=file, line=1,
-                           expected=f"fields: {', '.join(_field_names(Runbook))}", found=type(data).__name__)
+                           expected=f"fields: {', '.join(_field_names(Runbook))}",
+                           found="an empty file" if data is None else f"a YAML {type(data).__name__}")
     try:
         runbook = Runbook.model_validate(data)
     except ValidationError as exc:

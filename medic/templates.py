@@ -22,7 +22,9 @@ def placeholders(text: str) -> set[str]:
     names: set[str] = set()
     for match in Template.pattern.finditer(text):
         if match.group("invalid") is not None:
-            raise ValueError(f"malformed placeholder at position {match.start('invalid')}: use $name or ${{name}}")
+            start = match.start()  # the '$' itself, counted from 1 below
+            raise ValueError(f"malformed placeholder {text[start:start + 12]!r} at character {start + 1}: "
+                             f"use $name or ${{name}}, or $$ for a literal $")
         name = match.group("named") or match.group("braced")
         if name:
             names.add(name)
@@ -36,7 +38,7 @@ def host_values(host: Host, extra: dict[str, Any] | None = None) -> dict[str, st
     return values
 
 
-def _substitute(text: str, values: dict[str, str], quote: Any, *, where: str) -> str:
+def _check_defined(text: str, values: dict[str, str], *, where: str) -> None:
     missing = placeholders(text) - values.keys()
     if missing:
         raise RunbookError(
@@ -44,11 +46,49 @@ def _substitute(text: str, values: dict[str, str], quote: Any, *, where: str) ->
             expected="an inventory variable medic_<name> on the host, or $host",
             found=text,
         )
+
+
+def _substitute(text: str, values: dict[str, str], quote: Any, *, where: str) -> str:
+    _check_defined(text, values, where=where)
     return Template(text).substitute({k: quote(v) for k, v in values.items()})
 
 
+def _shell_substitute(text: str, values: dict[str, str]) -> str:
+    """Substitute each placeholder as one shell word, whatever quotes the author put around it.
+
+    A placeholder inside '...' or "..." closes that quote, adds the shlex-quoted value and reopens it:
+    ``"port :$p"`` becomes ``"port :"'8080'""``. Plain shlex.quote inside "..." would let ``$(...)`` run.
+    """
+    out: list[str] = []
+    quote_char = ""  # '' outside quotes, else the quote we are inside
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "$":
+            m = Template.pattern.match(text, i)
+            assert m is not None  # Template.pattern always matches at a '$'
+            if m.group("escaped") is not None:
+                out.append("$")
+            else:
+                word = shlex.quote(values[m.group("named") or m.group("braced")])
+                out.append(f"{quote_char}{word}{quote_char}")
+            i = m.end()
+            continue
+        if ch == "\\" and quote_char != "'" and i + 1 < len(text) and text[i + 1] != "$":
+            out.append(text[i:i + 2])
+            i += 2
+            continue
+        if ch in "'\"" and quote_char in ("", ch):
+            quote_char = "" if quote_char else ch
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
 def render_shell(text: str, host: Host, *, where: str = "command", extra: dict[str, Any] | None = None) -> str:
-    return _substitute(text, host_values(host, extra), shlex.quote, where=where)
+    values = host_values(host, extra)
+    _check_defined(text, values, where=where)
+    return _shell_substitute(text, values)
 
 
 def render_promql(text: str, host: Host | None, *, where: str = "query") -> str:
