@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_parser("status", help="each component, its address and whether it is up").set_defaults(
         handler=cmd_lab_status)
     for name, handler, verb in (("break", cmd_lab_break, "inject"), ("fix", cmd_lab_fix, "undo")):
-        p = lab.add_parser(name, help=f"{verb} a fault on a host (service-down, disk-full, slow)")
+        p = lab.add_parser(name, help=f"{verb} a fault on a host (service-down, disk-full, slow, host-down)")
         p.add_argument("fault")
         p.add_argument("host")
         p.set_defaults(handler=handler)

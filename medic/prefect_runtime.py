@@ -376,6 +376,9 @@ def _as_model(model: type[M], value: Any) -> M:
     return model.model_validate(value)
 
 
+_PAUSE_RACE_RETRIES = 40  # × ~50 ms
+
+
 async def resume_with_input(flow_run_id: UUID | str, payload: Mapping[str, Any] | None) -> ResumeOutcome:
     """Resume a paused flow run with `payload` as its input and say what the server decided.
 
@@ -398,21 +401,35 @@ async def resume_with_input(flow_run_id: UUID | str, payload: Mapping[str, Any] 
                 await client.read_flow_run(run_id)
             except ObjectNotFound:
                 return ResumeOutcome(status=ResumeStatus.NOT_FOUND, reason=f"no flow run {run_id}")
-            result = await client.resume_flow_run(run_id, run_input=dict(payload or {}))
-            state_type = result.state.type.value if result.state else None
-            reason = getattr(result.details, "reason", None) or ""
-            if result.status is SetStateStatus.ACCEPT:
-                return ResumeOutcome(status=ResumeStatus.ACCEPTED, state_type=state_type)
-            if result.status is SetStateStatus.REJECT:
-                if result.state is not None and result.state.type is StateType.FAILED:
-                    return ResumeOutcome(status=ResumeStatus.TIMED_OUT, reason=reason, state_type=state_type)
-                return ResumeOutcome(status=ResumeStatus.REJECTED_INPUT, reason=reason, state_type=state_type)
-            # ABORT: not paused. Was it paused before?
-            states = await client.read_flow_run_states(run_id)
-            current = states[-1].type.value if states else None
-            if any(s.type is StateType.PAUSED for s in states):
-                return ResumeOutcome(status=ResumeStatus.ALREADY_RESUMED, reason=reason, state_type=current)
-            return ResumeOutcome(status=ResumeStatus.NOT_PAUSED, reason=reason, state_type=current)
+            # While a run is entering its pause, the server can briefly refuse a valid resume: Paused
+            # is set a moment before the input schema is stored ("schema not found"), or the read
+            # says "not paused" while the run's last state is already Paused. Both are transient.
+            for _ in range(_PAUSE_RACE_RETRIES):
+                result = await client.resume_flow_run(run_id, run_input=dict(payload or {}))
+                reason = getattr(result.details, "reason", None) or ""
+                if result.status is SetStateStatus.ACCEPT:
+                    return ResumeOutcome(status=ResumeStatus.ACCEPTED,
+                                         state_type=result.state.type.value if result.state else None)
+                if result.status is SetStateStatus.REJECT:
+                    if "schema not found" in reason:
+                        await asyncio.sleep(0.05)
+                        continue
+                    state_type = result.state.type.value if result.state else None
+                    if result.state is not None and result.state.type is StateType.FAILED:
+                        return ResumeOutcome(status=ResumeStatus.TIMED_OUT, reason=reason, state_type=state_type)
+                    return ResumeOutcome(status=ResumeStatus.REJECTED_INPUT, reason=reason, state_type=state_type)
+                # ABORT: not paused. Was it paused before, or is it pausing right now?
+                states = await client.read_flow_run_states(run_id)
+                current = states[-1].type if states else None
+                if current is StateType.PAUSED:
+                    await asyncio.sleep(0.05)
+                    continue
+                if any(s.type is StateType.PAUSED for s in states):
+                    return ResumeOutcome(status=ResumeStatus.ALREADY_RESUMED, reason=reason,
+                                         state_type=current.value if current else None)
+                return ResumeOutcome(status=ResumeStatus.NOT_PAUSED, reason=reason,
+                                     state_type=current.value if current else None)
+            return ResumeOutcome(status=ResumeStatus.NOT_PAUSED, reason="the run was still entering its pause; try again")
     except PrefectError:
         raise
     except Exception as exc:

@@ -28,7 +28,7 @@ from medic.report import (
 )
 from medic.runbook import Check, Runbook
 from medic.ssh import CommandResult, SSHSession
-from medic.templates import render_promql, render_shell
+from medic.templates import placeholders, render_promql, render_shell
 
 POLL_INTERVAL_S = 0.5
 Sleep = Callable[[float], None]
@@ -183,10 +183,10 @@ def diagnose(p: Plan, hosts: list[Host], ssh: SSHSession, prom: PrometheusClient
 
     queries: list[tuple[str, str]] = []
     for q in spec.queries:
-        if "host" in q.query:
+        if "host" in placeholders(q.query):
             queries += [(f"{q.name} ({h.name})" if len(hosts) > 1 else q.name, render_promql(q.query, h)) for h in hosts]
         else:
-            queries.append((q.name, q.query))
+            queries.append((q.name, render_promql(q.query, None)))
     with ThreadPoolExecutor(max_workers=8) as pool:
         command_futures = [pool.submit(run_command, i) for i in range(len(spec.commands))]
         query_futures = [pool.submit(_query_evidence, n, q, prom) for n, q in queries]
@@ -206,16 +206,24 @@ def _playbook_actions(result: PlaybookResult, batch: list[Host], check: bool) ->
             actions.append(HostAction(host=h.name, status="failed", detail=result.error or f"no result (rc {result.rc})"))
             continue
         failed_task = next((t for t in r.tasks if t.status in ("failed", "unreachable")), None)
+        # Ansible reports nothing about tasks skipped in check mode, so a playbook states its plan
+        # itself: medic_result.action = what it does (or would do); "none" = nothing to do.
+        planned = str(r.return_values.get("action", "none"))
+        would_run = [planned] if check and planned != "none" else []
         if r.unreachable:
             status = "unreachable"
         elif r.failed:
             status = "failed"
-        elif r.changed:
+        elif r.changed or would_run:
             status = "would change" if check else "changed"
         else:
             status = "ok"
-        detail = (f"{failed_task.task}: {failed_task.msg}" if failed_task
-                  else ", ".join(t.task for t in r.tasks if t.changed) or "nothing to do (already in the desired state)")
+        if failed_task:
+            detail = f"{failed_task.task}: {failed_task.msg}"
+        elif would_run:
+            detail = "would run: " + ", ".join(would_run)
+        else:
+            detail = ", ".join(t.task for t in r.tasks if t.changed) or "nothing to do (already in the desired state)"
         actions.append(HostAction(host=h.name, status=status, detail=detail, return_values=r.return_values))
     return actions
 

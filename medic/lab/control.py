@@ -112,9 +112,13 @@ def _start_prefect(lab: LabState) -> None:
           lab_dir=lab.lab_dir, env=env, cwd=home)
 
 
-def _start_host(host: LabHost, lab: LabState) -> None:
+def start_sshd(host: LabHost, lab: LabState) -> None:
     spawn(f"sshd-{host.name}", ["/usr/sbin/sshd", "-D", "-e", "-f", str(host.root / "sshd" / "sshd_config")],
           lab_dir=lab.lab_dir)
+
+
+def _start_host(host: LabHost, lab: LabState) -> None:
+    start_sshd(host, lab)
     start_service(host, lab.lab_dir)
 
 
@@ -188,9 +192,9 @@ def wait_for_http(url: str, *, what: str, timeout: float) -> float:
     raise LabError(f"{what} did not answer at {url} within {timeout:.0f} s")
 
 
-def wait_for_sshd(lab: LabState, *, timeout: float) -> None:
+def wait_for_sshd(lab: LabState, *, timeout: float, hosts: list[LabHost] | None = None) -> None:
     deadline = time.monotonic() + timeout
-    pending = list(lab.hosts)
+    pending = list(hosts if hosts is not None else lab.hosts)
     while pending and time.monotonic() < deadline:
         pending = [h for h in pending if not (_tcp_banner(h.ssh_port) or "").startswith("SSH-")]
         if pending:

@@ -3,6 +3,7 @@
 - ``service-down``: SIGKILL the demo service (a crash: the pidfile stays behind, stale).
 - ``disk-full``: old junk files in the host's data/cache dir push usage past 90 % of capacity.
 - ``slow``: SIGUSR1 puts the service in a degraded state; every request takes 0.6 s until a restart.
+- ``host-down``: the whole host dies (its sshd and its service are killed): unreachable over SSH.
 """
 
 from __future__ import annotations
@@ -96,11 +97,42 @@ def _make_fast(host: LabHost, lab: LabState) -> str:
     return f"the web service of {host.name} answers normally again"
 
 
+def _sshd_pid(host: LabHost) -> int | None:
+    try:
+        pid = int((host.root / "sshd" / "sshd.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if alive(pid) else None
+
+
+def _kill_host(host: LabHost, lab: LabState) -> str:
+    """The machine is gone: no sshd, no service."""
+    said = [_kill_service(host, lab)]
+    pid = _sshd_pid(host)
+    if pid is not None:
+        os.kill(pid, signal.SIGKILL)
+        said.append(f"killed sshd of {host.name} (pid {pid})")
+    return "; ".join(said)
+
+
+def _revive_host(host: LabHost, lab: LabState) -> str:
+    from medic.lab.control import start_sshd, wait_for_sshd
+
+    said = []
+    if _sshd_pid(host) is None:
+        start_sshd(host, lab)
+        wait_for_sshd(lab, timeout=10, hosts=[host])
+        said.append(f"started sshd of {host.name}")
+    said.append(_start_service(host, lab))
+    return "; ".join(said)
+
+
 Action = Callable[[LabHost, LabState], str]
 FAULTS: dict[str, tuple[Action, Action]] = {
     "service-down": (_kill_service, _start_service),
     "disk-full": (_fill_disk, _clean_disk),
     "slow": (_make_slow, _make_fast),
+    "host-down": (_kill_host, _revive_host),
 }
 
 
