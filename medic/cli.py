@@ -36,6 +36,7 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
         base_port=settings.lab_base_port,
         webhook_url=args.webhook_url,
         with_prefect=not args.no_prefect,
+        options={name: True for name in args.components},
         progress=lambda m: _say(f"lab: {m}"),
     )
     _say(f"lab: up in {lab.lab_dir} — Prometheus {lab.prometheus_url}, Alertmanager {lab.alertmanager_url}, "
@@ -95,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hosts", type=int, default=3, help="number of web hosts, 1-50 (default 3)")
     p.add_argument("--webhook-url", default=DEFAULT_WEBHOOK_URL, help="where Alertmanager posts alerts")
     p.add_argument("--no-prefect", action="store_true", help="do not start a Prefect server")
+    p.add_argument("--with", dest="components", action="append", default=[], metavar="COMPONENT",
+                   help="also start an optional component (e.g. db: PostgreSQL primary + replica)")
     p.set_defaults(handler=cmd_lab_up)
     lab.add_parser("down", help="stop every lab process").set_defaults(handler=cmd_lab_down)
     lab.add_parser("status", help="each component, its address and whether it is up").set_defaults(

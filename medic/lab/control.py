@@ -17,10 +17,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
-from pydantic import BaseModel
-
 from medic.errors import ConfigError, LabError, PortInUseError
 from medic.lab import hosts as lab_hosts
+from medic.lab.components import ComponentStatus, LabComponent, registered
 from medic.lab.monitoring import alertmanager_config, write_monitoring_configs
 from medic.lab.processes import find_lab_processes, spawn, stop_lab_processes
 from medic.lab.state import STATE_FILE, LabHost, LabPorts, LabState
@@ -29,13 +28,6 @@ from medic.paths import LAB_TEMPLATES_DIR
 MAX_HOSTS = 50
 DEFAULT_WEBHOOK_URL = "http://127.0.0.1:8787/alertmanager"
 Progress = Callable[[str], None]
-
-
-class ComponentStatus(BaseModel):
-    name: str
-    address: str
-    up: bool
-    detail: str = ""
 
 
 def _quiet(_: str) -> None:
@@ -67,7 +59,8 @@ def _check_environment(lab_dir: Path) -> None:
             )
 
 
-def plan_lab(lab_dir: Path, *, hosts: int, base_port: int, webhook_url: str) -> LabState:
+def plan_lab(lab_dir: Path, *, hosts: int, base_port: int, webhook_url: str,
+             options: dict[str, bool] | None = None) -> LabState:
     if not 1 <= hosts <= MAX_HOSTS:
         raise ConfigError(f"--hosts must be between 1 and {MAX_HOSTS}, got {hosts}")
     ports = LabPorts.from_base(base_port)
@@ -82,9 +75,15 @@ def plan_lab(lab_dir: Path, *, hosts: int, base_port: int, webhook_url: str) -> 
         )
         for i in range(1, hosts + 1)
     ]
-    return LabState(
-        lab_dir=lab_dir, ports=ports, hosts=lab_hosts_list, webhook_url=webhook_url, started_at=datetime.now(timezone.utc)
-    )
+    lab = LabState(lab_dir=lab_dir, ports=ports, hosts=lab_hosts_list, webhook_url=webhook_url,
+                   started_at=datetime.now(timezone.utc), options=options or {})
+    for component in active_components(lab):
+        lab.hosts.extend(component.extra_hosts(lab))
+    return lab
+
+
+def active_components(lab: LabState) -> list[LabComponent]:
+    return [c for c in registered() if c.enabled(lab)]
 
 
 def _all_ports(lab: LabState) -> list[tuple[str, int]]:
@@ -93,8 +92,9 @@ def _all_ports(lab: LabState) -> list[tuple[str, int]]:
     fixed += [("prometheus", p.prometheus), ("alertmanager", p.alertmanager),
              ("node-exporter", p.node_exporter)]
     per_host = [(f"sshd of {h.name}", h.ssh_port) for h in lab.hosts]
-    per_host += [(f"web service of {h.name}", h.service_port) for h in lab.hosts]
-    return fixed + per_host
+    per_host += [(f"web service of {h.name}", h.service_port) for h in lab.hosts if h.group == "web"]
+    extra = [p for c in active_components(lab) for p in c.ports(lab)]
+    return fixed + per_host + extra
 
 
 def _start_prefect(lab: LabState) -> None:
@@ -119,7 +119,8 @@ def start_sshd(host: LabHost, lab: LabState) -> None:
 
 def _start_host(host: LabHost, lab: LabState) -> None:
     start_sshd(host, lab)
-    start_service(host, lab.lab_dir)
+    if host.group == "web":
+        start_service(host, lab.lab_dir)
 
 
 def start_service(host: LabHost, lab_dir: Path) -> None:
@@ -158,7 +159,9 @@ def _start_monitoring(lab: LabState) -> None:
 def wait_for_targets(lab: LabState, *, timeout: float, progress: Progress = _quiet) -> float:
     """Wait until Prometheus reports every scrape target up; returns seconds waited."""
     began = time.monotonic()
-    expected = 3 + len(lab.hosts)
+    extra_jobs = [job for c in active_components(lab) for job in c.scrape_configs(lab)]
+    expected = 3 + sum(1 for h in lab.hosts if h.group == "web") + sum(
+        len(sc.get("targets", [])) for job in extra_jobs for sc in job.get("static_configs", []))
     last = ""
     with httpx.Client(timeout=2.0) as client:
         while time.monotonic() - began < timeout:
@@ -215,6 +218,7 @@ def up(
     base_port: int = 19000,
     webhook_url: str = DEFAULT_WEBHOOK_URL,
     with_prefect: bool = True,
+    options: dict[str, bool] | None = None,
     progress: Progress = _quiet,
 ) -> LabState:
     """Start the whole lab; on any failure stop everything that was started and raise LabError."""
@@ -222,8 +226,9 @@ def up(
     _check_environment(lab_dir)
     if lab_is_running(lab_dir):
         raise LabError(f"a lab is already running in {lab_dir}; run `medic lab down` first")
-    lab = plan_lab(lab_dir, hosts=hosts, base_port=base_port, webhook_url=webhook_url)
+    lab = plan_lab(lab_dir, hosts=hosts, base_port=base_port, webhook_url=webhook_url, options=options)
     lab.with_prefect = with_prefect
+    components = active_components(lab)
     for component, port in _all_ports(lab):
         check_port_free(component, port)
 
@@ -246,17 +251,27 @@ def up(
         with ThreadPoolExecutor(max_workers=8) as pool:
             known = list(pool.map(lambda h: lab_hosts.prepare_host(h, lab), lab.hosts))
         (ssh_dir / "known_hosts").write_text("\n".join(known) + "\n")
-        lab_hosts.write_inventory(lab)
-        write_monitoring_configs(lab)
+        for component in components:
+            component.prepare(lab)
+        extra_vars: dict[str, dict] = {}
+        for component in components:
+            for host, values in component.inventory_vars(lab).items():
+                extra_vars.setdefault(host, {}).update(values)
+        lab_hosts.write_inventory(lab, extra_vars)
+        write_monitoring_configs(lab, [job for c in components for job in c.scrape_configs(lab)])
         lab.save()
         _start_monitoring(lab)
         for h in lab.hosts:
             _start_host(h, lab)
+        for component in components:
+            component.start(lab)
         progress(f"started {len(lab.hosts)} hosts, Prometheus, Alertmanager, node exporter"
                  + (", Prefect server" if with_prefect else "") + f" in {time.monotonic() - began:.1f} s")
         wait_for_http(f"{lab.alertmanager_url}/-/ready", what="Alertmanager", timeout=15)
-        wait_for_targets(lab, timeout=45, progress=progress)
         wait_for_sshd(lab, timeout=10)
+        for component in components:
+            component.wait(lab, timeout=45)
+        wait_for_targets(lab, timeout=45, progress=progress)
         progress(f"every scrape target up {time.monotonic() - began:.1f} s after start")
         if with_prefect:
             waited = wait_for_http(f"{lab.prefect_api_url}/health", what="Prefect server", timeout=90)
@@ -322,8 +337,11 @@ def status(lab_dir: Path) -> list[ComponentStatus]:
     for h in lab.hosts:
         checks.append((f"{h.name} sshd", f"127.0.0.1:{h.ssh_port}",
                        lambda h=h: ((b := _tcp_banner(h.ssh_port)) is not None and b.startswith("SSH-"), f"user {h.user}")))
-        checks.append((f"{h.name} web", f"http://127.0.0.1:{h.service_port}",
-                       lambda h=h: (_http_ok(f"http://127.0.0.1:{h.service_port}/healthz"), "")))
+        if h.group == "web":
+            checks.append((f"{h.name} web", f"http://127.0.0.1:{h.service_port}",
+                           lambda h=h: (_http_ok(f"http://127.0.0.1:{h.service_port}/healthz"), "")))
     with ThreadPoolExecutor(max_workers=16) as pool:
         results = list(pool.map(lambda c: c[2](), checks))
-    return [ComponentStatus(name=n, address=a, up=ok, detail=d) for (n, a, _), (ok, d) in zip(checks, results)]
+        extra = [s for group in pool.map(lambda c: c.status(lab), active_components(lab)) for s in group]
+    rows = [ComponentStatus(name=n, address=a, up=ok, detail=d) for (n, a, _), (ok, d) in zip(checks, results)]
+    return rows + extra

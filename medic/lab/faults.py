@@ -136,13 +136,23 @@ FAULTS: dict[str, tuple[Action, Action]] = {
 }
 
 
+def all_faults(lab: LabState) -> dict[str, tuple[Action, Action]]:
+    from medic.lab.control import active_components
+
+    found = dict(FAULTS)
+    for component in active_components(lab):
+        found.update(component.faults())
+    return found
+
+
 def _resolve(lab: LabState, fault: str, host_name: str) -> tuple[tuple[Action, Action], LabHost]:
-    if fault not in FAULTS:
-        raise LabError(f"unknown fault {fault!r} (known: {', '.join(FAULTS)})")
+    known = all_faults(lab)
+    if fault not in known:
+        raise LabError(f"unknown fault {fault!r} (known: {', '.join(known)})")
     host = lab.host(host_name)
     if host is None:
         raise LabError(f"unknown host {host_name!r} (lab hosts: {', '.join(h.name for h in lab.hosts)})")
-    return FAULTS[fault], host
+    return known[fault], host
 
 
 def break_host(lab: LabState, fault: str, host_name: str) -> str:

@@ -125,7 +125,7 @@ def prepare_host(host: LabHost, lab: LabState) -> str:
     return f"[127.0.0.1]:{host.ssh_port} {key_type} {key_b64}"
 
 
-def write_inventory(lab: LabState) -> Path:
+def write_inventory(lab: LabState, extra_vars: dict[str, dict] | None = None) -> Path:
     """The single list of hosts that medic's SSH client and Ansible both use."""
     ssh_dir = lab.lab_dir / "ssh"
     groups: dict[str, dict] = {}
@@ -138,7 +138,11 @@ def write_inventory(lab: LabState) -> Path:
             "medic_host_dir": str(h.root),
             "medic_data_dir": str(h.data_dir),
             "medic_servicectl": str(h.root / "bin" / "servicectl"),
+            **(extra_vars or {}).get(h.name, {}),
         }
+        if h.group != "web":
+            for key in ("medic_service_port", "medic_servicectl"):
+                groups[h.group]["hosts"][h.name].pop(key, None)
     common_args = " ".join(
         [
             f"-o UserKnownHostsFile={ssh_dir / 'known_hosts'}",

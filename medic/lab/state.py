@@ -66,6 +66,7 @@ class LabState(BaseModel):
     webhook_url: str
     started_at: datetime
     with_prefect: bool = True
+    options: dict[str, bool] = Field(default_factory=dict, description="optional components asked for at `up`")
 
     @property
     def prometheus_url(self) -> str:
