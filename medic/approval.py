@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import getpass
 import time
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
 
 from medic.inventory import Host
 from medic.progress import Timeline
 from medic.report import ApprovalRecord, CheckResult, Diagnosis, utcnow
+
+if TYPE_CHECKING:
+    from medic.runbook import Approval
+    from medic.stages import Plan
 
 PAUSE_POLL_INTERVAL_S = 0.2  # click → flow continues in ~poll/2 + 0.1 s (see docs/prefect-runtime.md)
 
@@ -41,32 +45,37 @@ def may_decide(answer: ApprovalInput, approvers: list[str]) -> bool:
     return answer.approver in approvers
 
 
-async def approval_step(
+class ApprovalRequest(BaseModel):
+    """Everything a human needs to decide, whichever path they decide on (Slack card, UI, CLI)."""
+
+    title: str
+    runbook: str
+    targets: list[str]
+    evidence: str = Field(description="the detect evidence: query and values")
+    diagnosis: str = Field("", description="a short diagnosis summary")
+    planned_action: str = Field(description="the exact action: playbook + hosts, or the command")
+    check_mode_result: str | None = None
+    risk: str | None = Field(None, description="e.g. potential data loss for a failover")
+    flow_run_id: str
+
+
+async def request_decision(
+    request: ApprovalRequest,
+    policy: "Approval",
     *,
-    plan: "object",
-    targets: list[Host],
-    detect: CheckResult,
-    diagnosis: Diagnosis,
-    dry_run: bool,
-    forced: bool,
-    flow_run_id: str,
     timeline: Timeline,
 ) -> ApprovalRecord:
-    """Ask for (and wait for) the decision the runbook's policy requires; returns the record."""
+    """Pause the flow run until N distinct approvers approve, someone rejects, or time runs out."""
     from medic.prefect_runtime import wait_for_approval
 
-    policy = plan.runbook.approval  # type: ignore[attr-defined]
-    if dry_run:
-        return ApprovalRecord(required=False, decision="not needed (dry run)")
-    if policy.policy == "none" and not forced:
-        return ApprovalRecord(required=False, decision="not needed")
     needed = policy.required_approvals
     began = time.monotonic()
     deadline = began + policy.timeout
     timeline.note("approval", f"waiting for {needed} approval(s) within {policy.timeout:g} s — "
-                              f"`medic approve {flow_run_id}`, Slack, or the Prefect UI")
+                              f"`medic approve {request.flow_run_id}`, Slack, or the Prefect UI")
     approved: list[str] = []
     comments: list[str] = []
+    answer: ApprovalInput | None = None
     while len(approved) < needed:
         remaining = deadline - time.monotonic()
         answer = None
@@ -93,4 +102,49 @@ async def approval_step(
         approved.append(answer.approver)
         timeline.note("approval", f"approved by {answer.approver} via {answer.via} ({len(approved)}/{needed})")
     return ApprovalRecord(required=True, decision="approved", approvers=approved, comment="; ".join(comments) or None,
-                          channel=answer.via, decided_at=utcnow(), waited_s=time.monotonic() - began)
+                          channel=answer.via if answer else None, decided_at=utcnow(),
+                          waited_s=time.monotonic() - began)
+
+
+def _evidence(detect: CheckResult, targets: list[str]) -> str:
+    values = ", ".join(f"{v.host}={'no data' if v.value is None else f'{v.value:.4g}'}"
+                       for v in detect.values if v.host in targets)
+    return f"{detect.query} {detect.condition} → {values}"
+
+
+def _diagnosis_summary(diagnosis: Diagnosis) -> str:
+    lines = []
+    for c in diagnosis.commands[:6]:
+        first = (c.result.stdout or c.result.stderr or c.result.error or "").strip().splitlines()[:1]
+        lines.append(f"{c.name} on {c.result.host}: {first[0][:120] if first else '(no output)'}")
+    return "\n".join(lines)
+
+
+async def approval_step(
+    *,
+    plan: "Plan",
+    targets: list[Host],
+    detect: CheckResult,
+    diagnosis: Diagnosis,
+    dry_run: bool,
+    forced: bool,
+    flow_run_id: str,
+    timeline: Timeline,
+) -> ApprovalRecord:
+    """The remediation flow's approval point: decide whether a human must agree, and ask."""
+    policy = plan.runbook.approval
+    if dry_run:
+        return ApprovalRecord(required=False, decision="not needed (dry run)")
+    if policy.policy == "none" and not forced:
+        return ApprovalRecord(required=False, decision="not needed")
+    names = [h.name for h in targets]
+    request = ApprovalRequest(
+        title=f"{plan.runbook.name} on {', '.join(names)}",
+        runbook=plan.runbook.name,
+        targets=names,
+        evidence=_evidence(detect, names),
+        diagnosis=_diagnosis_summary(diagnosis),
+        planned_action=f"{plan.runbook.recover.description} on {', '.join(names)}",
+        flow_run_id=flow_run_id,
+    )
+    return await request_decision(request, policy, timeline=timeline)
