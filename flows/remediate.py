@@ -33,27 +33,29 @@ from medic.settings import get_settings
 from medic.ssh import SSHSession
 from medic import stages
 
+# No task-level timeout_seconds: Prefect cannot interrupt a sync task in a worker thread. Each stage
+# bounds itself instead (SSH/Ansible timeouts, verify's timeout, detect's settle window).
 STAGE = dict(cache_policy=NO_CACHE, persist_result=False)
 
 
-@task(name="detect", retries=2, retry_delay_seconds=1, timeout_seconds=120, **STAGE)
+@task(name="detect", retries=2, retry_delay_seconds=1, **STAGE)
 def detect_task(plan: stages.Plan, prom: PrometheusClient) -> CheckResult:
     return stages.detect(plan, prom)
 
 
-@task(name="diagnose", timeout_seconds=120, **STAGE)
+@task(name="diagnose", **STAGE)
 def diagnose_task(plan: stages.Plan, hosts: list[Host], ssh: SSHSession, prom: PrometheusClient) -> Diagnosis:
     return stages.diagnose(plan, hosts, ssh, prom)
 
 
-@task(name="recover", timeout_seconds=900, **STAGE)  # no retries: a failed repair is reported, not repeated
+@task(name="recover", **STAGE)  # no retries: a failed repair is reported, not repeated
 def recover_task(plan: stages.Plan, hosts: list[Host], dry_run: bool, ssh: SSHSession) -> RecoveryResult:
     settings = get_settings()
     return stages.recover(plan, hosts, dry_run=dry_run, ssh=ssh, playbooks_dir=settings.playbooks_dir,
                           inventory=load_inventory())
 
 
-@task(name="verify", retries=1, retry_delay_seconds=1, timeout_seconds=900, **STAGE)
+@task(name="verify", retries=1, retry_delay_seconds=1, **STAGE)
 def verify_task(plan: stages.Plan, hosts: list[Host], prom: PrometheusClient) -> CheckResult:
     return stages.verify(plan, hosts, prom)
 
@@ -70,6 +72,8 @@ def _values(check: CheckResult, hosts: list[str]) -> str:
 def _summary(outcome: Outcome, hosts: list[str], recovery: RecoveryResult | None, verify: CheckResult | None,
              approval: ApprovalRecord | None, detail: str) -> str:
     names = ", ".join(hosts) or "no host"
+    if outcome is Outcome.NOT_NEEDED and approval and approval.decision == "withdrawn":
+        return f"Nothing was changed: {detail}."
     if outcome is Outcome.NOT_NEEDED:
         return f"Nothing to do: the condition does not hold on any target ({detail})."
     if outcome is Outcome.DRY_RUN:
@@ -120,7 +124,7 @@ async def remediate(
         detect = detect_task(plan, prom)
         affected = detect.matching
         if not affected:
-            outcome, detail = Outcome.NOT_NEEDED, f"{spec.detect.query} {spec.detect.condition}: {_values(detect, list(hosts_by_name))}"
+            outcome, detail = Outcome.NOT_NEEDED, f"detect {spec.detect.condition} does not hold — {_values(detect, list(hosts_by_name))}"
             timeline.note("detect", f"healthy — {detail}")
         else:
             timeline.note("detect", f"confirmed on {', '.join(affected)}: {_values(detect, affected)} "
@@ -144,7 +148,9 @@ async def remediate(
                 approval = await approval_step(plan=plan, targets=targets, detect=detect, diagnosis=diagnosis,
                                                dry_run=dry_run, forced=require_approval, flow_run_id=run_id,
                                                timeline=timeline)
-                if approval.decision in ("rejected", "timed out"):
+                if approval.decision == "withdrawn":
+                    outcome, detail = Outcome.NOT_NEEDED, f"the alert resolved while waiting for approval ({approval.comment})"
+                elif approval.decision in ("rejected", "timed out"):
                     outcome = Outcome.REJECTED if approval.decision == "rejected" else Outcome.APPROVAL_TIMED_OUT
                 else:
                     timeline.announce("recover", f"{spec.recover.description} on {', '.join(affected)}"
@@ -164,7 +170,7 @@ async def remediate(
                         if verify.timed_out:
                             outcome, detail = Outcome.NOT_RECOVERED, _values(verify, affected)
                         else:
-                            outcome, detail = Outcome.RECOVERED, f"{spec.verify.query} {spec.verify.condition}: {_values(verify, affected)}"
+                            outcome, detail = Outcome.RECOVERED, f"verify {spec.verify.condition} holds — {_values(verify, affected)}"
                         timeline.note("verify", f"{'healthy' if not verify.timed_out else 'still unhealthy'} after "
                                                 f"{verify.waited_s:.1f} s — {_values(verify, affected)}")
 

@@ -28,10 +28,20 @@ PAUSE_POLL_INTERVAL_S = 0.2  # click → flow continues in ~poll/2 + 0.1 s (see 
 class ApprovalInput(BaseModel):
     """What a human answers to an approval request (the Prefect UI shows this as a form)."""
 
-    decision: Literal["approve", "reject"] = Field(description="approve runs the recovery; reject changes nothing")
+    decision: Literal["approve", "reject", "withdraw"] = Field(
+        description="approve runs the recovery; reject changes nothing; withdraw = no longer needed")
     approver: str = Field(min_length=1, max_length=200, description="who decides: a Slack user id, or your name")
     comment: str = Field("", max_length=2000, description="why — kept in the report and the audit log")
-    via: Literal["ui", "slack", "cli"] = Field("ui", description="where the decision was made")
+    via: Literal["ui", "slack", "cli", "alert"] = Field("ui", description="where the decision was made")
+
+
+def _attempt() -> int:
+    """How many times this flow run has been started: a run re-executed after a medic restart pauses
+    under fresh keys (Prefect refuses a pause key it has seen, and would drop the input)."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    return ctx.flow_run.run_count if ctx and ctx.flow_run else 1
 
 
 def cli_identity() -> str:
@@ -81,7 +91,7 @@ async def request_decision(
         answer = None
         if remaining > 0:
             answer = await wait_for_approval(ApprovalInput, timeout=remaining, poll_interval=PAUSE_POLL_INTERVAL_S,
-                                             key=f"approval-{len(approved) + 1}")
+                                             key=f"approval-{_attempt()}-{len(approved) + 1}")
         if answer is None:
             timeline.note("approval", f"no decision within {policy.timeout:g} s — not approved, nothing changed")
             return ApprovalRecord(required=True, decision="timed out", approvers=approved,
@@ -91,6 +101,10 @@ async def request_decision(
             continue
         if answer.comment:
             comments.append(f"{answer.approver}: {answer.comment}")
+        if answer.decision == "withdraw":
+            timeline.note("approval", f"withdrawn by {answer.approver}: {answer.comment or 'no longer needed'}")
+            return ApprovalRecord(required=True, decision="withdrawn", approvers=[], comment=answer.comment or None,
+                                  channel=answer.via, decided_at=utcnow(), waited_s=time.monotonic() - began)
         if answer.decision == "reject":
             timeline.note("approval", f"rejected by {answer.approver} via {answer.via}")
             return ApprovalRecord(required=True, decision="rejected", approvers=[answer.approver],

@@ -84,6 +84,12 @@ def cmd_lab_webhook(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from medic.serve import serve
+
+    return serve(host=args.host, port=args.port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from medic.lab.control import DEFAULT_WEBHOOK_URL
 
@@ -114,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     from medic.cli_run import add_commands
 
     add_commands(sub)
+    p = sub.add_parser("serve", help="run medic as a service: alerts, Slack, deployments, metrics")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to listen on (default 8787)")
+    p.set_defaults(handler=cmd_serve)
     return parser
 
 

@@ -72,7 +72,7 @@ class ServerState(BaseModel):
 
     @property
     def up(self) -> bool:
-        return self.operational_state == "running" and self.status.split()[0] in ("UP", "DRAIN")
+        return self.operational_state == "running" and (self.status.split() or [""])[0] in ("UP", "DRAIN")
 
 
 class DrainWait(BaseModel):
@@ -118,7 +118,8 @@ class HAProxyRuntime:
         """Every server of ``backend``, in configuration order."""
         _check_name(backend, "backend")
         state_lines = self._lines(self.command(f"show servers state {backend}"), backend)
-        stats = self._stats(backend)
+        # `show stat` by proxy id: a frontend may share the backend's name.
+        stats = self._stats(backend, state_lines[0].split()[0]) if state_lines else {}
         found: list[ServerState] = []
         for line in state_lines:
             f = line.split()
@@ -224,9 +225,11 @@ class HAProxyRuntime:
         return [ln for ln in text.splitlines()
                 if ln.strip() and (keep_header or not ln.startswith("#")) and ln.strip() != "1"]
 
-    def _stats(self, backend: str) -> dict[str, dict[str, str]]:
+    def _stats(self, backend: str, proxy_id: str) -> dict[str, dict[str, str]]:
         """``show stat`` rows of the backend's servers, by server name."""
-        lines = self._lines(self.command(f"show stat {backend} 4 -1"), backend, keep_header=True)
+        if not proxy_id.isdigit():
+            raise LoadBalancerError(f"HAProxy at {self.address}: unexpected `show servers state` id {proxy_id!r}")
+        lines = self._lines(self.command(f"show stat {proxy_id} 4 -1"), backend, keep_header=True)
         if not lines or not lines[0].startswith("# "):
             raise LoadBalancerError(f"HAProxy at {self.address}: unexpected `show stat` reply: {reply[:200]!r}")
         header = lines[0][2:].split(",")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -46,6 +47,18 @@ class Settings(BaseSettings):
     slack_escalation_channel: str | None = None
     slack_api_url: str = "https://slack.com/api/"
     slack_socket_mode: bool = False
+
+    flap_max_runs: int = Field(3, ge=1, description="remediations of one runbook on one target before asking a human")
+    flap_window_s: float = Field(3600.0, gt=0, description="the flap guard's window")
+    runner_poll_s: float = Field(1.0, gt=0, description="how often medic serve polls for runs started in the UI")
+    prefect_port: int = Field(4200, description="port of the embedded Prefect server medic serve starts")
+
+    maintenance_window: str = Field("", description="when maintenance may run, UTC, e.g. 'Sat,Sun 02:00-04:00'; empty: always")
+    maintenance_outside_window: Literal["skip", "wait"] = Field(
+        "skip", description="a scheduled maintenance run outside the window is skipped, or waits for it to open")
+    maintenance_max_wait_s: float = Field(6 * 3600.0, ge=0, description="the longest a run waits for its window")
+    haproxy_admin: str | None = Field(
+        None, description="HAProxy runtime API host:port for every host; default: each host's medic_lb_admin var")
 
     server_host: str = "127.0.0.1"
     server_port: int = 8787

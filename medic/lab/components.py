@@ -74,4 +74,4 @@ def registered() -> list[LabComponent]:
 
 
 #: (module, class) of each component; components add themselves here.
-_COMPONENTS: list[tuple[str, str]] = []
+_COMPONENTS: list[tuple[str, str]] = [("medic.lab.haproxy", "HAProxy")]

@@ -98,18 +98,12 @@ def _all_ports(lab: LabState) -> list[tuple[str, int]]:
 
 
 def _start_prefect(lab: LabState) -> None:
+    from medic.prefect_server import server_command, server_env
+
     home = lab.lab_dir / "prefect"
     home.mkdir(parents=True, exist_ok=True)
-    prefect = Path(sys.executable).parent / "prefect"
-    env = {
-        "PREFECT_HOME": str(home),
-        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_LOGGING_LEVEL": "WARNING",
-        "PREFECT_API_URL": lab.prefect_api_url,
-    }
-    spawn("prefect", [str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(lab.ports.prefect)],
-          lab_dir=lab.lab_dir, env=env, cwd=home)
+    spawn("prefect", server_command(lab.ports.prefect), lab_dir=lab.lab_dir,
+          env=server_env(home, lab.ports.prefect), cwd=home)
 
 
 def start_sshd(host: LabHost, lab: LabState) -> None:

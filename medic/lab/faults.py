@@ -4,6 +4,8 @@
 - ``disk-full``: old junk files in the host's data/cache dir push usage past 90 % of capacity.
 - ``slow``: SIGUSR1 puts the service in a degraded state; every request takes 0.6 s until a restart.
 - ``host-down``: the whole host dies (its sshd and its service are killed): unreachable over SSH.
+- ``wont-start``: the service's config names an invalid port, so `servicectl start` (and restart) fails
+  for real while the running process keeps serving; ``fix`` restores the config and starts it.
 """
 
 from __future__ import annotations
@@ -127,12 +129,35 @@ def _revive_host(host: LabHost, lab: LabState) -> str:
     return "; ".join(said)
 
 
+WONT_START_MARK = "# medic lab fault wont-start"
+
+
+def _break_config(host: LabHost, lab: LabState) -> str:
+    env = host.root / "etc" / "service.env"
+    text = env.read_text()
+    if WONT_START_MARK in text:
+        return f"{host.name}'s service config was already broken"
+    env.write_text(f"{text}{WONT_START_MARK}\nSERVICE_PORT=not-a-port\n")
+    return f"{host.name}'s service config now names an invalid port: `servicectl start` fails until fixed"
+
+
+def _fix_config(host: LabHost, lab: LabState) -> str:
+    env = host.root / "etc" / "service.env"
+    text = env.read_text()
+    said = "config was already fine"
+    if WONT_START_MARK in text:
+        env.write_text(text.split(WONT_START_MARK, 1)[0])
+        said = "restored the service config"
+    return f"{host.name}: {said}; {_start_service(host, lab)}"
+
+
 Action = Callable[[LabHost, LabState], str]
 FAULTS: dict[str, tuple[Action, Action]] = {
     "service-down": (_kill_service, _start_service),
     "disk-full": (_fill_disk, _clean_disk),
     "slow": (_make_slow, _make_fast),
     "host-down": (_kill_host, _revive_host),
+    "wont-start": (_break_config, _fix_config),
 }
 
 

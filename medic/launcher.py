@@ -1,0 +1,209 @@
+"""Start remediation runs for alerts at once, exactly one per (runbook, target) at a time.
+
+Why in-process: a deployment run picked up by polling starts 5-12 s late; here the run is created
+under its deployment (so the Prefect UI shows it there) in state Pending, which no runner polls
+for, and executed immediately in a thread of medic serve. Dedupe is an in-memory reservation taken
+before the first `await`, so an alert storm cannot race it; the flow also holds a Prefect
+concurrency slot, so a `medic run` elsewhere cannot collide with it either. The flap guard
+remembers recent remediations on disk and, past K in a window, asks a human instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from medic.metrics import Metrics
+from medic.report import RemediationReport
+
+log = logging.getLogger("medic.launcher")
+RUN_TAG = "medic-serve"
+Key = tuple[str, str]
+
+
+class LaunchStatus(StrEnum):
+    STARTED = "started"
+    DUPLICATE = "duplicate"
+    ALREADY_HANDLED = "already handled"
+    ERROR = "error"
+
+
+class Launch(BaseModel):
+    status: LaunchStatus
+    runbook: str
+    target: str
+    flow_run_id: str | None = None
+    require_approval: bool = False
+    detail: str = ""
+
+
+class FlapGuard:
+    """How often each (runbook, target) was remediated recently; survives restarts (JSON on disk)."""
+
+    def __init__(self, path: Path, *, max_runs: int, window_s: float) -> None:
+        self.path, self.max_runs, self.window_s = path, max_runs, window_s
+        self._lock = threading.Lock()
+        self._history: dict[str, list[float]] = {}
+        if path.is_file():
+            try:
+                self._history = {k: list(map(float, v)) for k, v in json.loads(path.read_text()).items()}
+            except (ValueError, AttributeError):
+                log.warning("flap guard history %s is unreadable; starting empty", path)
+
+    @staticmethod
+    def _name(key: Key) -> str:
+        return f"{key[0]}/{key[1]}"
+
+    def recent(self, key: Key, now: float | None = None) -> int:
+        now = now or time.time()
+        with self._lock:
+            return sum(1 for t in self._history.get(self._name(key), []) if now - t <= self.window_s)
+
+    def tripped(self, key: Key) -> bool:
+        return self.recent(key) >= self.max_runs
+
+    def record(self, key: Key, at: float | None = None) -> None:
+        now = at or time.time()
+        with self._lock:
+            kept = [t for t in self._history.get(self._name(key), []) if now - t <= self.window_s]
+            self._history[self._name(key)] = [*kept, now]
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self._history))
+            tmp.replace(self.path)
+
+
+class RunLauncher:
+    def __init__(self, *, flow: Any, flap: FlapGuard, metrics: Metrics) -> None:
+        self.flow = flow
+        self.flap = flap
+        self.metrics = metrics
+        self._active: dict[Key, str | None] = {}
+        self._lock = threading.Lock()
+        self._threads: set[threading.Thread] = set()
+
+    def active(self) -> dict[Key, str | None]:
+        with self._lock:
+            return dict(self._active)
+
+    async def launch(self, runbook: str, target: str, *, reason: str, idempotency_key: str) -> Launch:
+        from medic.prefect_runtime import create_deployment_run
+
+        key = (runbook, target)
+        with self._lock:  # reserve before the first await: a storm cannot race past this
+            if key in self._active:
+                self.metrics.deduplicated.labels(runbook).inc()
+                return Launch(status=LaunchStatus.DUPLICATE, runbook=runbook, target=target,
+                              flow_run_id=self._active[key], detail="a remediation is already running")
+            self._active[key] = None
+        try:
+            require_approval = self.flap.tripped(key)
+            if require_approval:
+                self.metrics.flap_guard.labels(runbook).inc()
+            params = {"runbook": runbook, "target": target, "reason": reason, "require_approval": require_approval}
+            run = await create_deployment_run(f"remediate/{runbook}", params, idempotency_key=idempotency_key,
+                                              tags=[RUN_TAG, f"runbook:{runbook}", f"target:{target}"])
+            if run.state is not None and run.state.type.value not in ("PENDING", "SCHEDULED"):
+                self._release(key)
+                return Launch(status=LaunchStatus.ALREADY_HANDLED, runbook=runbook, target=target,
+                              flow_run_id=str(run.id), detail=f"this alert was already handled by run {run.id}")
+            with self._lock:
+                self._active[key] = str(run.id)
+            self.flap.record(key)
+            self._execute(key, run)
+            detail = (f"flap guard: {self.flap.recent(key)} remediations within {self.flap.window_s:g} s — "
+                      f"asking a human" if require_approval else "")
+            return Launch(status=LaunchStatus.STARTED, runbook=runbook, target=target, flow_run_id=str(run.id),
+                          require_approval=require_approval, detail=detail)
+        except Exception as exc:  # noqa: BLE001 - answer the webhook with the reason, keep serving
+            self._release(key)
+            log.exception("could not start %s on %s", runbook, target)
+            return Launch(status=LaunchStatus.ERROR, runbook=runbook, target=target, detail=str(exc)[:300])
+
+    def _release(self, key: Key) -> None:
+        with self._lock:
+            self._active.pop(key, None)
+
+    def _execute(self, key: Key | None, run: Any) -> None:
+        """Run the flow in its own thread and event loop, so slow stages never block the HTTP server."""
+        from medic.prefect_runtime import run_flow_now
+
+        def target() -> None:
+            self.metrics.active.inc()
+            try:
+                outcome = asyncio.run(run_flow_now(self.flow, flow_run=run))
+                if isinstance(outcome.result, RemediationReport):
+                    self.metrics.finished(outcome.result)
+                log.info("run %s ended %s: %s", run.id, outcome.state_name, outcome.message)
+            except Exception:  # noqa: BLE001 - a crashed run must not take the server down
+                log.exception("flow run %s crashed", run.id)
+            finally:
+                self.metrics.active.dec()
+                if key is not None:
+                    self._release(key)
+                self._threads.discard(threading.current_thread())
+
+        thread = threading.Thread(target=target, name=f"run-{run.id}", daemon=True)
+        self._threads.add(thread)
+        thread.start()
+
+    async def withdraw(self, runbook: str, target: str, *, why: str) -> str | None:
+        """The alert resolved: end a run still waiting for approval as 'no longer needed'."""
+        from medic.prefect_runtime import ResumeStatus, resume_with_input
+
+        run_id = self.active().get((runbook, target))
+        if not run_id:
+            return None
+        outcome = await resume_with_input(run_id, {"decision": "withdraw", "approver": "alertmanager",
+                                                   "comment": why, "via": "alert"})
+        return run_id if outcome.status is ResumeStatus.ACCEPTED else None
+
+    async def adopt_orphans(self) -> list[str]:
+        """Re-execute our runs that a previous medic serve left paused or running (it is gone now).
+
+        A remediation flow is safe to run again from the top: detect re-checks the problem, and the
+        approval step pauses under a fresh key, so the card's buttons keep working after a restart.
+        """
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import (
+            FlowRunFilter,
+            FlowRunFilterState,
+            FlowRunFilterStateType,
+            FlowRunFilterTags,
+        )
+        from prefect.client.schemas.objects import StateType
+        from prefect.client.schemas.sorting import FlowRunSort
+        from prefect.states import Pending
+
+        adopted: list[str] = []
+        async with get_client() as client:
+            runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                tags=FlowRunFilterTags(all_=[RUN_TAG]),
+                state=FlowRunFilterState(type=FlowRunFilterStateType(
+                    any_=[StateType.PAUSED, StateType.RUNNING, StateType.PENDING]))),
+                sort=FlowRunSort.START_TIME_ASC, limit=200)
+            for run in runs:
+                await client.set_flow_run_state(run.id, Pending(message="adopted after a medic serve restart"),
+                                                force=True)
+                fresh = await client.read_flow_run(run.id)
+                params = fresh.parameters or {}
+                key = (str(params.get("runbook")), str(params.get("target")))
+                with self._lock:
+                    self._active[key] = str(run.id)
+                self._execute(key, fresh)
+                adopted.append(str(run.id))
+        return adopted
+
+    def wait_idle(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        for thread in list(self._threads):
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads)
