@@ -51,7 +51,7 @@ def haproxy_config(lab: LabState) -> str:
         "    timeout server 15s",
         "    timeout http-keep-alive 2s",
         "",
-        "frontend web",
+        "frontend http-in",
         f"    bind 127.0.0.1:{lab.ports.haproxy}",
         f"    http-request use-service prometheus-exporter if {{ path {METRICS_PATH} }}",
         f"    default_backend {BACKEND}",
