@@ -74,4 +74,4 @@ def registered() -> list[LabComponent]:
 
 
 #: (module, class) of each component; components add themselves here.
-_COMPONENTS: list[tuple[str, str]] = [("medic.lab.haproxy", "HAProxy")]
+_COMPONENTS: list[tuple[str, str]] = [("medic.lab.haproxy", "HAProxy"), ("medic.lab.postgres", "Postgres")]
