@@ -1,0 +1,81 @@
+"""A real `medic serve` subprocess against the session lab, stopped (SIGTERM, then SIGKILL) afterwards."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MedicServer:
+    def __init__(self, proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
+        self.proc, self.url, self.log = proc, url, log
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@contextmanager
+def medic_server(state_dir: Path, *, env: dict[str, str] | None = None, port: int | None = None) -> Iterator[MedicServer]:
+    port = port or free_port()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    log = state_dir / f"serve-{port}.log"
+    full_env = {**os.environ, "MEDIC_STATE_DIR": str(state_dir), **(env or {})}
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "medic", "serve", "--port", str(port)], env=full_env,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    server = MedicServer(proc, f"http://127.0.0.1:{port}", log)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"medic serve exited with {proc.returncode}:\n{server.logs()[-3000:]}")
+            try:
+                if httpx.get(f"{server.url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"medic serve did not become healthy:\n{server.logs()[-3000:]}")
+            time.sleep(0.3)
+        yield server
+    finally:
+        server.stop()
+
+
+def alert_payload(alertname: str, host: str, *, status: str = "firing", fingerprint: str | None = None,
+                  starts_at: str = "2026-11-22T00:00:00Z", extra_labels: dict[str, str] | None = None) -> dict:
+    """An Alertmanager webhook (version 4) with one alert, shaped as Alertmanager sends it."""
+    labels = {"alertname": alertname, "host": host, "job": "web", "severity": "critical", **(extra_labels or {})}
+    return {
+        "version": "4", "groupKey": f'{{}}:{{alertname="{alertname}", host="{host}"}}', "truncatedAlerts": 0,
+        "status": status, "receiver": "medic", "groupLabels": {"alertname": alertname, "host": host},
+        "commonLabels": labels, "commonAnnotations": {}, "externalURL": "http://127.0.0.1:9093",
+        "alerts": [{"status": status, "labels": labels, "annotations": {"summary": "test"},
+                    "startsAt": starts_at, "endsAt": "0001-01-01T00:00:00Z",
+                    "generatorURL": "http://127.0.0.1:9090/graph", "fingerprint": fingerprint or f"fp-{alertname}-{host}"}],
+    }

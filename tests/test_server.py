@@ -1,0 +1,187 @@
+"""medic serve against the lab: alerts in, remediations out, with nobody touching a key.
+
+A real `medic serve` subprocess (Prefect from the lab, deployments served, HTTP on a free port) and
+the lab's real Alertmanager pointed at it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from medic.lab import control, faults
+from medic.lab.state import LabState
+from tests.support.flows import metric, wait_metric
+from tests.support.server import MedicServer, alert_payload, medic_server
+
+
+@pytest.fixture(scope="module")
+def server(lab: LabState, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MedicServer]:
+    with medic_server(tmp_path_factory.mktemp("serve"), env={"MEDIC_FLAP_MAX_RUNS": "2"}) as srv:
+        yield srv
+
+
+def _metric(server: MedicServer, name: str, **labels: str) -> float:
+    text = httpx.get(f"{server.url}/metrics").text
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            if all(f'{k}="{v}"' in line for k, v in labels.items()):
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def _runs(lab: LabState, *tags: str) -> list[dict]:
+    body = {"flow_runs": {"tags": {"all_": list(tags)}}, "limit": 200}
+    return httpx.post(f"{lab.prefect_api_url}/flow_runs/filter", json=body).json()
+
+
+def _wait_final(lab: LabState, run_id: str, timeout: float = 90) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        run = httpx.get(f"{lab.prefect_api_url}/flow_runs/{run_id}").json()
+        if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") or time.monotonic() > deadline:
+            return run
+        time.sleep(0.3)
+
+
+def _post(server: MedicServer, payload: dict | bytes, **headers: str) -> httpx.Response:
+    if isinstance(payload, bytes):
+        return httpx.post(f"{server.url}/alertmanager", content=payload,
+                          headers={"content-type": "application/json", **headers})
+    return httpx.post(f"{server.url}/alertmanager", json=payload)
+
+
+def test_alert_from_alertmanager_is_remediated_with_no_other_input(lab: LabState, server: MedicServer) -> None:
+    before = _metric(server, "medic_runs_total", runbook="service-down", outcome="recovered")
+    control.set_webhook(lab, f"{server.url}/alertmanager")
+    try:
+        faults.break_host(lab, "service-down", "web-2")
+        deadline = time.monotonic() + 60
+        while _metric(server, "medic_runs_total", runbook="service-down", outcome="recovered") <= before:
+            assert time.monotonic() < deadline, f"no recovery within 60 s:\n{server.logs()[-2000:]}"
+            time.sleep(0.5)
+    finally:
+        control.set_webhook(lab, "http://127.0.0.1:9/unused")
+        faults.fix_host(lab, "service-down", "web-2")
+    assert wait_metric(lab, 'up{job="web",host="web-2"}', lambda r: r and r[0][1] == 1)[0][1] == 1
+    runs = _runs(lab, "medic-serve", "target:web-2", "runbook:service-down")
+    assert any(r["state"]["name"] == "Recovered" for r in runs)
+    assert all(r["deployment_id"] for r in runs), "alert runs must show under their deployment"
+
+
+def test_fifty_duplicate_notifications_start_exactly_one_run(lab: LabState, server: MedicServer) -> None:
+    payload = alert_payload("ServiceDown", "web-5", fingerprint="storm-web-5", starts_at="2026-11-22T01:00:00Z")
+
+    async def storm() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            return await asyncio.gather(*[client.post(f"{server.url}/alertmanager", json=payload) for _ in range(50)])
+
+    responses = asyncio.run(storm())
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
+    results = [r.json()["alerts"][0]["result"] for r in responses]
+    assert results.count("started") == 1, results
+    assert set(results) <= {"started", "duplicate", "already handled"}
+    run_ids = {r.json()["alerts"][0].get("flow_run_id") for r in responses} - {None}
+    assert len(run_ids) == 1
+    run = _wait_final(lab, run_ids.pop())
+    assert run["state"]["name"] == "NotNeeded"  # web-5 is healthy: detect finds nothing to do
+    # a repeat of the same alert instance after the run ended is not acted on twice
+    again = _post(server, payload).json()["alerts"][0]
+    assert again["result"] == "already handled"
+    assert len(_runs(lab, "medic-serve", "target:web-5")) == 1
+
+
+def test_flap_guard_asks_a_human_and_a_resolved_alert_ends_the_wait(lab: LabState, server: MedicServer) -> None:
+    for n in (1, 2):  # two remediations within the window (MEDIC_FLAP_MAX_RUNS=2)
+        answer = _post(server, alert_payload("ServiceDown", "web-6", fingerprint=f"flap-{n}",
+                                             starts_at=f"2026-11-22T02:0{n}:00Z")).json()["alerts"][0]
+        assert answer["result"] == "started" and "flap guard" not in answer.get("detail", "")
+        _wait_final(lab, answer["flow_run_id"])
+    faults.break_host(lab, "service-down", "web-6")
+    try:
+        wait_metric(lab, 'up{job="web",host="web-6"}', lambda r: r and r[0][1] == 0)
+        third = alert_payload("ServiceDown", "web-6", fingerprint="flap-3", starts_at="2026-11-22T02:03:00Z")
+        answer = _post(server, third).json()["alerts"][0]
+        assert answer["result"] == "started" and "flap guard" in answer["detail"], answer
+        run_id = answer["flow_run_id"]
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{lab.prefect_api_url}/flow_runs/{run_id}").json()["state"]["type"] != "PAUSED":
+            assert time.monotonic() < deadline, "the flap-guarded run never asked for approval"
+            time.sleep(0.3)
+        assert metric(lab, 'up{job="web",host="web-6"}')[0][1] == 0, "nothing may be done before a decision"
+        third["status"] = third["alerts"][0]["status"] = "resolved"
+        resolved = _post(server, third).json()["alerts"][0]
+        assert resolved["result"] == "resolved" and run_id in resolved["detail"]
+        run = _wait_final(lab, run_id)
+        assert run["state"]["name"] == "NotNeeded" and "resolved" in run["state"]["message"]
+    finally:
+        faults.fix_host(lab, "service-down", "web-6")
+
+
+def test_deployments_explain_their_parameters_and_an_api_run_completes(lab: LabState, server: MedicServer) -> None:
+    deployments = httpx.post(f"{lab.prefect_api_url}/deployments/filter", json={"limit": 200}).json()
+    by_name = {d["name"]: d for d in deployments}
+    assert {"service-down", "disk-full", "high-latency"} <= set(by_name)
+    schema = by_name["service-down"]["parameter_openapi_schema"]["properties"]
+    assert {"runbook", "target", "dry_run", "reason", "require_approval"} <= set(schema)
+    assert "Inventory host or group" in schema["target"]["description"]
+    assert schema["dry_run"]["type"] == "boolean"
+    assert by_name["service-down"]["parameters"]["runbook"] == "service-down"
+    created = httpx.post(f"{lab.prefect_api_url}/deployments/{by_name['service-down']['id']}/create_flow_run",
+                         json={"parameters": {"runbook": "service-down", "target": "web-5"}}).json()
+    run = _wait_final(lab, created["id"], timeout=120)
+    assert run["state"]["type"] == "COMPLETED", run["state"]
+    assert run["state"]["name"] == "NotNeeded"
+
+
+@pytest.mark.parametrize(("body", "headers", "status", "reason"), [
+    (b"this is not json", {}, 400, "not JSON"),
+    (b'["a", "list"]', {}, 400, "not an Alertmanager webhook payload"),
+    (b'{"version": "4", "status": "firing"}', {}, 400, "alerts"),
+    (b'{"version": "3", "status": "firing", "alerts": []}', {}, 422, "unsupported webhook version '3'"),
+    (b"{" + b" " * (1024 * 1024 + 10) + b"}", {}, 413, "over the"),
+    (b"{}", {"content-type": "text/plain"}, 415, "expected application/json"),
+])
+def test_bad_webhook_payloads_are_refused_with_a_reason(server: MedicServer, body: bytes, headers: dict,
+                                                        status: int, reason: str) -> None:
+    before = _metric(server, "medic_alerts_received_total", action="started")
+    response = _post(server, body, **headers)
+    assert response.status_code == status, response.text
+    assert reason in response.json()["error"]
+    assert _metric(server, "medic_alerts_received_total", action="started") == before
+
+
+@pytest.mark.parametrize(("alertname", "host", "result"), [
+    ("SomethingElse", "web-1", "no runbook"),
+    ("ServiceDown", "db-9", "unknown host"),
+    ("ServiceDown", "web-1; rm -rf /", "unknown host"),
+])
+def test_alerts_medic_cannot_act_on_are_acknowledged_not_started(lab: LabState, server: MedicServer, alertname: str,
+                                                                 host: str, result: str) -> None:
+    response = _post(server, alert_payload(alertname, host, fingerprint=f"odd-{alertname}"))
+    assert response.status_code == 200
+    entry = response.json()["alerts"][0]
+    assert entry["action"] == result and "flow_run_id" not in entry
+    assert response.json()["started"] == 0
+
+
+def test_healthz_and_metrics(server: MedicServer) -> None:
+    health = httpx.get(f"{server.url}/healthz").json()
+    assert health["status"] == "ok" and health["prefect_reachable"] is True
+    assert set(health["runbooks"]) >= {"service-down", "disk-full", "high-latency"}
+    text = httpx.get(f"{server.url}/metrics").text
+    for name in ("medic_runs_total", "medic_time_to_recover_seconds", "medic_approvals_pending",
+                 "medic_alerts_received_total"):
+        assert name in text
+
+
+def test_sigterm_stops_medic_serve_cleanly(lab: LabState, tmp_path: Path) -> None:
+    with medic_server(tmp_path / "state") as srv:
+        assert srv.stop() == 0
+        assert "stopping" in srv.logs()
