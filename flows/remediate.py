@@ -15,7 +15,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
 from prefect.states import Completed, Failed, State
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from medic.inventory import Host, load_inventory
+from medic.prefect_runtime import ensure_concurrency_limit, exclusive_slot, remediation_lock_name
 from medic.progress import Timeline
 from medic.prometheus import PrometheusClient
 from medic.report import (
@@ -28,7 +31,7 @@ from medic.report import (
     render_diagnosis,
     utcnow,
 )
-from medic.runbook import find_runbook
+from medic.runbook import Runbook, find_runbook
 from medic.settings import get_settings
 from medic.ssh import SSHSession
 from medic import stages
@@ -83,39 +86,34 @@ def _summary(outcome: Outcome, hosts: list[str], recovery: RecoveryResult | None
         return f"Recovered {names}: {detail}."
     if outcome is Outcome.NOT_RECOVERED:
         return f"Not recovered: the action ran on {names} but verify did not pass within {verify.waited_s:.0f} s ({detail})." if verify else detail
+    if outcome is Outcome.ALREADY_RUNNING:
+        return f"Nothing done: {detail}."
     if outcome in (Outcome.REJECTED, Outcome.APPROVAL_TIMED_OUT):
         who = f" by {', '.join(approval.approvers)}" if approval and approval.approvers else ""
         return f"Nothing was changed: approval {outcome.value}{who}" + (f" ({approval.comment})" if approval and approval.comment else "") + "."
     return f"Failed: {detail}"
 
 
-@flow(name="remediate", flow_run_name="{runbook} on {target}", persist_result=False, log_prints=False)
-async def remediate(
-    runbook: str,
-    target: str | None = None,
-    dry_run: bool = False,
-    reason: str = "manual run",
-    require_approval: bool = False,
-) -> State:
-    """Run one runbook against one inventory target: detect, diagnose, approve if needed, recover, verify.
+class Findings(BaseModel):
+    """What the stages found and did, handed from the stages to the report."""
 
-    Args:
-        runbook: Name of the runbook (a file in runbooks/, e.g. service-down).
-        target: Inventory host or group to act on; empty uses the runbook's default target.
-        dry_run: Detect and diagnose for real, run the recovery in check mode, change nothing.
-        reason: Why this run started (manual run, alert fingerprint, schedule) — shown in the report.
-        require_approval: Ask a human even if the runbook's policy is 'none' (the flap guard sets this).
-    """
-    logger = get_run_logger()
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    outcome: Outcome = Outcome.FAILED
+    detail: str = ""
+    affected: list[str] = Field(default_factory=list)
+    detect: CheckResult | None = None
+    diagnosis: Diagnosis | None = None
+    approval: ApprovalRecord | None = None
+    recovery: RecoveryResult | None = None
+    verify: CheckResult | None = None
+
+
+async def _stages(spec: Runbook, plan: stages.Plan, *, dry_run: bool, require_approval: bool, run_id: str,
+                  timeline: Timeline) -> Findings:
+    """detect → diagnose → [approval] → recover → verify; each stage a task, each result recorded."""
     settings = get_settings()
-    started = utcnow()
-    timeline = Timeline()
-    run_id = str(get_run_context().flow_run.id)
-    spec = find_runbook(runbook, settings.runbooks_dir)
-    plan = stages.plan(spec, target, load_inventory())
     hosts_by_name = {h.name: h for h in plan.hosts}
-    timeline.note("start", f"{spec.name} on {plan.target} ({len(plan.hosts)} host(s)){' — dry run' if dry_run else ''}; {reason}")
-
     detect = diagnosis = recovery = verify = approval = None
     affected: list[str] = []
     outcome, detail = Outcome.FAILED, ""
@@ -173,6 +171,49 @@ async def remediate(
                             outcome, detail = Outcome.RECOVERED, f"verify {spec.verify.condition} holds — {_values(verify, affected)}"
                         timeline.note("verify", f"{'healthy' if not verify.timed_out else 'still unhealthy'} after "
                                                 f"{verify.waited_s:.1f} s — {_values(verify, affected)}")
+    return Findings(outcome=outcome, detail=detail, affected=affected, detect=detect, diagnosis=diagnosis,
+                    approval=approval, recovery=recovery, verify=verify)
+
+
+@flow(name="remediate", flow_run_name="{runbook} on {target}", persist_result=False, log_prints=False)
+async def remediate(
+    runbook: str,
+    target: str | None = None,
+    dry_run: bool = False,
+    reason: str = "manual run",
+    require_approval: bool = False,
+) -> State:
+    """Run one runbook against one inventory target: detect, diagnose, approve if needed, recover, verify.
+
+    Args:
+        runbook: Name of the runbook (a file in runbooks/, e.g. service-down).
+        target: Inventory host or group to act on; empty uses the runbook's default target.
+        dry_run: Detect and diagnose for real, run the recovery in check mode, change nothing.
+        reason: Why this run started (manual run, alert fingerprint, schedule) — shown in the report.
+        require_approval: Ask a human even if the runbook's policy is 'none' (the flap guard sets this).
+    """
+    logger = get_run_logger()
+    settings = get_settings()
+    started = utcnow()
+    timeline = Timeline()
+    run_id = str(get_run_context().flow_run.id)
+    spec = find_runbook(runbook, settings.runbooks_dir)
+    plan = stages.plan(spec, target, load_inventory())
+    timeline.note("start", f"{spec.name} on {plan.target} ({len(plan.hosts)} host(s)){' — dry run' if dry_run else ''}; {reason}")
+
+    lock = remediation_lock_name(spec.name, plan.target)
+    await ensure_concurrency_limit(lock, 1)
+    async with exclusive_slot(lock) as got_slot:
+        if got_slot:
+            found = await _stages(spec, plan, dry_run=dry_run, require_approval=require_approval, run_id=run_id,
+                                  timeline=timeline)
+        else:
+            found = Findings(outcome=Outcome.ALREADY_RUNNING,
+                             detail=f"another remediation of {spec.name} on {plan.target} is running")
+            timeline.note("start", found.detail + " — nothing done")
+    detect, diagnosis, approval, recovery, verify = (found.detect, found.diagnosis, found.approval,
+                                                     found.recovery, found.verify)
+    affected, outcome, detail = found.affected, found.outcome, found.detail
 
     report = RemediationReport(
         runbook=spec.name, target=plan.target, hosts=affected, reason=reason, dry_run=dry_run, outcome=outcome,
@@ -185,5 +226,7 @@ async def remediate(
     await create_markdown_artifact(key=_artifact_key("incident", spec.name, plan.target), markdown=report.to_markdown(),
                                    description=f"{spec.name} on {plan.target}: {outcome.value}")
     logger.info("%s", report.summary)
-    state_cls = Completed if outcome.success else Failed
+    # Completed: recovered / not needed / dry run, and "already running" (another run is on it);
+    # Failed: anything that leaves the problem in place (failed, not recovered, rejected, no decision).
+    state_cls = Completed if outcome.success or outcome is Outcome.ALREADY_RUNNING else Failed
     return state_cls(message=report.summary, name=outcome.state_name, data=report)

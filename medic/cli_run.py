@@ -18,7 +18,8 @@ from medic.errors import MedicError, RunbookError
 from medic.report import Outcome, RemediationReport, TimelineEntry
 from medic.settings import Settings, get_settings
 
-EXIT_CODES = {Outcome.FAILED: 1, Outcome.NOT_RECOVERED: 1, Outcome.REJECTED: 3, Outcome.APPROVAL_TIMED_OUT: 3}
+EXIT_CODES = {Outcome.FAILED: 1, Outcome.NOT_RECOVERED: 1, Outcome.REJECTED: 3, Outcome.APPROVAL_TIMED_OUT: 3,
+              Outcome.ALREADY_RUNNING: 4}
 
 
 def use_prefect_api(settings: Settings) -> None:
@@ -175,7 +176,8 @@ def cmd_approve(args: argparse.Namespace) -> int:
                "comment": args.comment or "", "via": "cli"}
     outcome = asyncio.run(resume_with_input(args.run_id, payload))
     if outcome.status is ResumeStatus.ACCEPTED:
-        print(f"{payload['decision']}d run {args.run_id} as {payload['approver']}")
+        verb = {"approve": "approved", "reject": "rejected"}[payload["decision"]]
+        print(f"{verb} run {args.run_id} as {payload['approver']}")
         return 0
     print(f"medic: error: run {args.run_id}: {outcome.status.value}{': ' + outcome.reason if outcome.reason else ''}",
           file=sys.stderr)

@@ -27,6 +27,7 @@ class Outcome(StrEnum):
     DRY_RUN = "dry run"
     REJECTED = "rejected"
     APPROVAL_TIMED_OUT = "approval timed out"
+    ALREADY_RUNNING = "already running"
 
     @property
     def success(self) -> bool:
