@@ -17,9 +17,10 @@ from prefect.states import Completed, Failed, State
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from medic import audit
 from medic.inventory import Host, load_inventory
+from medic.notify import IncidentTimeline
 from medic.prefect_runtime import ensure_concurrency_limit, exclusive_slot, remediation_lock_name
-from medic.progress import Timeline
 from medic.prometheus import PrometheusClient
 from medic.report import (
     ApprovalRecord,
@@ -88,7 +89,9 @@ def _summary(outcome: Outcome, hosts: list[str], recovery: RecoveryResult | None
         return f"Not recovered: the action ran on {names} but verify did not pass within {verify.waited_s:.0f} s ({detail})." if verify else detail
     if outcome is Outcome.ALREADY_RUNNING:
         return f"Nothing done: {detail}."
-    if outcome in (Outcome.REJECTED, Outcome.APPROVAL_TIMED_OUT):
+    if outcome is Outcome.APPROVAL_TIMED_OUT:
+        return f"Nothing was changed: nobody approved within {approval.waited_s:.0f} s (approval timed out)." if approval else detail
+    if outcome is Outcome.REJECTED:
         who = f" by {', '.join(approval.approvers)}" if approval and approval.approvers else ""
         return f"Nothing was changed: approval {outcome.value}{who}" + (f" ({approval.comment})" if approval and approval.comment else "") + "."
     return f"Failed: {detail}"
@@ -110,7 +113,7 @@ class Findings(BaseModel):
 
 
 async def _stages(spec: Runbook, plan: stages.Plan, *, dry_run: bool, require_approval: bool, run_id: str,
-                  timeline: Timeline) -> Findings:
+                  timeline: IncidentTimeline) -> Findings:
     """detect → diagnose → [approval] → recover → verify; each stage a task, each result recorded."""
     settings = get_settings()
     hosts_by_name = {h.name: h for h in plan.hosts}
@@ -125,6 +128,8 @@ async def _stages(spec: Runbook, plan: stages.Plan, *, dry_run: bool, require_ap
             outcome, detail = Outcome.NOT_NEEDED, f"detect {spec.detect.condition} does not hold — {_values(detect, list(hosts_by_name))}"
             timeline.note("detect", f"healthy — {detail}")
         else:
+            timeline.open_incident(f"detected on {', '.join(affected)}: `{spec.detect.query}` "
+                                   f"{spec.detect.condition} → {_values(detect, affected)}")
             timeline.note("detect", f"confirmed on {', '.join(affected)}: {_values(detect, affected)} "
                                     f"(condition {spec.detect.condition} held ≥ {spec.detect.hold:g} s)")
             targets = [hosts_by_name[n] for n in affected]
@@ -145,7 +150,7 @@ async def _stages(spec: Runbook, plan: stages.Plan, *, dry_run: bool, require_ap
 
                 approval = await approval_step(plan=plan, targets=targets, detect=detect, diagnosis=diagnosis,
                                                dry_run=dry_run, forced=require_approval, flow_run_id=run_id,
-                                               timeline=timeline)
+                                               timeline=timeline, ssh=ssh)
                 if approval.decision == "withdrawn":
                     outcome, detail = Outcome.NOT_NEEDED, f"the alert resolved while waiting for approval ({approval.comment})"
                 elif approval.decision in ("rejected", "timed out"):
@@ -156,6 +161,10 @@ async def _stages(spec: Runbook, plan: stages.Plan, *, dry_run: bool, require_ap
                     recovery = recover_task(plan, targets, dry_run, ssh)
                     results = ", ".join(f"{h.host}: {h.status}" for h in recovery.hosts)
                     timeline.note("recover", f"{recovery.action}{' (check mode)' if dry_run else ''} — {results}")
+                    audit.record(audit.AuditRecord(
+                        kind="action", flow_run_id=run_id, runbook=spec.name, target=plan.target,
+                        who=", ".join(approval.approvers) or "medic", what=recovery.action, where=", ".join(affected),
+                        result=results, detail="check mode" if dry_run else f"took {recovery.duration_s:.1f} s"))
                     if dry_run:
                         outcome = Outcome.DRY_RUN
                     elif recovery.errors:
@@ -195,10 +204,10 @@ async def remediate(
     logger = get_run_logger()
     settings = get_settings()
     started = utcnow()
-    timeline = Timeline()
     run_id = str(get_run_context().flow_run.id)
     spec = find_runbook(runbook, settings.runbooks_dir)
     plan = stages.plan(spec, target, load_inventory())
+    timeline = IncidentTimeline(title=f"{spec.name} on {plan.target}", flow_run_id=run_id)  # + Slack thread
     timeline.note("start", f"{spec.name} on {plan.target} ({len(plan.hosts)} host(s)){' — dry run' if dry_run else ''}; {reason}")
 
     lock = remediation_lock_name(spec.name, plan.target)
@@ -223,6 +232,7 @@ async def remediate(
     )
     timeline.note("report", f"{outcome.value}: {report.summary}")
     report.timeline = timeline.entries
+    timeline.close()
     await create_markdown_artifact(key=_artifact_key("incident", spec.name, plan.target), markdown=report.to_markdown(),
                                    description=f"{spec.name} on {plan.target}: {outcome.value}")
     logger.info("%s", report.summary)

@@ -68,6 +68,7 @@ class Decision(StrEnum):
     APPROVED = "approved"
     REJECTED = "rejected"
     TIMED_OUT = "timed_out"
+    WITHDRAWN = "withdrawn"  # the alert resolved while waiting: no longer needed
     GONE = "gone"  # the run finished or was cancelled elsewhere (e.g. decided in the Prefect UI)
 
 
@@ -81,17 +82,18 @@ def decided_card_blocks(
     *,
     decision: Decision | str,
     at: datetime,
-    by: str | None = None,
+    by: str | list[str] | None = None,
     note: str | None = None,
 ) -> list[dict]:
     """The same card after the wait ended: buttons removed so nobody clicks a stale card."""
     decision = Decision(decision)
     when = slack_date(at)
-    who = mention(by) if by else "someone"
+    who = ", ".join(mention(b) for b in ([by] if isinstance(by, str) else by or [])) or "someone"
     line = {
         Decision.APPROVED: f"✅ Approved by {who} at {when}",
         Decision.REJECTED: f"❌ Rejected by {who} at {when}",
         Decision.TIMED_OUT: f"⌛ No longer waiting: the approval timed out at {when} (not approved)",
+        Decision.WITHDRAWN: f"↩️ No longer needed: withdrawn by {who} at {when} (nothing was changed)",
         Decision.GONE: f"⌛ No longer waiting: the run finished or was cancelled (seen at {when})",
     }[decision]
     if note:

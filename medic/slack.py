@@ -58,6 +58,7 @@ __all__ = [
     "SlackRequestRefused",
     "approval_card_blocks",
     "decided_card_blocks",
+    "parse_block_actions",
     "verify_and_parse",
 ]
 
@@ -129,13 +130,27 @@ class SlackNotifier:
         """A message only ``user`` sees, e.g. "you are not allowed to approve this"."""
         return self._call("chat.postEphemeral", "message_ts", channel=channel, user=user, text=text)
 
+    def usergroup_members(self, usergroup: str) -> set[str] | None:
+        """Slack user ids in a user group (``usergroups.users.list``), or None if Slack cannot say."""
+        if self._client is None:
+            log.info("Slack disabled (no MEDIC_SLACK_BOT_TOKEN); cannot read user group %s", usergroup)
+            return None
+        data = self._api("usergroups.users.list", what=f"user group {usergroup}", usergroup=usergroup)
+        return set(data.get("users") or []) if data is not None else None
+
     def _call(self, method: str, ts_key: str, *, channel: str, text: str, **extra: Any) -> str | None:
         if self._client is None:
             log.info("Slack disabled (no MEDIC_SLACK_BOT_TOKEN); %s to %s: %s", method, channel, text)
             return None
-        args = {"channel": channel, "text": text} | {k: v for k, v in extra.items() if v is not None}
+        data = self._api(method, what=f"to {channel}", note=f" Message was: {clip(text, _LOGGED_TEXT_MAX)}",
+                         channel=channel, text=text, **extra)
+        return data.get(ts_key) if data is not None else None
+
+    def _api(self, method: str, *, what: str, note: str = "", **args: Any) -> dict[str, Any] | None:
+        """One Web API call with retries; its data, or None after logging why (never raises)."""
+        assert self._client is not None
         try:
-            response = self._client.api_call(method, json=args)
+            response = self._client.api_call(method, json={k: v for k, v in args.items() if v is not None})
         except SlackApiError as e:
             data = e.response.data
             error = data.get("error", "unknown") if isinstance(data, dict) else "unknown"
@@ -143,11 +158,9 @@ class SlackNotifier:
         except (SlackClientError, URLError, OSError) as e:  # URLError/OSError: connection-level failures
             reason = f"{type(e).__name__}: {e}"
         else:
-            return response.get(ts_key)
-        log.warning(
-            "Slack %s to %s failed (%s, retries included); the remediation goes on. Message was: %s",
-            method, channel, reason, clip(text, _LOGGED_TEXT_MAX),
-        )
+            return dict(response.data) if isinstance(response.data, dict) else {}
+        log.warning("Slack %s %s failed (%s, retries included); the remediation goes on.%s",
+                    method, what, reason, note)
         return None
 
 
@@ -311,6 +324,11 @@ def _parse_block_actions(body: str) -> BlockAction:
         raw = json.loads(form["payload"][0])
     except json.JSONDecodeError as e:
         raise _malformed(f"payload is not valid JSON ({e.msg})") from None
+    return parse_block_actions(raw)
+
+
+def parse_block_actions(raw: Any) -> BlockAction:
+    """A decoded ``block_actions`` payload → its click (shared by the HTTP endpoint and Socket Mode)."""
     if not isinstance(raw, dict) or raw.get("type") != "block_actions":
         found = raw.get("type") if isinstance(raw, dict) else type(raw).__name__
         raise _malformed(

@@ -1,7 +1,7 @@
 """A small local fake of Slack's Web API, because Slack is the one far side a test cannot reach.
 
 It is a real HTTP server on 127.0.0.1 (ephemeral port) that speaks the documented wire format of the
-four methods medic uses, so the real ``slack_sdk.WebClient`` — retries, encodings, error handling —
+methods medic uses, so the real ``slack_sdk.WebClient`` — retries, encodings, error handling —
 runs unchanged against it::
 
     with FakeSlack() as slack:
@@ -64,6 +64,7 @@ class _State:
     calls: list[Call] = field(default_factory=list)
     faults: list[_Fault] = field(default_factory=list)
     messages: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    usergroups: dict[str, list[str]] = field(default_factory=dict)
     next_ts: int = 100
 
     def new_ts(self) -> str:
@@ -104,6 +105,11 @@ class FakeSlack:
         with self._state.lock:
             fault = _Fault(status, retry_after if status == 429 else None)
             self._state.faults.extend([fault] * n)
+
+    def set_usergroup(self, usergroup: str, users: list[str]) -> None:
+        """Define a user group's members, as ``usergroups.users.list`` will answer them."""
+        with self._state.lock:
+            self._state.usergroups[usergroup] = list(users)
 
     def calls(self, method: str | None = None) -> list[Call]:
         """Every request so far (of ``method``, if given), in arrival order."""
@@ -181,6 +187,11 @@ def _answer(state: _State, method: str, args: dict[str, Any]) -> tuple[int, dict
     if method == "auth.test":
         return 200, {"ok": True, "url": "https://medic-test.slack.com/", "team": "medic-test",
                      "user": "medic", "team_id": "T0MEDIC", "user_id": BOT_USER_ID, "bot_id": "B0MEDIC"}
+    if method == "usergroups.users.list":
+        users = state.usergroups.get(args.get("usergroup", ""))
+        if users is None:
+            return 200, {"ok": False, "error": "no_such_subteam"}
+        return 200, {"ok": True, "users": list(users)}
     if method not in ("chat.postMessage", "chat.update", "chat.postEphemeral"):
         return 404, {"ok": False, "error": "unknown_method"}
     channel = args.get("channel")
