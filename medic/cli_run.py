@@ -13,6 +13,7 @@ import os
 import sys
 import threading
 import time
+from pathlib import Path
 
 from medic.errors import MedicError, RunbookError
 from medic.report import Outcome, RemediationReport, TimelineEntry
@@ -159,6 +160,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"medic: error: the flow run ended {outcome.state_name} without a report: {outcome.message}",
               file=sys.stderr)
         return 1
+    if args.report:
+        Path(args.report).write_text(report.model_dump_json(indent=2))
     ui = settings.prefect_ui_url
     print(f"\n{report.outcome.value.upper()}: {report.summary}")
     print(f"flow run {outcome.flow_run_id} ({outcome.state_name}) in {outcome.seconds:.1f} s"
@@ -170,11 +173,20 @@ def cmd_approve(args: argparse.Namespace) -> int:
     from medic.approval import cli_identity
 
     use_prefect_api(get_settings())
-    from medic.prefect_runtime import ResumeStatus, resume_with_input
+    from medic.prefect_runtime import ResumeOutcome, ResumeStatus, resume_with_input
 
     payload = {"decision": "reject" if args.reject else "approve", "approver": cli_identity(),
                "comment": args.comment or "", "via": "cli"}
-    outcome = asyncio.run(resume_with_input(args.run_id, payload))
+    async def decide() -> "ResumeOutcome":
+        # A run announces its approval request a moment before it pauses: wait briefly for it.
+        for _ in range(30):
+            outcome = await resume_with_input(args.run_id, payload)
+            if outcome.status is not ResumeStatus.NOT_PAUSED or outcome.state_type not in ("RUNNING", "PENDING"):
+                return outcome
+            await asyncio.sleep(0.1)
+        return outcome
+
+    outcome = asyncio.run(decide())
     if outcome.status is ResumeStatus.ACCEPTED:
         verb = {"approve": "approved", "reject": "rejected"}[payload["decision"]]
         print(f"{verb} run {args.run_id} as {payload['approver']}")
@@ -192,6 +204,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("runbook", help="runbook name, e.g. service-down")
     p.add_argument("--target", help="inventory host or group (default: the runbook's default target)")
     p.add_argument("--dry-run", action="store_true", help="detect and diagnose, recover in check mode, change nothing")
+    p.add_argument("--report", metavar="PATH", help="also write the incident report as JSON to PATH")
     p.set_defaults(handler=cmd_run)
     p = sub.add_parser("approve", help="approve (or --reject) a run waiting for a decision")
     p.add_argument("run_id", help="the flow run id (shown by medic run, Slack and the Prefect UI)")
