@@ -196,6 +196,17 @@ def cmd_approve(args: argparse.Namespace) -> int:
     return 2
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from medic.audit import audit_path, format_record, read_records
+
+    entries = read_records(flow_run_id=args.run, limit=args.limit)
+    for entry in entries:
+        print(format_record(entry))
+    if not entries:
+        print(f"no audit records{' for run ' + args.run if args.run else ''} in {audit_path()}", file=sys.stderr)
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     sub.add_parser("runbooks", help="list the runbooks").set_defaults(handler=cmd_runbooks)
     sub.add_parser("validate", help="check every runbook, its playbook and the hosts it names").set_defaults(
@@ -211,4 +222,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reject", action="store_true", help="reject instead: nothing will be changed")
     p.add_argument("--comment", help="why — kept in the report and audit log")
     p.set_defaults(handler=cmd_approve)
-
+    p = sub.add_parser("audit", help="show the audit log: every decision and every action")
+    p.add_argument("--run", metavar="ID", help="only the records of this flow run")
+    p.add_argument("--limit", type=int, default=50, metavar="N", help="the newest N records (default 50; 0 = all)")
+    p.set_defaults(handler=cmd_audit)

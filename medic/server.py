@@ -131,6 +131,12 @@ def create_app(state: ServerState) -> Starlette:
         routes.append(Route("/slack/actions", slack_not_configured, methods=["POST"]))
     app = Starlette(routes=routes)
     app.state.medic = state
+    if state.settings.slack_socket_mode:  # clicks over Slack's websocket, into the same handler
+        import asyncio
+
+        from medic.socket_mode import start_socket_mode
+
+        state.extra["socket_mode"] = start_socket_mode(state, asyncio.get_running_loop())
     return app
 
 
