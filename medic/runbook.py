@@ -158,6 +158,12 @@ class Diagnose(_Spec):
 Scalar = str | int | float | bool
 
 
+def _playbook_name(value: str | None) -> str | None:
+    if value is not None and ("/" in value or "\\" in value or not value.endswith((".yml", ".yaml"))):
+        raise ValueError("a playbook file name under playbooks/ ending in .yml, without a directory")
+    return value
+
+
 class Recover(_Spec):
     """Exactly one of: an Ansible playbook (with variables) or a shell command."""
 
@@ -169,9 +175,7 @@ class Recover(_Spec):
     @field_validator("playbook")
     @classmethod
     def _playbook_file(cls, value: str | None) -> str | None:
-        if value is not None and ("/" in value or "\\" in value or not value.endswith((".yml", ".yaml"))):
-            raise ValueError("a playbook file name under playbooks/ ending in .yml, without a directory")
-        return value
+        return _playbook_name(value)
 
     @model_validator(mode="after")
     def _one_action(self) -> "Recover":
@@ -198,8 +202,26 @@ class Limits(_Spec):
     max_errors: int = Field(0, ge=0, description="failed hosts tolerated before stopping")
 
 
+class Failover(_Spec):
+    """The settings of a `kind: failover` runbook (flows/failover.py), beyond detect/recover/verify."""
+
+    members: str = Field(description="inventory group of the cluster's nodes (primary + standbys)")
+    max_lag_bytes: int = Field(16 * 1024 * 1024, ge=0,
+                               description="refuse to promote a standby further behind than this (WAL bytes)")
+    direct_check_timeout: Duration = Field(3.0, description="how long the direct query to the primary may take")
+    rejoin_playbook: str = Field("pg-rejoin.yml", description="file name under playbooks/ that rebuilds a standby")
+    rejoin_timeout: Duration = 300.0
+
+    @field_validator("rejoin_playbook")
+    @classmethod
+    def _rejoin_file(cls, value: str) -> str:
+        return _playbook_name(value) or value
+
+
 class Runbook(_Spec):
     name: str = Field(pattern=NAME)
+    kind: Literal["remediation", "failover"] = Field(
+        "remediation", description="remediation: flows/remediate.py; failover: flows/failover.py")
     description: str
     trigger: Trigger | None = None
     targets: Targets = Field(default_factory=Targets)
@@ -210,7 +232,15 @@ class Runbook(_Spec):
     verify: Verify
     limits: Limits = Field(default_factory=Limits)
 
+    failover: Failover | None = Field(None, description="settings of a kind: failover runbook")
+
     source: Path | None = Field(None, exclude=True, description="the file it was loaded from")
+
+    @model_validator(mode="after")
+    def _kind_section(self) -> "Runbook":
+        if (self.kind == "failover") != (self.failover is not None):
+            raise ValueError("a 'failover' section exactly when kind is failover")
+        return self
 
 
 # --- loading ---------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ import httpx
 from pydantic import BaseModel
 
 from medic.errors import LabError
+from medic.haproxy import HAProxyRuntime, LoadBalancerError
 from medic.lab.components import ComponentStatus, FaultAction, LabComponent
 from medic.lab.hosts import ensure_user, user_for
 from medic.lab.processes import alive, spawn
@@ -109,8 +110,9 @@ def _conf(lab: LabState) -> str:
 
 
 def _endpoint_config(lab: LabState, ports: PgPorts) -> str:
-    servers = [f"    server {n} 127.0.0.1:{p}" + ("" if n == NODES[0] else " disabled")
-               for n, p in ports.nodes.items()]
+    # Standbys are put in maint through the runtime API at start: a server `disabled` in the config
+    # stays in config-maint, which `set server ... state ready` cannot lift (HAProxy 2.6).
+    servers = [f"    server {n} 127.0.0.1:{p}" for n, p in ports.nodes.items()]
     return "\n".join([
         f"# the lab's PostgreSQL client endpoint (clients connect here, never to a node)",
         "global",
@@ -194,6 +196,7 @@ class Postgres(LabComponent):
             self.start_exporter(lab, host)
         d = lab.lab_dir / "postgres"
         spawn("pg-endpoint", [str(HAPROXY), "-db", "-f", str(d / "haproxy.cfg")], lab_dir=lab.lab_dir)
+        _route_only(ports, primary.name)
 
     def start_exporter(self, lab: LabState, host: LabHost) -> None:
         ports = PgPorts.of(lab)
@@ -266,6 +269,21 @@ class Postgres(LabComponent):
         if any(h is None for h in found):
             raise LabError(f"the lab has no db hosts {', '.join(NODES)}; start it with `medic lab up --with db`")
         return [h for h in found if h is not None]
+
+
+def _route_only(ports: PgPorts, primary: str, *, timeout: float = 10) -> None:
+    """Once the endpoint's runtime API answers, put every node but the primary in maint."""
+    runtime = HAProxyRuntime("127.0.0.1", ports.endpoint_admin)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            for node in NODES:
+                runtime.set_state(BACKEND, node, "ready" if node == primary else "maint")
+            return
+        except LoadBalancerError as exc:
+            if time.monotonic() > deadline:
+                raise LabError(f"the PostgreSQL endpoint did not take its routing: {exc}") from exc
+            time.sleep(0.05)
 
 
 # --- faults -------------------------------------------------------------------------------------
