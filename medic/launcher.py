@@ -196,6 +196,7 @@ class RunLauncher:
                 fresh = await client.read_flow_run(run.id)
                 params = fresh.parameters or {}
                 key = (str(params.get("runbook")), str(params.get("target")))
+                await _free_orphan_slot(client, *key)
                 with self._lock:
                     self._active[key] = str(run.id)
                 self._execute(key, fresh)
@@ -207,3 +208,25 @@ class RunLauncher:
         for thread in list(self._threads):
             thread.join(max(0.0, deadline - time.monotonic()))
         return not any(t.is_alive() for t in self._threads)
+
+
+async def _free_orphan_slot(client: Any, runbook: str, target: str) -> None:
+    """Give back the remediation slot an orphaned run still holds.
+
+    The dead medic serve cannot release its lease (it lapses up to 300 s later), so the re-executed
+    run would find its own slot taken and end "already running" instead of asking for approval again.
+    The adopted run is the only rightful holder, so the slot count is reset before it starts. When the
+    old lease lapses later, Prefect decrements the count again (not below 0): for the rest of the run a
+    `medic run` elsewhere could then take the slot; medic serve's own dedupe still holds.
+    """
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+    from prefect.exceptions import ObjectNotFound
+
+    from medic.errors import PrefectError
+    from medic.prefect_runtime import remediation_lock_name
+
+    try:
+        name = remediation_lock_name(runbook, target)
+        await client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=0))
+    except (ObjectNotFound, PrefectError) as exc:  # no lock yet / unusable names: nothing to free
+        log.info("no remediation slot to free for %s on %s: %s", runbook, target, exc)
