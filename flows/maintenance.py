@@ -1,0 +1,318 @@
+"""Scheduled maintenance with rate control: rolling restart and data-dir cleanup of a group, in batches.
+
+Like AWS SSM's rate control: a batch size (count or percentage) and an error budget (`max_errors`);
+once more hosts than that have failed, no further batch starts. Each batch of a rolling restart is
+silenced in Alertmanager, drained in HAProxy, restarted, health-checked and put back; whatever goes
+wrong, the `finally` puts every drained server back and expires every silence, and the report says
+what HAProxy shows for each host. Runs outside the maintenance window are skipped (or wait for it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from datetime import timedelta
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.context import get_run_context
+from prefect.states import Completed, Failed, State
+
+from medic import rolling
+from medic.alertmanager import AlertmanagerClient
+from medic.ansible import run_playbook
+from medic.errors import ConfigError, MedicError
+from medic.inventory import Host, load_inventory
+from medic.maintenance import WindowCheck, check_window, parse_batch_size, split_batches
+from medic.maintenance_report import CleanupHost, MaintenanceOutcome, MaintenanceReport
+from medic.progress import Timeline
+from medic.report import utcnow
+from medic.rolling import BatchResult, HostStep
+from medic.settings import get_settings
+from medic.ssh import SSHSession
+
+STAGE = dict(cache_policy=NO_CACHE, persist_result=False)
+#: Silences end on their own this long after the batch's own budget, should medic die mid-run.
+SILENCE_MARGIN = timedelta(minutes=10)
+
+
+# ---------------------------------------------------------------------------------------- tasks
+
+
+@task(name="window", **STAGE)
+def window_task(ignore_window: bool) -> WindowCheck:
+    s = get_settings()
+    return check_window(s.maintenance_window, now=utcnow(), ignore_window=ignore_window,
+                        outside=s.maintenance_outside_window, max_wait=timedelta(seconds=s.maintenance_max_wait_s))
+
+
+@task(name="silence", **STAGE)
+def silence_task(steps: list[HostStep], am: AlertmanagerClient, comment: str, duration: timedelta) -> None:
+    rolling.silence(steps, am, comment=comment, duration=duration)
+
+
+@task(name="drain", **STAGE)
+def drain_task(steps: list[HostStep], timeout: float) -> None:
+    rolling.drain(steps, timeout=timeout)
+
+
+@task(name="restart", timeout_seconds=600, **STAGE)
+def restart_task(steps: list[HostStep], hosts: dict[str, Host], ssh: SSHSession, timeout: float) -> None:
+    rolling.restart(steps, hosts, ssh, timeout=timeout)
+
+
+@task(name="health-check", **STAGE)
+def health_task(steps: list[HostStep], hosts: dict[str, Host], ssh: SSHSession, timeout: float) -> None:
+    rolling.health(steps, hosts, ssh, timeout=timeout)
+
+
+@task(name="ready", **STAGE)
+def ready_task(steps: list[HostStep], timeout: float) -> None:
+    rolling.ready(steps, timeout=timeout)
+
+
+@task(name="unsilence", **STAGE)
+def unsilence_task(steps: list[HostStep], am: AlertmanagerClient) -> list[str]:
+    return rolling.unsilence(steps, am)
+
+
+@task(name="preview", **STAGE)
+def preview_task(steps: list[HostStep], hosts: dict[str, Host], ssh: SSHSession) -> None:
+    """Dry run: read the service and HAProxy state, change nothing."""
+    results = ssh.fan_out([hosts[s.host] for s in steps], lambda h: rolling.render_shell("${servicectl} status", h),
+                          timeout=10)
+    rolling.describe_lb(steps)
+    for s, r in zip(steps, results):
+        s.status = "would restart"
+        s.detail = (f"now: {(r.stdout or r.stderr).strip() or r.error}; would silence host={s.host}, "
+                    + ("drain, " if s.lb else "")
+                    + f"run `{rolling.render_shell(rolling.RESTART_COMMAND, hosts[s.host])}`, check /healthz"
+                    + (", set ready" if s.lb else ""))
+
+
+@task(name="cleanup-batch", timeout_seconds=900, **STAGE)
+def cleanup_task(batch: list[Host], index: int, patterns: str, min_age: str, dry_run: bool) -> list[CleanupHost]:
+    settings = get_settings()
+    result = run_playbook(settings.playbooks_dir / "cleanup-data-dir.yml", hosts=batch, check=dry_run, timeout=300,
+                          extravars={"cleanup_patterns": patterns, "cleanup_min_age": min_age})
+    found = []
+    for h in batch:
+        r = result.hosts.get(h.name)
+        values = r.return_values if r else {}
+        deleted, freed = int(values.get("files_deleted", 0) or 0), int(values.get("bytes_freed", 0) or 0)
+        if r is None or not r.succeeded:
+            failed = [t for t in (r.tasks if r else []) if t.status in ("failed", "unreachable")]
+            status = "unreachable" if r and r.unreachable else "failed"
+            detail = failed[-1].msg if failed else (result.error or "no result from the playbook")
+            found.append(CleanupHost(host=h.name, batch=index, status=status, detail=detail))
+        else:
+            status = ("would clean" if dry_run else "cleaned") if deleted else "nothing to do"
+            found.append(CleanupHost(host=h.name, batch=index, status=status, files_deleted=deleted,
+                                     bytes_freed=0 if dry_run else freed,
+                                     detail=f"would free {freed} bytes" if dry_run and deleted else ""))
+    return found
+
+
+# ---------------------------------------------------------------------------------------- shared
+
+
+async def _window_allows(report: MaintenanceReport, ignore_window: bool, timeline: Timeline) -> bool:
+    """Decide about the window (when told to wait, sleep until it opens); a skip is the report's outcome."""
+    check = window_task(ignore_window)
+    timeline.note("window", check.reason)
+    if check.decision == "wait" and check.opens_at:
+        await asyncio.sleep(max((check.opens_at - utcnow()).total_seconds(), 0))
+        check = window_task(ignore_window)
+        timeline.note("window", check.reason)
+    report.window = check
+    if check.decision != "run":
+        report.outcome, report.summary = MaintenanceOutcome.SKIPPED, f"Nothing was done: {check.reason}."
+    return check.decision == "run"
+
+
+def _over_budget(failures: int, max_errors: int) -> bool:
+    return failures > max_errors
+
+
+async def _finish(report: MaintenanceReport, timeline: Timeline) -> State:
+    timeline.note("report", f"{report.outcome.value}: {report.summary}")
+    report.timeline = timeline.entries
+    report.finished_at = utcnow()
+    key = f"maintenance-{report.action.replace(' ', '-')}-{report.group}".lower()
+    await create_markdown_artifact(key="".join(c if c.isalnum() or c == "-" else "-" for c in key)[:100],
+                                   markdown=report.to_markdown(),
+                                   description=f"{report.action} of {report.group}: {report.outcome.value}")
+    get_run_logger().info("%s", report.summary)
+    state_cls = Completed if report.outcome.success else Failed
+    return state_cls(message=report.summary, name=report.outcome.state_name, data=report)
+
+
+def _start(action: str, group: str, batch_size: str, max_errors: int, dry_run: bool, reason: str) -> MaintenanceReport:
+    if max_errors < 0:
+        raise ConfigError(f"max_errors must be 0 or more, got {max_errors}")
+    now = utcnow()
+    return MaintenanceReport(action=action, group=group, batch_size=batch_size, max_errors=max_errors,
+                             dry_run=dry_run, reason=reason, outcome=MaintenanceOutcome.FAILED, summary="",
+                             started_at=now, finished_at=now, flow_run_id=str(get_run_context().flow_run.id))
+
+
+def _plan(group: str, batch_size: str) -> tuple[list[Host], list[list[Host]]]:
+    hosts = load_inventory().resolve(group)
+    return hosts, split_batches(hosts, parse_batch_size(batch_size, len(hosts)))
+
+
+# ---------------------------------------------------------------------------------------- flows
+
+
+@flow(name="rolling-restart", flow_run_name="rolling restart of {group}", persist_result=False, log_prints=False)
+async def rolling_restart(
+    group: str = "web",
+    batch_size: str = "1",
+    max_errors: int = 0,
+    dry_run: bool = False,
+    ignore_window: bool = False,
+    drain_timeout: float = 30.0,
+    health_timeout: float = 30.0,
+    reason: str = "manual run",
+) -> State:
+    """Restart the service on every host of a group, a batch at a time, without dropping traffic.
+
+    Args:
+        group: Inventory group (or single host) to restart; hosts outside it are never touched.
+        batch_size: Hosts per batch: a count like "2" or a share of the group like "25%" (rounded up).
+        max_errors: How many hosts may fail before no further batch starts (0: stop at the first failure).
+        dry_run: Show the plan and the current state of every host and HAProxy server; change nothing.
+        ignore_window: Run even outside the maintenance window (for manual runs).
+        drain_timeout: Seconds to wait for a drained server's in-flight sessions to finish before restarting.
+        health_timeout: Seconds a restarted host has to answer /healthz (and HAProxy to see it UP again).
+        reason: Why this run started (schedule, ticket, person) — shown in the report.
+    """
+    settings = get_settings()
+    timeline = Timeline()
+    report = _start("rolling restart", group, batch_size, max_errors, dry_run, reason)
+    if not await _window_allows(report, ignore_window, timeline):
+        return await _finish(report, timeline)
+    hosts, batches = _plan(group, batch_size)
+    by_name = {h.name: h for h in hosts}
+    steps = [HostStep(host=h.name, batch=i, lb=rolling.lb_target(h, settings.haproxy_admin))
+             for i, batch in enumerate(batches, 1) for h in batch]
+    report.hosts = steps
+    timeline.note("plan", f"{len(hosts)} host(s) of {group} in {len(batches)} batch(es) of ≤{len(batches[0])}; "
+                          f"stop after more than {max_errors} failure(s)")
+    with SSHSession() as ssh, AlertmanagerClient(settings.alertmanager_url or "") as am:
+        if dry_run:
+            preview_task(steps, by_name, ssh)
+            report.outcome = MaintenanceOutcome.DRY_RUN
+            report.summary = (f"Dry run: would restart {len(hosts)} host(s) of {group} in {len(batches)} batch(es). "
+                              f"Nothing was changed.")
+            return await _finish(report, timeline)
+        try:
+            await _restart_batches(report, steps, by_name, ssh, am, drain_timeout, health_timeout, timeline)
+        except MedicError as exc:
+            report.outcome, report.summary = MaintenanceOutcome.FAILED, f"Failed: {exc}"
+        finally:
+            report.problems += rolling.restore(steps) + rolling.unsilence(steps, am)
+            if report.outcome is MaintenanceOutcome.FAILED:
+                rolling.describe_lb([s for s in steps if s.lb_before is not None])
+    return await _finish(report, timeline)
+
+
+async def _restart_batches(report: MaintenanceReport, steps: list[HostStep], hosts: dict[str, Host],
+                           ssh: SSHSession, am: AlertmanagerClient, drain_timeout: float, health_timeout: float,
+                           timeline: Timeline) -> None:
+    run_id = report.flow_run_id
+    batch_budget = timedelta(seconds=drain_timeout + health_timeout + 120)
+    failures = 0
+    indexes = sorted({s.batch for s in steps})
+    for index in indexes:
+        batch = [s for s in steps if s.batch == index]
+        if _over_budget(failures, report.max_errors):
+            for s in (s for s in steps if s.batch >= index):
+                s.status, s.detail = "not started", f"stopped: {failures} failure(s) > max_errors {report.max_errors}"
+            report.outcome = MaintenanceOutcome.STOPPED
+            break
+        names = ", ".join(s.host for s in batch)
+        result = BatchResult(index=index, hosts=[s.host for s in batch])
+        report.batches.append(result)
+        began = time.monotonic()
+        stages: list[tuple[str, Callable[[], object]]] = [
+            ("silence", lambda: silence_task(batch, am, f"medic rolling restart of {report.group}, flow run {run_id}, "
+                                                        f"batch {index}/{len(indexes)}", batch_budget)),
+            ("drain", lambda: drain_task(batch, drain_timeout)),
+            ("restart", lambda: restart_task(batch, hosts, ssh, 60.0)),
+            ("health", lambda: health_task(batch, hosts, ssh, health_timeout)),
+            ("ready", lambda: ready_task(batch, health_timeout)),
+            ("unsilence", lambda: report.problems.extend(unsilence_task(batch, am))),
+        ]
+        for name, run in stages:
+            timeline.announce(name, f"batch {index}: {names}")
+            if name == "restart":
+                timeline.note("restart", f"batch {index}/{len(indexes)}: {names} silenced and drained; restarting")
+            t0 = time.monotonic()
+            run()
+            setattr(result.times, name, round(time.monotonic() - t0, 3))
+        result.duration_s = round(time.monotonic() - began, 3)
+        failures = sum(1 for s in steps if s.failed)
+        timeline.note("batch", f"batch {index}: " + "; ".join(f"{s.host} {s.status} ({s.lb_after})" for s in batch))
+    else:
+        report.outcome = MaintenanceOutcome.COMPLETED
+    failed = [s for s in steps if s.failed]
+    done = [s for s in steps if s.status == "restarted"]
+    untouched = [s for s in steps if s.status == "not started"]
+    report.summary = (f"Restarted {len(done)}/{len(steps)} host(s) of {report.group}"
+                      + (f"; failed: {', '.join(f'{s.host} (HAProxy: {s.lb_after})' for s in failed)}" if failed else "")
+                      + (f"; not started: {', '.join(s.host for s in untouched)}" if untouched else "") + ".")
+
+
+@flow(name="maintenance-cleanup", flow_run_name="cleanup of {group}", persist_result=False, log_prints=False)
+async def cleanup(
+    group: str = "web",
+    patterns: str = "*.tmp,*.log.[0-9]*",
+    min_age: str = "1d",
+    batch_size: str = "25%",
+    max_errors: int = 0,
+    dry_run: bool = False,
+    ignore_window: bool = False,
+    reason: str = "manual run",
+) -> State:
+    """Delete old junk from the data dir of every host of a group, a batch at a time; report bytes freed.
+
+    Args:
+        group: Inventory group (or single host) to clean; hosts outside it are never touched.
+        patterns: Comma-separated file name patterns that count as junk (e.g. "*.tmp,*.log.[0-9]*").
+        min_age: Only files older than this are deleted (Ansible find age: 1d, 12h, 30m).
+        batch_size: Hosts per batch: a count like "2" or a share of the group like "25%" (rounded up).
+        max_errors: How many hosts may fail before no further batch starts.
+        dry_run: Find the junk and report what would be deleted; delete nothing (Ansible check mode).
+        ignore_window: Run even outside the maintenance window (for manual runs).
+        reason: Why this run started (schedule, ticket, person) — shown in the report.
+    """
+    timeline = Timeline()
+    report = _start("cleanup", group, batch_size, max_errors, dry_run, reason)
+    if not await _window_allows(report, ignore_window, timeline):
+        return await _finish(report, timeline)
+    hosts, batches = _plan(group, batch_size)
+    report.outcome = MaintenanceOutcome.DRY_RUN if dry_run else MaintenanceOutcome.COMPLETED
+    for index, batch in enumerate(batches, 1):
+        failures = sum(1 for c in report.cleaned if c.failed)
+        if _over_budget(failures, max_errors):
+            report.cleaned += [CleanupHost(host=h.name, batch=i, status="not started",
+                                           detail=f"stopped: {failures} failure(s) > max_errors {max_errors}")
+                               for i, b in enumerate(batches[index - 1:], index) for h in b]
+            report.outcome = MaintenanceOutcome.STOPPED
+            break
+        t0 = time.monotonic()
+        report.cleaned += cleanup_task(batch, index, patterns, min_age, dry_run)
+        report.batches.append(BatchResult(index=index, hosts=[h.name for h in batch],
+                                          duration_s=round(time.monotonic() - t0, 3)))
+        timeline.note("batch", f"batch {index}: " + "; ".join(f"{c.host} {c.status} {c.bytes_freed} B"
+                                                             for c in report.cleaned if c.batch == index))
+    freed = sum(c.bytes_freed for c in report.cleaned)
+    failed = [c.host for c in report.cleaned if c.failed]
+    report.summary = ((f"Dry run: would delete {sum(c.files_deleted for c in report.cleaned)} file(s); nothing changed"
+                       if dry_run else f"Freed {freed} bytes on {sum(1 for c in report.cleaned if c.bytes_freed)} "
+                                       f"host(s) of {group}")
+                      + (f"; failed: {', '.join(failed)}" if failed else "") + ".")
+    return await _finish(report, timeline)
