@@ -8,7 +8,7 @@ work; everything else = medic). Two ways to run:
   cli   — `medic run` as a user types it: a fresh Python process (interpreter + imports included)
   warm  — in a long-lived process, as `medic serve` runs alert-triggered remediations
 
-Starts its own lab (base port 32000, /tmp/medic-lab-bench) and always stops it, unless --lab-dir
+Starts its own lab (base port 16000, /tmp/medic-lab-bench) and always stops it, unless --lab-dir
 points at a running one. Approval (disk-full) is answered at once by the script, and that wait is
 reported apart. Usage: .venv/bin/python bench/remediate.py [-n 3] [--mode cli|warm|both]
 """
@@ -102,12 +102,12 @@ def main() -> None:
     lab_dir = Path(args.lab_dir or "/tmp/medic-lab-bench")
     os.environ["MEDIC_LAB_DIR"] = str(lab_dir)
     if own_lab:
-        os.environ["MEDIC_LAB_BASE_PORT"] = "32000"
+        os.environ["MEDIC_LAB_BASE_PORT"] = "16000"
     get_settings.cache_clear()
     try:
         if own_lab:
             print("bench: starting a lab of 3 hosts …", flush=True)
-            lab = control.up(lab_dir, hosts=3, base_port=32000, webhook_url="http://127.0.0.1:9/unused")
+            lab = control.up(lab_dir, hosts=3, base_port=16000, webhook_url="http://127.0.0.1:9/unused")
         else:
             lab = control.require_lab(lab_dir)
         os.environ["PREFECT_API_URL"] = lab.prefect_api_url

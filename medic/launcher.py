@@ -21,6 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from medic.errors import PrefectError
 from medic.metrics import Metrics
 from medic.report import RemediationReport
 
@@ -31,6 +32,7 @@ Key = tuple[str, str]
 
 class LaunchStatus(StrEnum):
     STARTED = "started"
+    QUEUED = "queued"
     DUPLICATE = "duplicate"
     ALREADY_HANDLED = "already handled"
     ERROR = "error"
@@ -82,21 +84,23 @@ class FlapGuard:
 
 
 class RunLauncher:
-    def __init__(self, *, flow: Any, flap: FlapGuard, metrics: Metrics) -> None:
+    def __init__(self, *, flow: Any, flap: FlapGuard, metrics: Metrics, max_concurrent: int = 16,
+                 create_retry_s: float = 120.0) -> None:
         self.flow = flow
         self.flap = flap
         self.metrics = metrics
+        self.create_retry_s = create_retry_s
         self._active: dict[Key, str | None] = {}
         self._lock = threading.Lock()
         self._threads: set[threading.Thread] = set()
+        self._slots = threading.BoundedSemaphore(max_concurrent)  # rate control for storms
+        self._background: set[asyncio.Task[None]] = set()
 
     def active(self) -> dict[Key, str | None]:
         with self._lock:
             return dict(self._active)
 
     async def launch(self, runbook: str, target: str, *, reason: str, idempotency_key: str) -> Launch:
-        from medic.prefect_runtime import create_deployment_run
-
         key = (runbook, target)
         with self._lock:  # reserve before the first await: a storm cannot race past this
             if key in self._active:
@@ -104,29 +108,60 @@ class RunLauncher:
                 return Launch(status=LaunchStatus.DUPLICATE, runbook=runbook, target=target,
                               flow_run_id=self._active[key], detail="a remediation is already running")
             self._active[key] = None
+        require_approval = self.flap.tripped(key)
+        params = {"runbook": runbook, "target": target, "reason": reason, "require_approval": require_approval}
         try:
-            require_approval = self.flap.tripped(key)
-            if require_approval:
-                self.metrics.flap_guard.labels(runbook).inc()
-            params = {"runbook": runbook, "target": target, "reason": reason, "require_approval": require_approval}
-            run = await create_deployment_run(f"remediate/{runbook}", params, idempotency_key=idempotency_key,
-                                              tags=[RUN_TAG, f"runbook:{runbook}", f"target:{target}"])
-            if run.state is not None and run.state.type.value not in ("PENDING", "SCHEDULED"):
-                self._release(key)
-                return Launch(status=LaunchStatus.ALREADY_HANDLED, runbook=runbook, target=target,
-                              flow_run_id=str(run.id), detail=f"this alert was already handled by run {run.id}")
-            with self._lock:
-                self._active[key] = str(run.id)
-            self.flap.record(key)
-            self._execute(key, run)
-            detail = (f"flap guard: {self.flap.recent(key)} remediations within {self.flap.window_s:g} s — "
-                      f"asking a human" if require_approval else "")
-            return Launch(status=LaunchStatus.STARTED, runbook=runbook, target=target, flow_run_id=str(run.id),
-                          require_approval=require_approval, detail=detail)
+            return await self._create_and_start(key, params, idempotency_key)
+        except PrefectError as exc:
+            # Prefect is busy or briefly unreachable: keep the reservation and keep trying in the
+            # background, so an acknowledged alert is never lost.
+            log.warning("could not create the run for %s on %s yet (%s); retrying in the background", *key, exc)
+            task = asyncio.create_task(self._retry_create(key, params, idempotency_key))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            return Launch(status=LaunchStatus.QUEUED, runbook=runbook, target=target, require_approval=require_approval,
+                          detail=f"Prefect is busy ({str(exc)[:120]}); the run will start as soon as it can be created")
         except Exception as exc:  # noqa: BLE001 - answer the webhook with the reason, keep serving
             self._release(key)
             log.exception("could not start %s on %s", runbook, target)
             return Launch(status=LaunchStatus.ERROR, runbook=runbook, target=target, detail=str(exc)[:300])
+
+    async def _create_and_start(self, key: Key, params: dict[str, Any], idempotency_key: str) -> Launch:
+        from medic.prefect_runtime import create_deployment_run
+
+        runbook, target = key
+        run = await create_deployment_run(f"remediate/{runbook}", params, idempotency_key=idempotency_key,
+                                          tags=[RUN_TAG, f"runbook:{runbook}", f"target:{target}"])
+        if run.state is not None and run.state.type.value not in ("PENDING", "SCHEDULED"):
+            self._release(key)
+            return Launch(status=LaunchStatus.ALREADY_HANDLED, runbook=runbook, target=target,
+                          flow_run_id=str(run.id), detail=f"this alert was already handled by run {run.id}")
+        with self._lock:
+            self._active[key] = str(run.id)
+        self.flap.record(key)
+        if params["require_approval"]:
+            self.metrics.flap_guard.labels(runbook).inc()
+        self._execute(key, run)
+        detail = (f"flap guard: {self.flap.recent(key)} remediations within {self.flap.window_s:g} s — "
+                  f"asking a human" if params["require_approval"] else "")
+        return Launch(status=LaunchStatus.STARTED, runbook=runbook, target=target, flow_run_id=str(run.id),
+                      require_approval=params["require_approval"], detail=detail)
+
+    async def _retry_create(self, key: Key, params: dict[str, Any], idempotency_key: str) -> None:
+        deadline = time.monotonic() + self.create_retry_s
+        delay = 0.5
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                launch = await self._create_and_start(key, params, idempotency_key)
+                log.info("queued run for %s on %s: %s %s", *key, launch.status.value, launch.flow_run_id)
+                return
+            except Exception as exc:  # noqa: BLE001 - keep trying until the deadline
+                if time.monotonic() > deadline:
+                    self._release(key)
+                    log.error("gave up creating the run for %s on %s after %.0f s: %s", *key, self.create_retry_s, exc)
+                    return
+                delay = min(delay * 2, 5.0)
 
     def _release(self, key: Key) -> None:
         with self._lock:
@@ -137,6 +172,7 @@ class RunLauncher:
         from medic.prefect_runtime import run_flow_now
 
         def target() -> None:
+            self._slots.acquire()
             self.metrics.active.inc()
             try:
                 outcome = asyncio.run(run_flow_now(self.flow, flow_run=run))
@@ -146,6 +182,7 @@ class RunLauncher:
             except Exception:  # noqa: BLE001 - a crashed run must not take the server down
                 log.exception("flow run %s crashed", run.id)
             finally:
+                self._slots.release()
                 self.metrics.active.dec()
                 if key is not None:
                     self._release(key)

@@ -449,8 +449,21 @@ def remediation_lock_name(runbook: str, target: str) -> str:
     return f"medic-remediate-{parts[0]}-{parts[1]}"
 
 
+_KNOWN_LIMITS: set[tuple[str, int]] = set()
+
+
 async def ensure_concurrency_limit(name: str, limit: int = 1) -> None:
-    """Create the global concurrency limit `name` with `limit` slots, or update its limit."""
+    """Create the global concurrency limit `name` with `limit` slots, or update its limit.
+
+    Remembered per process: a long-lived medic serve pays the API round trips once per name.
+    """
+    if (name, limit) in _KNOWN_LIMITS:
+        return
+    await _ensure_concurrency_limit(name, limit)
+    _KNOWN_LIMITS.add((name, limit))
+
+
+async def _ensure_concurrency_limit(name: str, limit: int) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import (
         GlobalConcurrencyLimitCreate,

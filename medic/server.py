@@ -104,7 +104,7 @@ async def alertmanager(request: Request) -> Response:
             log.info("alert %s (%s): %s", d.alertname, d.fingerprint, d.detail)
             state.metrics.alerts.labels(d.action.value).inc()
         results.append(entry)
-    started = sum(1 for r in results if r.get("result") == LaunchStatus.STARTED.value)
+    started = sum(1 for r in results if r.get("result") in (LaunchStatus.STARTED.value, LaunchStatus.QUEUED.value))
     return JSONResponse({"received": len(payload.alerts), "started": started, "alerts": results})
 
 
@@ -146,5 +146,6 @@ def build_state(settings: Settings, flow: Any) -> ServerState:
     metrics_ = Metrics()
     flap = FlapGuard(settings.state_dir / "flap-guard.json", max_runs=settings.flap_max_runs,
                      window_s=settings.flap_window_s)
-    return ServerState(settings=settings, launcher=RunLauncher(flow=flow, flap=flap, metrics=metrics_),
+    launcher = RunLauncher(flow=flow, flap=flap, metrics=metrics_, max_concurrent=settings.max_concurrent_runs)
+    return ServerState(settings=settings, launcher=launcher,
                        metrics=metrics_, runbooks=load_runbooks(settings.runbooks_dir))

@@ -50,6 +50,7 @@ class Settings(BaseSettings):
 
     flap_max_runs: int = Field(3, ge=1, description="remediations of one runbook on one target before asking a human")
     flap_window_s: float = Field(3600.0, gt=0, description="the flap guard's window")
+    max_concurrent_runs: int = Field(16, ge=1, description="remediations medic serve executes at once")
     runner_poll_s: float = Field(1.0, gt=0, description="how often medic serve polls for runs started in the UI")
     prefect_port: int = Field(4200, description="port of the embedded Prefect server medic serve starts")
 

@@ -128,7 +128,11 @@ def main() -> None:
     signal.signal(signal.SIGUSR1, lambda *_: set_slow(True))
     signal.signal(signal.SIGUSR2, lambda *_: set_slow(False))
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-    server = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(state))
+    class QuietServer(ThreadingHTTPServer):
+        def handle_error(self, request: object, client_address: object) -> None:
+            return  # load-balancer health checks reset their connections; that is not an error
+
+    server = QuietServer(("127.0.0.1", args.port), make_handler(state))
     server.daemon_threads = True
     server.serve_forever(poll_interval=0.2)
 

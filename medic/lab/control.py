@@ -59,10 +59,26 @@ def _check_environment(lab_dir: Path) -> None:
             )
 
 
+LAB_PORT_SPAN = 700  # base .. base+700 covers every fixed, per-host and component port
+
+
+def _check_outside_ephemeral_range(base_port: int) -> None:
+    """Ports in the kernel's ephemeral range are handed to outgoing connections at random, so a lab
+    listening there would fail to start (or lose a port) at random."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return
+    if base_port <= high and base_port + LAB_PORT_SPAN >= low:
+        raise ConfigError(f"lab base port {base_port} overlaps the kernel's ephemeral port range {low}-{high}; "
+                          f"choose MEDIC_LAB_BASE_PORT below {low - LAB_PORT_SPAN}")
+
+
 def plan_lab(lab_dir: Path, *, hosts: int, base_port: int, webhook_url: str,
              options: dict[str, bool] | None = None) -> LabState:
     if not 1 <= hosts <= MAX_HOSTS:
         raise ConfigError(f"--hosts must be between 1 and {MAX_HOSTS}, got {hosts}")
+    _check_outside_ephemeral_range(base_port)
     ports = LabPorts.from_base(base_port)
     lab_hosts_list = [
         LabHost(
