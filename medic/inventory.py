@@ -53,7 +53,7 @@ class Inventory(BaseModel):
         if not path.is_file():
             raise InventoryError(f"inventory {path} does not exist; start the lab (`medic lab up`) or set MEDIC_INVENTORY")
         try:
-            data = yaml.safe_load(path.read_text())
+            data = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
         except yaml.YAMLError as exc:
             raise InventoryError(f"inventory {path} is not valid YAML: {exc}") from exc
         if not isinstance(data, dict):

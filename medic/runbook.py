@@ -246,6 +246,18 @@ class Runbook(_Spec):
 # --- loading ---------------------------------------------------------------------------------
 
 
+# libyaml's loader is ~10x faster; the pure-Python composer is only needed to point at a line.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _parse(text: str) -> Any:
+    """Fast path with libyaml; on an error, the pure-Python parser gives the more precise message."""
+    try:
+        return yaml.load(text, Loader=_LOADER)
+    except yaml.YAMLError:
+        return yaml.safe_load(text)
+
+
 def _line_index(text: str) -> dict[tuple[Any, ...], int]:
     """Map each key path in the YAML document to its 1-based line number."""
     index: dict[tuple[Any, ...], int] = {}
@@ -294,8 +306,7 @@ def load_runbook(path: Path) -> Runbook:
     except OSError as exc:
         raise RunbookError(f"cannot read runbook: {exc.strerror}", file=file) from exc
     try:
-        data = yaml.safe_load(text)
-        index = _line_index(text)
+        data = _parse(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
@@ -328,10 +339,10 @@ def load_runbook(path: Path) -> Runbook:
         if kind == "extra_forbidden":
             expected = f"one of the documented fields of {'.'.join(str(p) for p in loc[:-1]) or 'a runbook'}"
         more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
-        raise RunbookError(message + more, file=file, line=_line_for(index, loc), field=field,
+        raise RunbookError(message + more, file=file, line=_line_for(_line_index(text), loc), field=field,
                            expected=expected, found=found) from None
     if runbook.name != path.stem:
-        raise RunbookError("the runbook's name must match its file name", file=file, line=index.get(("name",)),
+        raise RunbookError("the runbook's name must match its file name", file=file, line=_line_index(text).get(("name",)),
                            field="name", expected=path.stem, found=runbook.name)
     runbook.source = path
     return runbook
