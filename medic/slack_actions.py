@@ -64,6 +64,7 @@ class ClickResult(StrEnum):
     ORPHANED = "run had nobody executing it: marked crashed"
     REJECTED_INPUT = "input rejected"
     BUSY = "run not paused yet: try again"
+    ERROR = "error"
 
 
 def check_click(action: BlockAction) -> None:
@@ -97,7 +98,7 @@ class ClickHandler:
             except MedicError as exc:  # Prefect unreachable …: tell the clicker, keep serving
                 log.warning("click by %s on run %s failed: %s", action.user_id, run_id, exc)
                 await self._tell(action, f"medic could not act on your click: {exc}")
-                result, runbook, detail = ClickResult.BUSY, None, str(exc)
+                result, runbook, detail = ClickResult.ERROR, None, str(exc)
         audit.record(audit.AuditRecord(kind="click", flow_run_id=run_id, runbook=runbook, who=action.user_id,
                                        what=_DECISIONS[action.action_id], where="slack", result=result.value,
                                        detail=detail), settings=self.settings)
