@@ -4,6 +4,17 @@ The flow run pauses waiting for a typed `ApprovalInput` (the Prefect UI renders 
 buttons, `medic approve` and `medic run`'s prompt send the same input through Prefect's resume API).
 A runbook may require N distinct approvers; a rejection by anyone ends it; no decision within the
 spec's timeout counts as "not approved". Nothing is changed unless the decision is "approved".
+
+How a run ends after its approval point (the flow run's final state, type/name):
+
+    approved by N        → recover + verify: Completed/Recovered (or Failed/NotRecovered, Failed/Failed)
+    rejected by anyone   → Failed/Rejected, summary names who (and their comment); nothing changed
+    nobody within timeout→ Failed/ApprovalTimedOut; escalated to escalate_to / the escalation channel
+    alert resolved       → Completed/NotNeeded (withdrawn); nothing changed
+    its process died     → the next click finds nobody takes the input: Crashed, and the card says so
+
+While Slack is configured the card (`medic.notify.ApprovalCards`) shows the wait and then the outcome;
+every decision is appended to the audit log (`medic.audit`).
 """
 
 from __future__ import annotations

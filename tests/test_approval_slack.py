@@ -2,16 +2,19 @@
 
 Runs start from Alertmanager webhooks sent to medic serve, pause for approval, post their card to the
 fake Slack; clicks are Slack-signed requests sent over HTTP to the real `/slack/actions`. Each test
-breaks its own host: web-1 approve, web-2 reject, web-3 timeout, web-4 refusals, web-5 two approvers,
-web-6 restart of medic serve.
+breaks its own host: web-1 approve, web-2 reject, web-3 timeout, web-4 refusals (then a killed `medic run`),
+web-5 two approvers, web-6 restart of medic serve.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -294,6 +297,33 @@ def test_two_approvers_must_be_distinct(lab: LabState, slack: FakeSlack, server:
     results = [c.result for c in wait_audit(serve_env, run_id, "click", 4)]
     assert results == [ClickResult.ACCEPTED, ClickResult.ALREADY_APPROVED, ClickResult.UNAUTHORIZED,
                        ClickResult.ACCEPTED]
+
+
+def test_click_for_a_run_whose_process_died_ends_it_and_says_so(lab: LabState, slack: FakeSlack, server: MedicServer,
+                                                                serve_env: dict[str, str], disk_full) -> None:
+    """A `medic run` killed while it waits: the click must not leave the run "Running" with nobody on it.
+    (web-4 again: the lab has six hosts, and test_refused_requests_change_nothing has restored it.)"""
+    before = disk_full("web-4")
+    env = {**os.environ, **serve_env}
+    with open(Path(serve_env["MEDIC_STATE_DIR"]) / "medic-run.log", "ab") as out:
+        cli = subprocess.Popen([sys.executable, "-m", "medic", "run", "disk-full-slack", "--target", "web-4"],
+                               env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        card = slack.wait_for("chat.postMessage", lambda c: "disk-full-slack on web-4" in card_text(c.args)
+                              and has_buttons(c.args), timeout=90)
+        run_id = next(e["value"] for b in card.args["blocks"] if b["type"] == "actions" for e in b["elements"])
+        wait_state(lab, run_id, {"PAUSED"})
+    finally:
+        cli.kill()
+        cli.wait()
+    assert click(server, card, ALICE).status_code == 200
+    state = final_state(lab, run_id)
+    assert state["type"] == "CRASHED" and "no process was executing" in state["message"]
+    ephemeral_to(slack, ALICE, "nobody executing it")
+    message = message_now(slack, card)
+    assert not has_buttons(message) and "nobody was executing the run" in card_text(message)
+    assert _cache(lab, "web-4") == before
+    assert wait_audit(serve_env, run_id, "click")[0].result == ClickResult.ORPHANED.value
 
 
 def test_approval_still_works_after_medic_serve_restarts(lab: LabState, slack: FakeSlack, server: MedicServer,
