@@ -21,6 +21,10 @@ from medic.settings import get_settings
 
 TEST_HOSTS = 6
 
+# Runs in tests log to the console; sending them to the API as well only produces "Error logging
+# to API" noise when the session's Prefect server stops before the last log flush.
+os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")
+
 
 def _point_settings_at(lab_dir: Path, base_port: int) -> None:
     os.environ["MEDIC_LAB_DIR"] = str(lab_dir)
