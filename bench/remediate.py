@@ -5,7 +5,8 @@ For each runbook, N times: inject the fault, wait until Prometheus shows it, the
 take the split from the incident report (detect/verify waits = metrics; diagnose + recover = remote
 work; everything else = medic). Two ways to run:
 
-  cli   — `medic run` as a user types it: a fresh Python process (interpreter + imports included)
+  cli   — `medic run --local`: a fresh Python process runs the flow itself (interpreter + imports included)
+  thin  — `medic run` with a `medic serve` running: the CLI streams the stages from the warm server
   warm  — in a long-lived process, as `medic serve` runs alert-triggered remediations
 
 Starts its own lab (base port 16000, /tmp/medic-lab-bench) and always stops it, unless --lab-dir
@@ -35,6 +36,12 @@ CASES = [("service-down", "service-down", "web-2", 'up{job="web",host="web-2"} =
          ("high-latency", "slow", "web-3", 'ALERTS{alertname="HighLatency",host="web-3",alertstate="firing"}')]
 
 
+def free_port() -> int:
+    from tests.support.server import free_port as pick
+
+    return pick()
+
+
 def split(report: dict, wall: float) -> dict[str, float]:
     metrics = (report["detect"] or {}).get("waited_s", 0) + ((report.get("verify") or {}).get("waited_s", 0))
     remote = ((report.get("diagnosis") or {}).get("duration_s", 0) + ((report.get("recovery") or {}).get("duration_s", 0)))
@@ -54,11 +61,12 @@ def wait_for(prom_url: str, promql: str, timeout: float = 60) -> None:
     raise SystemExit(f"bench: the fault never showed in Prometheus: {promql}")
 
 
-def run_cli(runbook: str, target: str) -> tuple[dict, float]:
+def run_cli(runbook: str, target: str, *, local: bool = True) -> tuple[dict, float]:
     report_path = Path(tempfile.mkstemp(suffix=".json")[1])
     began = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "medic", "run", runbook, "--target", target,
-                             "--report", str(report_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             "--report", str(report_path), *(["--local"] if local else [])],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=os.environ)
     assert proc.stdout is not None
     output = []
@@ -91,7 +99,7 @@ def run_warm(runbook: str, target: str) -> tuple[dict, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-n", type=int, default=3)
-    parser.add_argument("--mode", choices=["cli", "warm", "both"], default="both")
+    parser.add_argument("--mode", choices=["cli", "thin", "warm", "all"], default="all")
     parser.add_argument("--lab-dir", help="use this running lab instead of starting one")
     args = parser.parse_args()
 
@@ -114,14 +122,25 @@ def main() -> None:
         from medic.cli_run import use_prefect_api
 
         use_prefect_api(get_settings())
-        modes = ["cli", "warm"] if args.mode == "both" else [args.mode]
+        modes = ["cli", "thin", "warm"] if args.mode == "all" else [args.mode]
         rows: list[tuple[str, str, dict[str, float], str]] = []
+        server = None
+        if "thin" in modes:
+            from tests.support.server import medic_server
+
+            os.environ["MEDIC_SERVER_PORT"] = str(free_port())
+            server = medic_server(Path(tempfile.mkdtemp(prefix="medic-bench-serve-")),
+                                  port=int(os.environ["MEDIC_SERVER_PORT"]))
+            server.__enter__()
         for mode in modes:
             for runbook, fault, host, visible in CASES:
                 for i in range(args.n):
                     faults.break_host(lab, fault, host)
                     wait_for(lab.prometheus_url, visible)
-                    report, wall = run_cli(runbook, host) if mode == "cli" else run_warm(runbook, host)
+                    if mode == "warm":
+                        report, wall = run_warm(runbook, host)
+                    else:
+                        report, wall = run_cli(runbook, host, local=mode == "cli")
                     if report["outcome"] != "recovered":
                         faults.fix_host(lab, fault, host)
                     rows.append((mode, runbook, split(report, wall), report["outcome"]))
@@ -135,6 +154,8 @@ def main() -> None:
                 med = {k: statistics.median(p[k] for p in picked) for k in picked[0]}
                 print(f"{mode:<5} {runbook:<13} {len(picked):>2} {med['total']:>7.2f} {med['metrics']:>8.2f} "
                       f"{med['remote']:>7.2f} {med['human']:>6.2f} {med['overhead']:>7.2f}")
+        if server is not None:
+            server.__exit__(None, None, None)
         print("\nmetrics = detect + verify waiting on Prometheus; remote = SSH diagnosis + playbook; "
               "human = approval wait;\nmedic = everything else (process start and imports for cli, Prefect "
               "bookkeeping, artifacts).")

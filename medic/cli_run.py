@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 import threading
@@ -135,8 +136,57 @@ class LiveView:
             self.status.start()
 
 
+def _print_outcome(report: RemediationReport, run_id: str, state_name: str, seconds: float | None,
+                   settings: Settings, args: argparse.Namespace) -> int:
+    if args.report:
+        Path(args.report).write_text(report.model_dump_json(indent=2))
+    ui = settings.prefect_ui_url
+    took = f" in {seconds:.1f} s" if seconds is not None else ""
+    print(f"\n{report.outcome.value.upper()}: {report.summary}")
+    print(f"flow run {run_id} ({state_name}){took}" + (f" — {ui}/runs/flow-run/{run_id}" if ui else ""))
+    return EXIT_CODES.get(report.outcome, 0)
+
+
+def _run_via_server(settings: Settings, args: argparse.Namespace) -> int | None:
+    """Let a running `medic serve` (for the same Prefect) run it; None when there is none to ask."""
+    import httpx
+
+    base = f"http://{settings.server_host}:{settings.server_port}"
+    try:
+        health = httpx.get(f"{base}/healthz", timeout=httpx.Timeout(2.0, connect=0.3)).json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    if health.get("prefect_api") != settings.prefect_api_url:
+        return None
+    body = {"runbook": args.runbook, "target": args.target, "dry_run": args.dry_run}
+    with httpx.stream("POST", f"{base}/runs", json=body, timeout=httpx.Timeout(None, connect=2.0)) as response:
+        if response.status_code != 200:
+            response.read()
+            error = response.json().get("error", response.text)
+            print(f"medic: error: {error}", file=sys.stderr)
+            return {409: 4, 400: 2}.get(response.status_code, 1)
+        with LiveView(interactive=sys.stdin.isatty()) as view:
+            for line in response.iter_lines():
+                item = json.loads(line)
+                if item["type"] == "entry":
+                    recorded = item.pop("recorded")
+                    view(TimelineEntry.model_validate(item), recorded)
+                elif item["type"] == "done":
+                    break
+    if not item.get("report"):
+        print(f"medic: error: the run ended {item.get('state_name')} without a report: {item.get('message')}",
+              file=sys.stderr)
+        return 1
+    report = RemediationReport.model_validate(item["report"])
+    return _print_outcome(report, report.flow_run_id or "?", item["state_name"], item.get("seconds"), settings, args)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     settings = get_settings()
+    if not args.local:
+        answered = _run_via_server(settings, args)
+        if answered is not None:
+            return answered
     from medic.inventory import load_inventory
     from medic.runbook import find_runbook
     from medic.stages import plan
@@ -160,13 +210,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"medic: error: the flow run ended {outcome.state_name} without a report: {outcome.message}",
               file=sys.stderr)
         return 1
-    if args.report:
-        Path(args.report).write_text(report.model_dump_json(indent=2))
-    ui = settings.prefect_ui_url
-    print(f"\n{report.outcome.value.upper()}: {report.summary}")
-    print(f"flow run {outcome.flow_run_id} ({outcome.state_name}) in {outcome.seconds:.1f} s"
-          + (f" — {ui}/runs/flow-run/{outcome.flow_run_id}" if ui else ""))
-    return EXIT_CODES.get(report.outcome, 0)
+    return _print_outcome(report, str(outcome.flow_run_id), outcome.state_name, outcome.seconds, settings, args)
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
@@ -216,6 +260,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target", help="inventory host or group (default: the runbook's default target)")
     p.add_argument("--dry-run", action="store_true", help="detect and diagnose, recover in check mode, change nothing")
     p.add_argument("--report", metavar="PATH", help="also write the incident report as JSON to PATH")
+    p.add_argument("--local", action="store_true",
+                   help="run in this process even when a medic serve is running (default: let it run it)")
     p.set_defaults(handler=cmd_run)
     p = sub.add_parser("approve", help="approve (or --reject) a run waiting for a decision")
     p.add_argument("run_id", help="the flow run id (shown by medic run, Slack and the Prefect UI)")

@@ -17,6 +17,7 @@ import threading
 import time
 from enum import StrEnum
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel
@@ -167,13 +168,14 @@ class RunLauncher:
         with self._lock:
             self._active.pop(key, None)
 
-    def _execute(self, key: Key | None, run: Any) -> None:
+    def _execute(self, key: Key | None, run: Any, on_done: Callable[[Any], None] | None = None) -> None:
         """Run the flow in its own thread and event loop, so slow stages never block the HTTP server."""
         from medic.prefect_runtime import run_flow_now
 
         def target() -> None:
             self._slots.acquire()
             self.metrics.active.inc()
+            outcome = None
             try:
                 outcome = asyncio.run(run_flow_now(self.flow, flow_run=run))
                 if isinstance(outcome.result, RemediationReport):
@@ -186,11 +188,36 @@ class RunLauncher:
                 self.metrics.active.dec()
                 if key is not None:
                     self._release(key)
+                if on_done is not None:
+                    on_done(outcome)
                 self._threads.discard(threading.current_thread())
 
         thread = threading.Thread(target=target, name=f"run-{run.id}", daemon=True)
         self._threads.add(thread)
         thread.start()
+
+    async def launch_manual(self, runbook: str, target: str, *, dry_run: bool,
+                            on_done: Callable[[Any], None]) -> Launch:
+        """A run asked for by `medic run` through this server: same dedupe, no flap guard, no key reuse."""
+        from medic.prefect_runtime import create_deployment_run
+
+        key = (runbook, target)
+        with self._lock:
+            if key in self._active:
+                return Launch(status=LaunchStatus.DUPLICATE, runbook=runbook, target=target,
+                              flow_run_id=self._active[key], detail="a remediation is already running")
+            self._active[key] = None
+        try:
+            params = {"runbook": runbook, "target": target, "dry_run": dry_run, "reason": "medic run (CLI via medic serve)"}
+            run = await create_deployment_run(f"remediate/{runbook}", params,
+                                              tags=[RUN_TAG, f"runbook:{runbook}", f"target:{target}", "manual"])
+        except Exception as exc:  # noqa: BLE001 - the CLI gets the reason
+            self._release(key)
+            return Launch(status=LaunchStatus.ERROR, runbook=runbook, target=target, detail=str(exc)[:300])
+        with self._lock:
+            self._active[key] = str(run.id)
+        self._execute(key, run, on_done)
+        return Launch(status=LaunchStatus.STARTED, runbook=runbook, target=target, flow_run_id=str(run.id))
 
     async def withdraw(self, runbook: str, target: str, *, why: str) -> str | None:
         """The alert resolved: end a run still waiting for approval as 'no longer needed'."""

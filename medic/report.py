@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from medic.ssh import CommandResult
+from medic.results import CommandResult
 
 
 def utcnow() -> datetime:

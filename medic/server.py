@@ -21,6 +21,7 @@ from medic.intake import Action, IntakeRefused, decide, parse_webhook
 from medic.inventory import Inventory, load_inventory
 from medic.launcher import LaunchStatus, RunLauncher
 from medic.metrics import Metrics
+from medic.run_stream import start_run
 from medic.runbook import Runbook, load_runbooks
 from medic.settings import Settings
 
@@ -122,6 +123,7 @@ def create_app(state: ServerState) -> Starlette:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/alertmanager", alertmanager, methods=["POST"]),
+        Route("/runs", start_run, methods=["POST"]),
     ]
     if state.settings.slack_signing_secret is not None:
         from medic.slack_actions import slack_actions

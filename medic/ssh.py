@@ -25,10 +25,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import paramiko
-from pydantic import BaseModel
 
 from medic.errors import ConfigError
 from medic.inventory import Host
+from medic.results import CommandResult
 
 __all__ = ["CommandResult", "SSHSession", "OUTPUT_LIMIT"]
 
@@ -40,25 +40,6 @@ OUTPUT_LIMIT = 64 * 1024
 GRACE_S = 2.0
 
 Command = str | Callable[[Host], str]
-
-
-class CommandResult(BaseModel):
-    """What one command did on one host."""
-
-    host: str
-    command: str
-    exit_code: int | None = None
-    stdout: str = ""
-    stderr: str = ""
-    truncated: bool = False
-    duration_s: float = 0.0
-    error: str | None = None
-    timed_out: bool = False
-    unreachable: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None and self.exit_code == 0
 
 
 class _UnknownHostKey(paramiko.SSHException):
