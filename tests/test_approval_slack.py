@@ -304,13 +304,14 @@ def test_click_for_a_run_whose_process_died_ends_it_and_says_so(lab: LabState, s
     """A `medic run` killed while it waits: the click must not leave the run "Running" with nobody on it.
     (web-4 again: the lab has six hosts, and test_refused_requests_change_nothing has restored it.)"""
     before = disk_full("web-4")
+    earlier = {c.response.get("ts") for c in slack.calls("chat.postMessage")}  # the refusals test's card too
     env = {**os.environ, **serve_env}
     with open(Path(serve_env["MEDIC_STATE_DIR"]) / "medic-run.log", "ab") as out:
         cli = subprocess.Popen([sys.executable, "-m", "medic", "run", "disk-full-slack", "--target", "web-4"],
                                env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
     try:
         card = slack.wait_for("chat.postMessage", lambda c: "disk-full-slack on web-4" in card_text(c.args)
-                              and has_buttons(c.args), timeout=90)
+                              and has_buttons(c.args) and c.response["ts"] not in earlier, timeout=90)
         run_id = next(e["value"] for b in card.args["blocks"] if b["type"] == "actions" for e in b["elements"])
         wait_state(lab, run_id, {"PAUSED"})
     finally:
