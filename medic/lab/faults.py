@@ -14,6 +14,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from medic.errors import LabError
 from medic.lab.hosts import DATA_CAPACITY_BYTES, ensure_user
@@ -24,12 +25,17 @@ JUNK_PREFIX = "junk-"
 JUNK_AGE_SECONDS = 3 * 24 * 3600
 
 
-def _service_pid(host: LabHost) -> int | None:
+def _live_pid(pidfile: Path) -> int | None:
+    """The pid in a pidfile if that process is alive (a stale pidfile or a zombie gives None)."""
     try:
-        pid = int((host.root / "run" / "web.pid").read_text().strip())
+        pid = int(pidfile.read_text().strip())
     except (OSError, ValueError):
         return None
     return pid if alive(pid) else None
+
+
+def _service_pid(host: LabHost) -> int | None:
+    return _live_pid(host.root / "run" / "web.pid")
 
 
 def _require_pid(host: LabHost) -> int:
@@ -100,11 +106,7 @@ def _make_fast(host: LabHost, lab: LabState) -> str:
 
 
 def _sshd_pid(host: LabHost) -> int | None:
-    try:
-        pid = int((host.root / "sshd" / "sshd.pid").read_text().strip())
-    except (OSError, ValueError):
-        return None
-    return pid if alive(pid) else None
+    return _live_pid(host.root / "sshd" / "sshd.pid")
 
 
 def _kill_host(host: LabHost, lab: LabState) -> str:
