@@ -15,7 +15,9 @@ nothing, and nothing is promoted before the old primary is fenced.
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from prefect import flow, get_run_logger, task
@@ -94,6 +96,19 @@ async def _finish(report: fo.FailoverReport, timeline: Timeline, outcome: Outcom
     return (Completed if outcome.success else Failed)(message=summary, name=outcome.state_name, data=report)
 
 
+@contextlib.asynccontextmanager
+async def _one_per_cluster(spec: Runbook, cluster: fo.Cluster) -> AsyncIterator[bool]:
+    """Hold the cluster's one slot (failover and rejoin share it); yield False when it is taken."""
+    lock = remediation_lock_name(spec.name, cluster.name)
+    await ensure_concurrency_limit(lock, 1)
+    async with exclusive_slot(lock) as got:
+        yield got
+
+
+def _already(cluster: fo.Cluster) -> str:
+    return f"a failover or rejoin of {cluster.name} is already running; nothing was done"
+
+
 def _setup(runbook: str) -> tuple[Runbook, Inventory, fo.Cluster, str, Timeline]:
     settings = get_settings()
     spec = find_runbook(runbook, settings.runbooks_dir)
@@ -114,12 +129,9 @@ async def failover(
     spec, inventory, cluster, run_id, timeline = _setup(runbook)
     report = fo.FailoverReport(cluster=cluster.name, outcome=Outcome.REFUSED, summary="", reason=reason,
                                flow_run_id=run_id)
-    lock = remediation_lock_name(spec.name, cluster.name)
-    await ensure_concurrency_limit(lock, 1)
-    async with exclusive_slot(lock) as got:
+    async with _one_per_cluster(spec, cluster) as got:
         if not got:
-            return await _finish(report, timeline, Outcome.ALREADY_RUNNING,
-                                 f"a failover or rejoin of {cluster.name} is already running; nothing was done")
+            return await _finish(report, timeline, Outcome.ALREADY_RUNNING, _already(cluster))
         return await _failover(spec, inventory, cluster, report, timeline, primary=primary, allow_lag=allow_lag,
                                allow_unfenced=allow_unfenced)
 
@@ -229,12 +241,9 @@ async def rejoin(
     report = fo.FailoverReport(flow="rejoin", cluster=cluster.name, outcome=Outcome.REJOIN_FAILED, summary="",
                                reason=reason, flow_run_id=run_id, old_primary=host)
     cluster.member(host)
-    lock = remediation_lock_name(spec.name, cluster.name)
-    await ensure_concurrency_limit(lock, 1)
-    async with exclusive_slot(lock) as got:
+    async with _one_per_cluster(spec, cluster) as got:
         if not got:
-            return await _finish(report, timeline, Outcome.ALREADY_RUNNING,
-                                 f"a failover or rejoin of {cluster.name} is already running; nothing was done")
+            return await _finish(report, timeline, Outcome.ALREADY_RUNNING, _already(cluster))
         route = fo.read_route(cluster)
         source = route.primary
         if source is None or source == host:

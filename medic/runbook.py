@@ -220,8 +220,6 @@ class Failover(_Spec):
 
 class Runbook(_Spec):
     name: str = Field(pattern=NAME)
-    kind: Literal["remediation", "failover"] = Field(
-        "remediation", description="remediation: flows/remediate.py; failover: flows/failover.py")
     description: str
     trigger: Trigger | None = None
     targets: Targets = Field(default_factory=Targets)
@@ -232,6 +230,8 @@ class Runbook(_Spec):
     verify: Verify
     limits: Limits = Field(default_factory=Limits)
 
+    kind: Literal["remediation", "failover"] = Field(
+        "remediation", description="remediation: flows/remediate.py; failover: flows/failover.py")
     failover: Failover | None = Field(None, description="settings of a kind: failover runbook")
 
     source: Path | None = Field(None, exclude=True, description="the file it was loaded from")

@@ -86,7 +86,11 @@ def inventory(tmp_path: Path, text: str = INVENTORY) -> Inventory:
 
 def test_the_real_runbooks_load_with_the_intended_fields() -> None:
     books = load_runbooks(RUNBOOKS_DIR)
-    assert sorted(books) == ["disk-full", "high-latency", "service-down"]
+    assert sorted(books) == ["disk-full", "high-latency", "postgres-failover", "service-down"]
+    failover = books["postgres-failover"]
+    assert failover.kind == "failover" and failover.failover.members == "db"
+    assert failover.failover.max_lag_bytes == 16 * 1024 * 1024 and failover.approval.policy == "required"
+    assert all(b.kind == "remediation" and b.failover is None for n, b in books.items() if n != "postgres-failover")
 
     disk = books["disk-full"]
     assert disk.approval.policy == "required"
@@ -126,7 +130,7 @@ def test_find_runbook_by_name_and_refuses_unknown_or_path_like_names() -> None:
         with pytest.raises(RunbookError) as info:
             find_runbook(name, RUNBOOKS_DIR)
         assert f"no runbook named {name!r}" in str(info.value)
-        assert info.value.expected == "one of: disk-full, high-latency, service-down"
+        assert info.value.expected == "one of: disk-full, high-latency, postgres-failover, service-down"
 
 
 def test_durations_and_conditions_accept_every_documented_form(tmp_path: Path) -> None:

@@ -50,14 +50,14 @@ def workspace(tmp_path: Path) -> Workspace:
 
 def test_the_real_runbooks_validate(workspace: Workspace) -> None:
     done = workspace.validate()
-    assert (done.returncode, done.stdout, done.stderr) == (0, "3 runbook(s) checked, 0 problem(s)\n", "")
+    assert (done.returncode, done.stdout, done.stderr) == (0, "4 runbook(s) checked, 0 problem(s)\n", "")
 
 
 def test_a_missing_playbook_is_reported(workspace: Workspace) -> None:
     (workspace.playbooks / "cleanup-data-dir.yml").unlink()
     done = workspace.validate()
     assert done.returncode == 2
-    assert done.stdout == "3 runbook(s) checked, 1 problem(s)\n"
+    assert done.stdout == "4 runbook(s) checked, 1 problem(s)\n"
     assert done.stderr == (f"{workspace.runbooks / 'disk-full.yaml'}: playbook not found; "
                            "field: recover.playbook; "
                            f"expected: a file {workspace.playbooks / 'cleanup-data-dir.yml'}; "
@@ -71,7 +71,7 @@ def test_a_default_target_not_in_the_inventory_is_reported(workspace: Workspace)
     assert done.stderr.startswith(f"{path}: unknown target 'web-9': not a host or group of the inventory "
                                   "(known: web-1, web-2, all, web); field: targets.default; ")
     assert done.stderr.endswith("expected: a host or group of the inventory; found: web-9\n")
-    assert done.stdout == "3 runbook(s) checked, 1 problem(s)\n"
+    assert done.stdout == "4 runbook(s) checked, 1 problem(s)\n"
 
 
 def test_an_unknown_field_is_reported_with_file_and_line(workspace: Workspace) -> None:
@@ -93,4 +93,4 @@ def test_a_missing_inventory_is_a_problem_but_runbooks_are_still_checked(workspa
     assert problems[0] == (f"inventory: inventory {inventory} does not exist; start the lab (`medic lab up`) "
                            "or set MEDIC_INVENTORY")
     assert problems[1].startswith(f"{workspace.runbooks / 'disk-full.yaml'}:3: the runbook's name must match")
-    assert done.stdout == "3 runbook(s) checked, 2 problem(s)\n"
+    assert done.stdout == "4 runbook(s) checked, 2 problem(s)\n"
