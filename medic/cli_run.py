@@ -15,13 +15,21 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from medic.errors import MedicError, RunbookError
 from medic.report import Outcome, RemediationReport, TimelineEntry
 from medic.settings import Settings, get_settings
 
-EXIT_CODES = {Outcome.FAILED: 1, Outcome.NOT_RECOVERED: 1, Outcome.REJECTED: 3, Outcome.APPROVAL_TIMED_OUT: 3,
-              Outcome.ALREADY_RUNNING: 4}
+EXIT_CODES = {Outcome.FAILED.value: 1, Outcome.NOT_RECOVERED.value: 1, Outcome.REJECTED.value: 3,
+              Outcome.APPROVAL_TIMED_OUT.value: 3, Outcome.ALREADY_RUNNING.value: 4}
+
+
+def exit_code(outcome: Any) -> int:
+    """0 for success outcomes (of a remediation or a failover), else by meaning (see module doc)."""
+    if getattr(outcome, "success", False):
+        return 0
+    return EXIT_CODES.get(str(getattr(outcome, "value", outcome)), 1)
 
 
 def use_prefect_api(settings: Settings) -> None:
@@ -136,15 +144,15 @@ class LiveView:
             self.status.start()
 
 
-def _print_outcome(report: RemediationReport, run_id: str, state_name: str, seconds: float | None,
+def _print_outcome(report: Any, run_id: str, state_name: str, seconds: float | None,
                    settings: Settings, args: argparse.Namespace) -> int:
     if args.report:
         Path(args.report).write_text(report.model_dump_json(indent=2))
     ui = settings.prefect_ui_url
     took = f" in {seconds:.1f} s" if seconds is not None else ""
-    print(f"\n{report.outcome.value.upper()}: {report.summary}")
+    print(f"\n{str(report.outcome.value).upper()}: {report.summary}")
     print(f"flow run {run_id} ({state_name}){took}" + (f" — {ui}/runs/flow-run/{run_id}" if ui else ""))
-    return EXIT_CODES.get(report.outcome, 0)
+    return exit_code(report.outcome)
 
 
 def _run_via_server(settings: Settings, args: argparse.Namespace) -> int | None:
@@ -177,8 +185,16 @@ def _run_via_server(settings: Settings, args: argparse.Namespace) -> int | None:
         print(f"medic: error: the run ended {item.get('state_name')} without a report: {item.get('message')}",
               file=sys.stderr)
         return 1
-    report = RemediationReport.model_validate(item["report"])
-    return _print_outcome(report, report.flow_run_id or "?", item["state_name"], item.get("seconds"), settings, args)
+    model = RemediationReport if "diagnosis" in item["report"] else _failover_report_model()
+    report = model.model_validate(item["report"])
+    return _print_outcome(report, str(getattr(report, "flow_run_id", None) or "?"), item["state_name"],
+                          item.get("seconds"), settings, args)
+
+
+def _failover_report_model() -> Any:
+    from medic.failover import FailoverReport
+
+    return FailoverReport
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -191,22 +207,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     from medic.runbook import find_runbook
     from medic.stages import plan
 
+    from medic.flow_kinds import choose, load_flow
+
     spec = find_runbook(args.runbook, settings.runbooks_dir)
-    plan(spec, args.target, load_inventory())  # bad input fails here, before any flow run exists
+    if spec.kind == "remediation" or args.target:
+        plan(spec, args.target, load_inventory())  # bad input fails here, before any flow run exists
+    choice = choose(spec, args.target, reason="medic run (CLI)", dry_run=args.dry_run)
     use_prefect_api(settings)
-    from flows.remediate import remediate
     from medic.prefect_runtime import run_flow_now
     from medic.progress import add_listener
 
-    params = {"runbook": spec.name, "target": args.target, "dry_run": args.dry_run, "reason": "medic run (CLI)"}
     with LiveView(interactive=sys.stdin.isatty()) as view:
         remove = add_listener(view)
         try:
-            outcome = asyncio.run(run_flow_now(remediate, params))
+            outcome = asyncio.run(run_flow_now(load_flow(choice.entrypoint), choice.parameters))
         finally:
             remove()
     report = outcome.result
-    if not isinstance(report, RemediationReport):
+    if not hasattr(report, "outcome") or not hasattr(report, "summary"):
         print(f"medic: error: the flow run ended {outcome.state_name} without a report: {outcome.message}",
               file=sys.stderr)
         return 1

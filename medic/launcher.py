@@ -22,9 +22,14 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from typing import TYPE_CHECKING
+
 from medic.errors import PrefectError
 from medic.metrics import Metrics
-from medic.report import RemediationReport
+
+if TYPE_CHECKING:
+    from medic.flow_kinds import FlowChoice
+    from medic.runbook import Runbook
 
 log = logging.getLogger("medic.launcher")
 RUN_TAG = "medic-serve"
@@ -101,7 +106,10 @@ class RunLauncher:
         with self._lock:
             return dict(self._active)
 
-    async def launch(self, runbook: str, target: str, *, reason: str, idempotency_key: str) -> Launch:
+    async def launch(self, spec: "Runbook", target: str, *, reason: str, idempotency_key: str) -> Launch:
+        from medic.flow_kinds import choose
+
+        runbook = spec.name
         key = (runbook, target)
         with self._lock:  # reserve before the first await: a storm cannot race past this
             if key in self._active:
@@ -109,15 +117,15 @@ class RunLauncher:
                 return Launch(status=LaunchStatus.DUPLICATE, runbook=runbook, target=target,
                               flow_run_id=self._active[key], detail="a remediation is already running")
             self._active[key] = None
-        require_approval = self.flap.tripped(key)
-        params = {"runbook": runbook, "target": target, "reason": reason, "require_approval": require_approval}
+        require_approval = self.flap.tripped(key) and spec.kind == "remediation"
+        choice = choose(spec, target, reason=reason, require_approval=require_approval)
         try:
-            return await self._create_and_start(key, params, idempotency_key)
+            return await self._create_and_start(key, choice, idempotency_key)
         except PrefectError as exc:
             # Prefect is busy or briefly unreachable: keep the reservation and keep trying in the
             # background, so an acknowledged alert is never lost.
             log.warning("could not create the run for %s on %s yet (%s); retrying in the background", *key, exc)
-            task = asyncio.create_task(self._retry_create(key, params, idempotency_key))
+            task = asyncio.create_task(self._retry_create(key, choice, idempotency_key))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
             return Launch(status=LaunchStatus.QUEUED, runbook=runbook, target=target, require_approval=require_approval,
@@ -127,34 +135,41 @@ class RunLauncher:
             log.exception("could not start %s on %s", runbook, target)
             return Launch(status=LaunchStatus.ERROR, runbook=runbook, target=target, detail=str(exc)[:300])
 
-    async def _create_and_start(self, key: Key, params: dict[str, Any], idempotency_key: str) -> Launch:
+    async def _create_and_start(self, key: Key, choice: "FlowChoice", idempotency_key: str | None,
+                                *, on_done: Callable[[Any], None] | None = None, extra_tags: tuple[str, ...] = (),
+                                record_flap: bool = True) -> Launch:
+        from medic.flow_kinds import load_flow
         from medic.prefect_runtime import create_deployment_run
 
         runbook, target = key
-        run = await create_deployment_run(f"remediate/{runbook}", params, idempotency_key=idempotency_key,
-                                          tags=[RUN_TAG, f"runbook:{runbook}", f"target:{target}"])
+        params = choice.parameters
+        run = await create_deployment_run(choice.deployment, params, idempotency_key=idempotency_key,
+                                          tags=[RUN_TAG, f"runbook:{runbook}", f"target:{target}", f"kind:{choice.kind}",
+                                                *extra_tags])
         if run.state is not None and run.state.type.value not in ("PENDING", "SCHEDULED"):
             self._release(key)
             return Launch(status=LaunchStatus.ALREADY_HANDLED, runbook=runbook, target=target,
                           flow_run_id=str(run.id), detail=f"this alert was already handled by run {run.id}")
         with self._lock:
             self._active[key] = str(run.id)
-        self.flap.record(key)
-        if params["require_approval"]:
+        require_approval = bool(params.get("require_approval"))
+        if record_flap:
+            self.flap.record(key)
+        if require_approval:
             self.metrics.flap_guard.labels(runbook).inc()
-        self._execute(key, run)
+        self._execute(key, run, on_done, flow=load_flow(choice.entrypoint))
         detail = (f"flap guard: {self.flap.recent(key)} remediations within {self.flap.window_s:g} s — "
-                  f"asking a human" if params["require_approval"] else "")
+                  f"asking a human" if require_approval else "")
         return Launch(status=LaunchStatus.STARTED, runbook=runbook, target=target, flow_run_id=str(run.id),
-                      require_approval=params["require_approval"], detail=detail)
+                      require_approval=require_approval, detail=detail)
 
-    async def _retry_create(self, key: Key, params: dict[str, Any], idempotency_key: str) -> None:
+    async def _retry_create(self, key: Key, choice: "FlowChoice", idempotency_key: str) -> None:
         deadline = time.monotonic() + self.create_retry_s
         delay = 0.5
         while True:
             await asyncio.sleep(delay)
             try:
-                launch = await self._create_and_start(key, params, idempotency_key)
+                launch = await self._create_and_start(key, choice, idempotency_key)
                 log.info("queued run for %s on %s: %s %s", *key, launch.status.value, launch.flow_run_id)
                 return
             except Exception as exc:  # noqa: BLE001 - keep trying until the deadline
@@ -168,7 +183,8 @@ class RunLauncher:
         with self._lock:
             self._active.pop(key, None)
 
-    def _execute(self, key: Key | None, run: Any, on_done: Callable[[Any], None] | None = None) -> None:
+    def _execute(self, key: Key | None, run: Any, on_done: Callable[[Any], None] | None = None, *,
+                 flow: Any = None) -> None:
         """Run the flow in its own thread and event loop, so slow stages never block the HTTP server."""
         from medic.prefect_runtime import run_flow_now
 
@@ -177,9 +193,8 @@ class RunLauncher:
             self.metrics.active.inc()
             outcome = None
             try:
-                outcome = asyncio.run(run_flow_now(self.flow, flow_run=run))
-                if isinstance(outcome.result, RemediationReport):
-                    self.metrics.finished(outcome.result)
+                outcome = asyncio.run(run_flow_now(flow or self.flow, flow_run=run))
+                self.metrics.finished(outcome.result)
                 log.info("run %s ended %s: %s", run.id, outcome.state_name, outcome.message)
             except Exception:  # noqa: BLE001 - a crashed run must not take the server down
                 log.exception("flow run %s crashed", run.id)
@@ -196,28 +211,24 @@ class RunLauncher:
         self._threads.add(thread)
         thread.start()
 
-    async def launch_manual(self, runbook: str, target: str, *, dry_run: bool,
+    async def launch_manual(self, spec: "Runbook", target: str, *, dry_run: bool,
                             on_done: Callable[[Any], None]) -> Launch:
-        """A run asked for by `medic run` through this server: same dedupe, no flap guard, no key reuse."""
-        from medic.prefect_runtime import create_deployment_run
+        """A run asked for by `medic run` through this server: same dedupe; no flap guard, no idempotency key."""
+        from medic.flow_kinds import choose
 
-        key = (runbook, target)
+        key = (spec.name, target)
         with self._lock:
             if key in self._active:
-                return Launch(status=LaunchStatus.DUPLICATE, runbook=runbook, target=target,
+                return Launch(status=LaunchStatus.DUPLICATE, runbook=spec.name, target=target,
                               flow_run_id=self._active[key], detail="a remediation is already running")
             self._active[key] = None
         try:
-            params = {"runbook": runbook, "target": target, "dry_run": dry_run, "reason": "medic run (CLI via medic serve)"}
-            run = await create_deployment_run(f"remediate/{runbook}", params,
-                                              tags=[RUN_TAG, f"runbook:{runbook}", f"target:{target}", "manual"])
+            choice = choose(spec, target, reason="medic run (CLI via medic serve)", dry_run=dry_run)
+            return await self._create_and_start(key, choice, None, on_done=on_done, extra_tags=("manual",),
+                                                record_flap=False)
         except Exception as exc:  # noqa: BLE001 - the CLI gets the reason
             self._release(key)
-            return Launch(status=LaunchStatus.ERROR, runbook=runbook, target=target, detail=str(exc)[:300])
-        with self._lock:
-            self._active[key] = str(run.id)
-        self._execute(key, run, on_done)
-        return Launch(status=LaunchStatus.STARTED, runbook=runbook, target=target, flow_run_id=str(run.id))
+            return Launch(status=LaunchStatus.ERROR, runbook=spec.name, target=target, detail=str(exc)[:300])
 
     async def withdraw(self, runbook: str, target: str, *, why: str) -> str | None:
         """The alert resolved: end a run still waiting for approval as 'no longer needed'."""
@@ -245,7 +256,7 @@ class RunLauncher:
         )
         from prefect.client.schemas.objects import StateType
         from prefect.client.schemas.sorting import FlowRunSort
-        from prefect.states import Pending
+        from prefect.states import Crashed, Pending
 
         adopted: list[str] = []
         async with get_client() as client:
@@ -255,6 +266,13 @@ class RunLauncher:
                     any_=[StateType.PAUSED, StateType.RUNNING, StateType.PENDING]))),
                 sort=FlowRunSort.START_TIME_ASC, limit=200)
             for run in runs:
+                if any(t.startswith("kind:") and t != "kind:remediation" for t in run.tags):
+                    # A failover is not safe to replay from the top half-way through: say so, loudly.
+                    await client.set_flow_run_state(run.id, Crashed(
+                        message="medic serve restarted during this run; check the cluster, then start it again"),
+                        force=True)
+                    log.error("run %s (%s) was interrupted by a medic serve restart; not replayed", run.id, run.name)
+                    continue
                 await client.set_flow_run_state(run.id, Pending(message="adopted after a medic serve restart"),
                                                 force=True)
                 fresh = await client.read_flow_run(run.id)
@@ -286,7 +304,6 @@ async def _free_orphan_slot(client: Any, runbook: str, target: str) -> None:
     from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
     from prefect.exceptions import ObjectNotFound
 
-    from medic.errors import PrefectError
     from medic.prefect_runtime import remediation_lock_name
 
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from medic.report import RemediationReport
+from typing import Any
 
 
 class Metrics:
@@ -26,10 +26,15 @@ class Metrics:
         self.flap_guard = Counter("medic_flap_guard_total", "Runs switched to approval by the flap guard",
                                   ["runbook"], registry=self.registry)
 
-    def finished(self, report: RemediationReport) -> None:
-        self.runs.labels(report.runbook, report.outcome.value).inc()
-        if report.outcome.value == "recovered":
-            self.time_to_recover.labels(report.runbook).observe(report.duration_s)
+    def finished(self, report: Any) -> None:
+        """Count a finished run from its report (a remediation's or a failover's)."""
+        runbook, outcome = getattr(report, "runbook", None), getattr(report, "outcome", None)
+        if runbook is None or outcome is None:
+            return
+        self.runs.labels(runbook, str(getattr(outcome, "value", outcome))).inc()
+        duration = getattr(report, "duration_s", None)
+        if str(getattr(outcome, "value", outcome)) in ("recovered", "promoted") and duration is not None:
+            self.time_to_recover.labels(runbook).observe(duration)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

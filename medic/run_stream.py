@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from medic.errors import MedicError
 from medic.progress import add_listener
-from medic.report import RemediationReport, TimelineEntry
+from medic.report import TimelineEntry
 from medic.runbook import find_runbook
 from medic.stages import plan
 
@@ -41,7 +41,10 @@ async def start_run(request: Request) -> Response:
     try:
         asked = RunRequest.model_validate_json(await request.body())
         spec = find_runbook(asked.runbook, state.settings.runbooks_dir)
-        target = plan(spec, asked.target, state.inventory()).target
+        if spec.kind == "remediation" or asked.target:
+            target = plan(spec, asked.target, state.inventory()).target
+        else:
+            target = "primary"  # a failover finds the current primary itself
     except MedicError as exc:
         return JSONResponse({"error": str(exc)}, status_code=400)
     except ValueError as exc:
@@ -62,10 +65,10 @@ async def start_run(request: Request) -> Response:
         loop.call_soon_threadsafe(queue.put_nowait, {
             "type": "done", "state_name": getattr(outcome, "state_name", "Crashed"),
             "message": getattr(outcome, "message", None), "seconds": getattr(outcome, "seconds", None),
-            "report": report.model_dump(mode="json") if isinstance(report, RemediationReport) else None})
+            "report": report.model_dump(mode="json") if isinstance(report, BaseModel) else None})
 
     remove = add_listener(on_entry)
-    launch = await state.launcher.launch_manual(spec.name, target, dry_run=asked.dry_run, on_done=on_done)
+    launch = await state.launcher.launch_manual(spec, target, dry_run=asked.dry_run, on_done=on_done)
     if launch.flow_run_id:
         run_id["id"] = launch.flow_run_id
     if launch.status.value != "started":

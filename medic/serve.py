@@ -31,7 +31,8 @@ async def _serve(settings: Settings, host: str, port: int, ready: asyncio.Event 
     from medic.server import build_state, create_app
 
     state = build_state(settings, remediate)
-    deployments = await to_runner_deployments(load_specs(runbooks=list(state.runbooks)))
+    remediations = [name for name, rb in state.runbooks.items() if rb.kind == "remediation"]
+    deployments = await to_runner_deployments(load_specs(runbooks=remediations))
     runner = Runner(name="medic-serve", query_seconds=settings.runner_poll_s, pause_on_shutdown=True)
     for deployment in deployments:
         await runner.add_deployment(deployment)

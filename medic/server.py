@@ -93,7 +93,7 @@ async def alertmanager(request: Request) -> Response:
         entry = d.model_dump(mode="json", exclude_none=True)
         if d.action is Action.START and d.runbook and d.target:
             launch = await state.launcher.launch(
-                d.runbook, d.target, reason=f"alert {d.alertname} ({d.fingerprint})",
+                state.runbooks[d.runbook], d.target, reason=f"alert {d.alertname} ({d.fingerprint})",
                 idempotency_key=f"{d.runbook}:{d.target}:{d.fingerprint}:{_starts_at(payload, d.fingerprint)}")
             entry.update(result=launch.status.value, flow_run_id=launch.flow_run_id, detail=launch.detail or d.detail)
             state.metrics.alerts.labels(launch.status.value).inc()
