@@ -47,11 +47,10 @@ def db_lab() -> Iterator[LabState]:
     try:
         state = control.up(lab_dir, hosts=1, base_port=BASE_PORT, options={"db": True}, with_prefect=True,
                            webhook_url="http://127.0.0.1:9/unused")
+        # The environment only: a prefect `temporary_settings` entered across this yield is not
+        # undone at teardown, and every later test module would talk to this (stopped) lab.
         os.environ["PREFECT_API_URL"] = state.prefect_api_url
-        from prefect.settings import PREFECT_API_URL, temporary_settings
-
-        with temporary_settings(updates={PREFECT_API_URL: state.prefect_api_url}):
-            yield state
+        yield state
     finally:
         control.down(lab_dir)
         shutil.rmtree(lab_dir, ignore_errors=True)
