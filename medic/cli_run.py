@@ -35,7 +35,9 @@ def exit_code(outcome: Any) -> int:
 def use_prefect_api(settings: Settings) -> None:
     """Point Prefect at the configured API *before* prefect is imported, and keep its console quiet."""
     if settings.prefect_api_url:
-        os.environ["PREFECT_API_URL"] = settings.prefect_api_url
+        from medic.prefect_runtime import point_prefect_at
+
+        point_prefect_at(settings.prefect_api_url)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
 

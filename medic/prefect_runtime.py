@@ -24,6 +24,7 @@ Nothing here swallows a Prefect API failure: those become `medic.errors.PrefectE
 from __future__ import annotations
 
 import asyncio
+import os
 import contextlib
 import functools
 import re
@@ -110,6 +111,21 @@ class ResumeOutcome(BaseModel):
 
 
 @contextlib.contextmanager
+def point_prefect_at(api_url: str) -> None:
+    """Use this Prefect API from now on, in this process and its children.
+
+    Prefect captures its settings from the environment when `prefect.context` is first imported;
+    an environment change after that is ignored unless its global settings context is refreshed.
+    """
+    import sys
+
+    os.environ["PREFECT_API_URL"] = api_url
+    if "prefect.context" in sys.modules:
+        from prefect.context import refresh_global_settings_context
+
+        refresh_global_settings_context()
+
+
 def fast_run_settings() -> Iterator[None]:
     """Prefect settings for low-overhead runs, for the block it wraps.
 

@@ -17,6 +17,7 @@ import pytest
 
 from medic.lab import control
 from medic.lab.state import LabState
+from medic.prefect_runtime import point_prefect_at
 from medic.settings import get_settings
 
 TEST_HOSTS = 6
@@ -42,7 +43,7 @@ def lab() -> Iterator[LabState]:
     try:
         state = control.up(lab_dir, hosts=TEST_HOSTS, base_port=base_port,
                            webhook_url="http://127.0.0.1:9/unused", with_prefect=True)
-        os.environ["PREFECT_API_URL"] = state.prefect_api_url
+        point_prefect_at(state.prefect_api_url)
         yield state
     finally:
         control.down(lab_dir)

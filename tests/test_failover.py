@@ -28,6 +28,7 @@ from medic.lab.state import LabState
 from medic.postgres import direct_check, write_through
 from medic.prefect_runtime import FlowRunOutcome, resume_with_input, run_flow_now
 from medic.runbook import find_runbook, load_runbook
+from medic.prefect_runtime import point_prefect_at
 from medic.settings import get_settings
 
 BASE_PORT = int(os.environ.get("MEDIC_TEST_DB_LAB_BASE_PORT", "27000"))
@@ -49,7 +50,7 @@ def db_lab() -> Iterator[LabState]:
                            webhook_url="http://127.0.0.1:9/unused")
         # The environment only: a prefect `temporary_settings` entered across this yield is not
         # undone at teardown, and every later test module would talk to this (stopped) lab.
-        os.environ["PREFECT_API_URL"] = state.prefect_api_url
+        point_prefect_at(state.prefect_api_url)
         yield state
     finally:
         control.down(lab_dir)
@@ -57,6 +58,8 @@ def db_lab() -> Iterator[LabState]:
         for k, v in saved.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
         get_settings.cache_clear()
+        if saved["PREFECT_API_URL"]:
+            point_prefect_at(saved["PREFECT_API_URL"])  # back to the session lab's Prefect
 
 
 # --- helpers ------------------------------------------------------------------------------------

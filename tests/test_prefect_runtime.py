@@ -18,6 +18,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 from medic.errors import PrefectError
+from medic.prefect_runtime import point_prefect_at
 from medic.prefect_runtime import (
     ResumeStatus,
     create_deployment_run,
@@ -64,16 +65,13 @@ def prefect_api() -> Iterator[str]:
             if time.monotonic() > deadline:
                 pytest.fail("prefect server did not answer /health within 90 s")
             time.sleep(0.3)
-        os.environ["PREFECT_API_URL"] = url
-        from prefect.settings import temporary_settings
-
-        with temporary_settings(updates={"api.url": url}):
-            yield url
+        point_prefect_at(url)
+        yield url
     finally:
         if previous is None:
             os.environ.pop("PREFECT_API_URL", None)
         else:
-            os.environ["PREFECT_API_URL"] = previous
+            point_prefect_at(previous)  # back to the session lab's Prefect
         try:
             os.killpg(proc.pid, 15)
             proc.wait(timeout=15)
