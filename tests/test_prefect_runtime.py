@@ -18,8 +18,8 @@ import pytest
 from pydantic import BaseModel, Field
 
 from medic.errors import PrefectError
-from medic.prefect_runtime import point_prefect_at
 from medic.prefect_runtime import (
+    point_prefect_at,
     ResumeStatus,
     create_deployment_run,
     ensure_concurrency_limit,
