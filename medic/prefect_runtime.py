@@ -110,7 +110,6 @@ class ResumeOutcome(BaseModel):
 # --------------------------------------------------------------------------------------------- runs
 
 
-@contextlib.contextmanager
 def point_prefect_at(api_url: str) -> None:
     """Use this Prefect API from now on, in this process and its children.
 
@@ -126,6 +125,7 @@ def point_prefect_at(api_url: str) -> None:
         refresh_global_settings_context()
 
 
+@contextlib.contextmanager
 def fast_run_settings() -> Iterator[None]:
     """Prefect settings for low-overhead runs, for the block it wraps.
 
