@@ -79,3 +79,17 @@ def alert_payload(alertname: str, host: str, *, status: str = "firing", fingerpr
                     "startsAt": starts_at, "endsAt": "0001-01-01T00:00:00Z",
                     "generatorURL": "http://127.0.0.1:9090/graph", "fingerprint": fingerprint or f"fp-{alertname}-{host}"}],
     }
+
+
+def cancel_leftover_runs(prefect_api_url: str) -> int:
+    """Cancel runs an earlier test's medic serve left paused or running in the shared session Prefect.
+
+    A new medic serve adopts such runs (as it should after a restart); a test module that starts its
+    own server must begin from a clean site instead.
+    """
+    runs = httpx.post(f"{prefect_api_url}/flow_runs/filter", json={"limit": 200, "flow_runs": {
+        "tags": {"all_": ["medic-serve"]}, "state": {"type": {"any_": ["PAUSED", "RUNNING", "PENDING"]}}}}).json()
+    for run in runs:
+        httpx.post(f"{prefect_api_url}/flow_runs/{run['id']}/set_state", json={
+            "state": {"type": "CANCELLED", "message": "left over by an earlier test"}, "force": True})
+    return len(runs)
