@@ -51,6 +51,14 @@ def _wait_final(lab: LabState, run_id: str, timeout: float = 90) -> dict:
         time.sleep(0.3)
 
 
+def _wait_server_idle(server: MedicServer, target: str, timeout: float = 30) -> None:
+    """Prefect shows a run final a moment before the server releases its (runbook, target) slot."""
+    deadline = time.monotonic() + timeout
+    while any(r["target"] == target for r in httpx.get(f"{server.url}/healthz").json()["active_runs"]):
+        assert time.monotonic() < deadline, f"medic serve still holds a run for {target}"
+        time.sleep(0.1)
+
+
 def _post(server: MedicServer, payload: dict | bytes, **headers: str) -> httpx.Response:
     if isinstance(payload, bytes):
         return httpx.post(f"{server.url}/alertmanager", content=payload,
@@ -105,6 +113,7 @@ def test_flap_guard_asks_a_human_and_a_resolved_alert_ends_the_wait(lab: LabStat
                                              starts_at=f"2026-11-22T02:0{n}:00Z")).json()["alerts"][0]
         assert answer["result"] == "started" and "flap guard" not in answer.get("detail", "")
         _wait_final(lab, answer["flow_run_id"])
+        _wait_server_idle(server, "web-6")
     faults.break_host(lab, "service-down", "web-6")
     try:
         wait_metric(lab, 'up{job="web",host="web-6"}', lambda r: r and r[0][1] == 0)
