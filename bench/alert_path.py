@@ -97,7 +97,7 @@ def main() -> None:
         print("bench: starting a 50-host lab …", flush=True)
         lab = control.up(LAB_DIR, hosts=50, base_port=BASE_PORT, webhook_url="http://127.0.0.1:9/unused")
         os.environ["PREFECT_API_URL"] = lab.prefect_api_url
-        with medic_server(Path(tempfile.mkdtemp(prefix="medic-bench-state-"))) as srv:
+        with tempfile.TemporaryDirectory(prefix="medic-bench-state-") as state, medic_server(Path(state)) as srv:
             print(f"bench: medic serve at {srv.url}", flush=True)
             samples = latency(srv.url, lab.prefect_api_url, args.n)
             acks = [a for a, _ in samples]

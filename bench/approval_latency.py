@@ -41,8 +41,8 @@ def main() -> int:
     if not os.environ.get("PREFECT_API_URL"):
         print("set PREFECT_API_URL to a running Prefect server (…/api)", file=sys.stderr)
         return 2
-    state_dir = Path(tempfile.mkdtemp(prefix="medic-bench-approval-"))
-    with FakeSlack() as slack:
+    with tempfile.TemporaryDirectory(prefix="medic-bench-approval-") as state, FakeSlack() as slack:
+        state_dir = Path(state)
         os.environ.update(MEDIC_STATE_DIR=str(state_dir), MEDIC_SLACK_API_URL=slack.base_url,
                           MEDIC_SLACK_BOT_TOKEN=slack.token, MEDIC_SLACK_SIGNING_SECRET=SIGNING_SECRET,
                           MEDIC_SLACK_CHANNEL="C0BENCH", MEDIC_PREFECT_API_URL=os.environ["PREFECT_API_URL"])

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -112,6 +113,7 @@ def main() -> None:
     if own_lab:
         os.environ["MEDIC_LAB_BASE_PORT"] = "16000"
     get_settings.cache_clear()
+    cleanup = contextlib.ExitStack()
     try:
         if own_lab:
             print("bench: starting a lab of 3 hosts …", flush=True)
@@ -124,14 +126,12 @@ def main() -> None:
         use_prefect_api(get_settings())
         modes = ["cli", "thin", "warm"] if args.mode == "all" else [args.mode]
         rows: list[tuple[str, str, dict[str, float], str]] = []
-        server = None
-        if "thin" in modes:
+        if "thin" in modes:  # `medic run` then talks to this server; stopped and removed in `finally`
             from tests.support.server import medic_server
 
             os.environ["MEDIC_SERVER_PORT"] = str(free_port())
-            server = medic_server(Path(tempfile.mkdtemp(prefix="medic-bench-serve-")),
-                                  port=int(os.environ["MEDIC_SERVER_PORT"]))
-            server.__enter__()
+            state = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="medic-bench-serve-"))
+            cleanup.enter_context(medic_server(Path(state), port=int(os.environ["MEDIC_SERVER_PORT"])))
         for mode in modes:
             for runbook, fault, host, visible in CASES:
                 for i in range(args.n):
@@ -154,13 +154,12 @@ def main() -> None:
                 med = {k: statistics.median(p[k] for p in picked) for k in picked[0]}
                 print(f"{mode:<5} {runbook:<13} {len(picked):>2} {med['total']:>7.2f} {med['metrics']:>8.2f} "
                       f"{med['remote']:>7.2f} {med['human']:>6.2f} {med['overhead']:>7.2f}")
-        if server is not None:
-            server.__exit__(None, None, None)
         print("\nmetrics = detect + verify waiting on Prometheus; remote = SSH diagnosis + playbook; "
               "human = approval wait;\nmedic = everything else (process start and imports for cli, Prefect "
               "bookkeeping, artifacts).")
         print("peer: a sync Prefect flow run alone pays ~1.1 s at exit; medic's flow is async and pays none.")
     finally:
+        cleanup.close()
         if own_lab:
             control.down(lab_dir)
 

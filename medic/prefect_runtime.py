@@ -17,6 +17,8 @@ bench/prefect_overhead.py). Public surface:
     ensure_concurrency_limit()   create or update a global concurrency limit
     exclusive_slot(name)         async context manager yielding True if this caller holds the one slot
     remediation_lock_name()      the limit name for one (runbook, target) pair
+    point_prefect_at(url)        switch this process to another Prefect API (flushes first)
+    flush_prefect_telemetry()    deliver queued Prefect events and logs now, before their server stops
 
 Nothing here swallows a Prefect API failure: those become `medic.errors.PrefectError`.
 """
@@ -24,8 +26,9 @@ Nothing here swallows a Prefect API failure: those become `medic.errors.PrefectE
 from __future__ import annotations
 
 import asyncio
-import os
+import concurrent.futures
 import contextlib
+import os
 import functools
 import re
 import ssl
@@ -118,11 +121,38 @@ def point_prefect_at(api_url: str) -> None:
     """
     import sys
 
+    if "prefect.context" in sys.modules:
+        flush_prefect_telemetry()
     os.environ["PREFECT_API_URL"] = api_url
     if "prefect.context" in sys.modules:
         from prefect.context import refresh_global_settings_context
 
         refresh_global_settings_context()
+
+
+def flush_prefect_telemetry(timeout: float = 10.0) -> bool:
+    """Deliver the events and logs Prefect has queued, and stop its workers; True if all went out.
+
+    Prefect sends them from background workers that are drained at interpreter exit without a
+    deadline. Its events worker is shared by every API URL and keeps the URL it started with; once
+    that server is gone each queued event costs ~50 s of reconnects (measured), so a process that
+    outlives or switches its Prefect server would hang for hours at exit. Call this while the
+    server still answers: before stopping it, and before pointing the process at another one.
+    The next event or log starts a fresh worker for the current URL.
+    """
+    import sys
+
+    if "prefect.events.worker" not in sys.modules and "prefect.logging.handlers" not in sys.modules:
+        return True
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    # Not `EventsWorker.drain_all()`: the instance registry is shared by every Prefect queue service,
+    # so that would also stop the concurrency-slot and lease services a running flow relies on.
+    workers = [w for w in list(EventsWorker._instances.values()) if isinstance(w, (EventsWorker, APILogWorker))]
+    futures = [w._drain(at_exit=False) for w in workers]
+    _done, pending = concurrent.futures.wait(futures, timeout=timeout)
+    return not pending
 
 
 @contextlib.contextmanager

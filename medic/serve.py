@@ -28,6 +28,7 @@ async def _serve(settings: Settings, host: str, port: int, ready: asyncio.Event 
 
     from flows.remediate import remediate
     from medic.deployments import load_specs, to_runner_deployments
+    from medic.prefect_runtime import flush_prefect_telemetry
     from medic.server import build_state, create_app
 
     state = build_state(settings, remediate)
@@ -52,6 +53,8 @@ async def _serve(settings: Settings, host: str, port: int, ready: asyncio.Event 
         runner_task.cancel()
         await asyncio.gather(runner_task, return_exceptions=True)
         await asyncio.to_thread(state.launcher.wait_idle, SHUTDOWN_GRACE_S)
+        if not await asyncio.to_thread(flush_prefect_telemetry):
+            log.warning("medic serve: some Prefect events/logs could not be delivered before exit")
 
 
 def serve(*, host: str | None = None, port: int | None = None) -> int:

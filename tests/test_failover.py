@@ -53,13 +53,14 @@ def db_lab() -> Iterator[LabState]:
         point_prefect_at(state.prefect_api_url)
         yield state
     finally:
-        control.down(lab_dir)
-        shutil.rmtree(lab_dir, ignore_errors=True)
+        # Back to the session lab's Prefect first: switching flushes what this lab's Prefect is owed.
         for k, v in saved.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
         get_settings.cache_clear()
         if saved["PREFECT_API_URL"]:
-            point_prefect_at(saved["PREFECT_API_URL"])  # back to the session lab's Prefect
+            point_prefect_at(saved["PREFECT_API_URL"])
+        control.down(lab_dir)
+        shutil.rmtree(lab_dir, ignore_errors=True)
 
 
 # --- helpers ------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from pydantic import BaseModel, Field
 
 from medic.errors import PrefectError
 from medic.prefect_runtime import (
+    flush_prefect_telemetry,
     point_prefect_at,
     ResumeStatus,
     create_deployment_run,
@@ -68,6 +70,7 @@ def prefect_api() -> Iterator[str]:
         point_prefect_at(url)
         yield url
     finally:
+        flush_prefect_telemetry()  # while this server answers; switching back would too, popping not
         if previous is None:
             os.environ.pop("PREFECT_API_URL", None)
         else:
@@ -79,7 +82,9 @@ def prefect_api() -> Iterator[str]:
             pass
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, 9)
+            proc.wait()
         log.close()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 class Decision(BaseModel):
@@ -149,6 +154,29 @@ def test_run_flow_now_async_and_sync_flows(prefect_api: str) -> None:
     a, s = asyncio.run(go())
     assert (a.state_type, a.result, a.ok) == ("COMPLETED", 41, True)
     assert (s.state_type, s.result) == ("COMPLETED", 7)
+
+
+def test_flush_delivers_queued_events_before_the_server_goes(prefect_api: str) -> None:
+    """Task-run events go out from a background worker; flushing sends them now and retires the worker.
+
+    Without it a process whose Prefect server has stopped waits ~50 s per queued event at exit.
+    """
+    from prefect.events.worker import EventsWorker
+
+    adder, _, _, _ = _flows()
+    outcome = asyncio.run(run_flow_now(adder, {"x": 1}))
+    assert flush_prefect_telemetry(timeout=30) is True
+    live = [w for w in EventsWorker._instances.values() if isinstance(w, EventsWorker)]
+    assert not live, "a drained worker must not be reused for the next API URL"
+    body = {"filter": {"related": {"id": [f"prefect.flow-run.{outcome.flow_run_id}"]},
+                       "event": {"prefix": ["prefect.task-run."]}}, "limit": 50}
+    deadline = time.monotonic() + 30  # the server persists received events in batches
+    while True:
+        events = httpx.post(f"{prefect_api}/events/filter", json=body, timeout=10).json()["events"]
+        if "prefect.task-run.Completed" in {e["event"] for e in events} or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert "prefect.task-run.Completed" in {e["event"] for e in events}, events
 
 
 def test_failed_flow_is_an_outcome_not_an_exception(prefect_api: str) -> None:
@@ -281,15 +309,20 @@ def test_exclusive_slot_refused_attempt_under_race(prefect_api: str) -> None:
     """Two concurrent attempts (no pre-check shortcut possible for both): exactly one wins."""
     name = f"medic-test-race-{uuid.uuid4().hex[:6]}"
 
-    async def attempt(results: list[bool]) -> None:
+    async def attempt(results: list[bool], both_answered: asyncio.Event) -> None:
         async with exclusive_slot(name) as got:
             results.append(got)
-            await asyncio.sleep(0.5)
+            if len(results) == 2:
+                both_answered.set()
+            # The winner holds its slot until the other attempt has its answer (a fixed sleep let a
+            # slow second attempt arrive after the release and win too).
+            await asyncio.wait_for(both_answered.wait(), timeout=60)
 
     async def go():
         await ensure_concurrency_limit(name, 1)
         results: list[bool] = []
-        await asyncio.gather(attempt(results), attempt(results))
+        both_answered = asyncio.Event()
+        await asyncio.gather(attempt(results, both_answered), attempt(results, both_answered))
         return sorted(results)
 
     assert asyncio.run(go()) == [False, True]
