@@ -275,6 +275,9 @@ async def approval_step(
     if policy.policy == "none" and not forced:
         return ApprovalRecord(required=False, decision="not needed")
     names = [h.name for h in targets]
+    began = time.monotonic()
+    preview = await _check_mode(plan, targets, ssh) if ssh is not None else None
+    preview_s = time.monotonic() - began
     request = ApprovalRequest(
         title=f"{plan.runbook.name} on {', '.join(names)}",
         runbook=plan.runbook.name,
@@ -282,7 +285,9 @@ async def approval_step(
         evidence=_evidence(detect, names),
         diagnosis=_diagnosis_summary(diagnosis),
         planned_action=_planned_action(plan, names),
-        check_mode_result=await _check_mode(plan, targets, ssh) if ssh is not None else None,
+        check_mode_result=preview,
         flow_run_id=flow_run_id,
     )
-    return await request_decision(request, policy, timeline=timeline)
+    record = await request_decision(request, policy, timeline=timeline)
+    record.preview_s = preview_s
+    return record

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from medic.errors import MedicError
+from medic.paths import DEFAULT_WEBHOOK_URL  # not from medic.lab.control: ~0.2 s of imports per `medic run`
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -40,7 +41,8 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
         progress=lambda m: _say(f"lab: {m}"),
     )
     _say(f"lab: up in {lab.lab_dir} — Prometheus {lab.prometheus_url}, Alertmanager {lab.alertmanager_url}, "
-         f"Prefect {lab.prefect_api_url.removesuffix('/api')}, inventory {lab.inventory}")
+         + (f"Prefect {lab.prefect_api_url.removesuffix('/api')}, " if lab.with_prefect else "")
+         + f"inventory {lab.inventory}")
     return 0
 
 
@@ -91,8 +93,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from medic.lab.control import DEFAULT_WEBHOOK_URL
-
     parser = argparse.ArgumentParser(prog="medic", description="Runbook automation for operations teams, on Prefect.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -1,4 +1,5 @@
-"""Where medic's own files live: the checkout (runbooks, playbooks, lab templates)."""
+"""Where medic's own files live (the checkout: runbooks, playbooks, lab templates), and where medic serve
+listens by default. Imports nothing heavy: the CLI reads it before parsing its arguments."""
 
 from __future__ import annotations
 
@@ -10,3 +11,6 @@ RUNBOOKS_DIR = PROJECT_ROOT / "runbooks"
 PLAYBOOKS_DIR = PROJECT_ROOT / "playbooks"
 LAB_TEMPLATES_DIR = PROJECT_ROOT / "lab"
 DEFAULT_LAB_DIR = PROJECT_ROOT / ".lab"
+
+#: Where the lab's Alertmanager posts by default: `medic serve`'s default address.
+DEFAULT_WEBHOOK_URL = "http://127.0.0.1:8787/alertmanager"

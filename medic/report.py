@@ -118,6 +118,7 @@ class ApprovalRecord(BaseModel):
     channel: str | None = Field(None, description="slack, ui, cli")
     decided_at: datetime | None = None
     waited_s: float = 0.0
+    preview_s: float = Field(0.0, description="the check-mode run of the recovery shown on the card (remote work)")
 
 
 class RemediationReport(BaseModel):

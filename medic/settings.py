@@ -19,7 +19,8 @@ from medic.paths import DEFAULT_LAB_DIR, PLAYBOOKS_DIR, RUNBOOKS_DIR
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MEDIC_", extra="ignore")
+    # An empty variable (`MEDIC_LAB_DIR= medic lab up`) means "not set", never "the current directory".
+    model_config = SettingsConfigDict(env_prefix="MEDIC_", extra="ignore", env_ignore_empty=True)
 
     lab_dir: Path = Field(DEFAULT_LAB_DIR, description="where the ops lab keeps all its state")
     lab_base_port: int = Field(19000, description="the lab's ports are derived from this one")

@@ -17,7 +17,7 @@ import pytest
 
 from medic.lab import control
 from medic.lab.state import LabState
-from medic.prefect_runtime import flush_prefect_telemetry, point_prefect_at
+from medic.prefect_runtime import point_prefect_at
 from medic.settings import get_settings
 
 TEST_HOSTS = 6
@@ -46,6 +46,5 @@ def lab() -> Iterator[LabState]:
         point_prefect_at(state.prefect_api_url)
         yield state
     finally:
-        flush_prefect_telemetry()  # while its Prefect still answers: else exit waits on a dead server
         control.down(lab_dir)
         shutil.rmtree(lab_dir, ignore_errors=True)

@@ -337,3 +337,34 @@ def test_hung_primary_is_fenced_before_promotion_then_fails_back(db_lab: LabStat
     assert back.outcome is Outcome.REJOINED, back.summary
     assert_healthy(db_lab)
     assert roles() == (standby, primary)
+
+
+def test_unreachable_primary_is_not_promoted_over_without_an_override(db_lab: LabState) -> None:
+    """The old primary's machine is gone (no SSH): fencing cannot be confirmed, so the standby is not
+    promoted — nobody is even asked — unless the run says allow_unfenced, and then the report says so."""
+    primary, standby = roles()
+    faults.break_host(db_lab, "pg-primary-down", primary)
+    faults.break_host(db_lab, "host-down", primary)
+    try:
+        seen_down(db_lab, primary)
+        run, report = failover([APPROVE])
+        assert report.outcome is Outcome.REFUSED, report.summary
+        assert run.state_name == "Refused" and "allow_unfenced" in report.summary
+        assert not report.diagnosis.primary.ssh_reachable
+        assert report.approval is None and report.fence is None and report.promote is None
+        assert read_route(_cluster()).servers == {primary: "ready", standby: "maint"}
+        assert psql(db_lab.host(standby), "SELECT pg_is_in_recovery()") == "t"
+
+        run, report = failover([APPROVE], allow_unfenced=True)
+        assert report.outcome is Outcome.PROMOTED, report.summary
+        assert run.state_name == "Promoted" and report.approval.decision == "approved"
+        assert any(o.startswith("OVERRIDE allow_unfenced") for o in report.overrides), report.overrides
+        assert not report.fence.stopped and report.fence.endpoint_removed  # clients can't reach it either way
+        assert read_route(_cluster()).servers == {primary: "maint", standby: "ready"}
+        assert write_through(_cluster().endpoint).server_port == PgPorts.of(db_lab).nodes[standby]
+    finally:
+        faults.fix_host(db_lab, "host-down", primary)  # sshd back; its postgres stays down
+    _, back = rejoin(primary)
+    assert back.outcome is Outcome.REJOINED, back.summary
+    assert_healthy(db_lab)
+    assert roles() == (standby, primary)

@@ -155,3 +155,13 @@ def test_down_leaves_no_process_even_after_up_was_killed() -> None:
     assert result.returncode == 0, result.stderr
     assert find_lab_processes(lab_dir) == []
     subprocess.run(["rm", "-rf", str(lab_dir)], check=False)
+
+
+def test_an_empty_lab_dir_variable_means_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`MEDIC_LAB_DIR= medic lab up` once spread a lab over the current directory."""
+    from medic.settings import DEFAULT_LAB_DIR, Settings
+
+    monkeypatch.setenv("MEDIC_LAB_DIR", "")
+    monkeypatch.setenv("MEDIC_LAB_BASE_PORT", "")
+    settings = Settings()
+    assert settings.lab_dir == DEFAULT_LAB_DIR and settings.lab_base_port == 19000

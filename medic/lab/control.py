@@ -23,10 +23,9 @@ from medic.lab.components import ComponentStatus, LabComponent, registered
 from medic.lab.monitoring import alertmanager_config, write_monitoring_configs
 from medic.lab.processes import find_lab_processes, spawn, stop_lab_processes
 from medic.lab.state import STATE_FILE, LabHost, LabPorts, LabState
-from medic.paths import LAB_TEMPLATES_DIR
+from medic.paths import DEFAULT_WEBHOOK_URL, LAB_TEMPLATES_DIR
 
 MAX_HOSTS = 50
-DEFAULT_WEBHOOK_URL = "http://127.0.0.1:8787/alertmanager"
 Progress = Callable[[str], None]
 
 
@@ -293,8 +292,18 @@ def up(
 
 
 def down(lab_dir: Path) -> int:
-    """Stop every process of the lab (recorded or not). Returns how many were stopped."""
+    """Stop every process of the lab (recorded or not). Returns how many were stopped.
+
+    A process that used the lab's Prefect first hands over the events and logs it still owes it
+    (else they are retried against the stopped server at exit, ~50 s each).
+    """
+    import sys
+
     lab_dir = lab_dir.resolve()
+    if "prefect" in sys.modules:
+        from medic.prefect_runtime import flush_prefect_telemetry
+
+        flush_prefect_telemetry()
     stopped = stop_lab_processes(lab_dir)
     (lab_dir / STATE_FILE).unlink(missing_ok=True)
     return stopped

@@ -3,7 +3,8 @@
 - ``service-down``: SIGKILL the demo service (a crash: the pidfile stays behind, stale).
 - ``disk-full``: old junk files in the host's data/cache dir push usage past 90 % of capacity.
 - ``slow``: SIGUSR1 puts the service in a degraded state; every request takes 0.6 s until a restart.
-- ``host-down``: the whole host dies (its sshd and its service are killed): unreachable over SSH.
+- ``host-down``: the whole host dies (its sshd and, on a web host, its service are killed): unreachable
+  over SSH. A database host's postgres is `pg-primary-down`'s to kill; `fix` does not restart it.
 - ``wont-start``: the service's config names an invalid port, so `servicectl start` (and restart) fails
   for real while the running process keeps serving; ``fix`` restores the config and starts it.
 """
@@ -110,8 +111,8 @@ def _sshd_pid(host: LabHost) -> int | None:
 
 
 def _kill_host(host: LabHost, lab: LabState) -> str:
-    """The machine is gone: no sshd, no service."""
-    said = [_kill_service(host, lab)]
+    """The machine is gone: no sshd, no web service (a database host's postgres: `pg-primary-down`)."""
+    said = [_kill_service(host, lab)] if host.group == "web" else []
     pid = _sshd_pid(host)
     if pid is not None:
         os.kill(pid, signal.SIGKILL)
@@ -127,7 +128,8 @@ def _revive_host(host: LabHost, lab: LabState) -> str:
         start_sshd(host, lab)
         wait_for_sshd(lab, timeout=10, hosts=[host])
         said.append(f"started sshd of {host.name}")
-    said.append(_start_service(host, lab))
+    if host.group == "web":
+        said.append(_start_service(host, lab))
     return "; ".join(said)
 
 
