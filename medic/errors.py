@@ -114,6 +114,10 @@ class AnsibleError(MedicError):
 class PrefectError(MedicError):
     """The Prefect API cannot be reached or refused a request."""
 
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status  # the HTTP status Prefect answered, when it answered
+
 
 class ApprovalError(MedicError):
     """An approval request or decision is invalid."""

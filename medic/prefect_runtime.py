@@ -203,7 +203,8 @@ async def _post_with_fast_retry(what: str, path: str, body: dict[str, Any]) -> A
                 return response.json()
             if response.status_code not in (503, 429) or delay is None:
                 raise PrefectError(
-                    f"Prefect API refused to create {what}: {response.status_code} {response.text[:300]}"
+                    f"Prefect API refused to create {what}: {response.status_code} {response.text[:300]}",
+                    status=response.status_code,
                 )
             await asyncio.sleep(delay)
     raise AssertionError("unreachable")
@@ -313,12 +314,43 @@ async def create_deployment_run(
     caller executes it with `run_flow_now(flow, flow_run=run)`. The UI lists it under the deployment.
     An `idempotency_key` (e.g. the Alertmanager group key) returns the existing run instead of a new one.
     """
-    from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import DeploymentFlowRunCreate
     from prefect.client.schemas.objects import FlowRun
-    from prefect.exceptions import ObjectNotFound
     from prefect.states import Pending, to_state_create
 
+    create = DeploymentFlowRunCreate(
+        parameters=dict(parameters or {}),
+        state=to_state_create(Pending()),
+        tags=list(tags or []),
+        idempotency_key=idempotency_key,
+    )
+    body = create.model_dump(mode="json", exclude_unset=True)
+    what = f"a run of deployment {deployment_name!r}"
+    deployment_id = await _deployment_id(deployment_name)
+    try:
+        data = await _post_with_fast_retry(what, f"/deployments/{deployment_id}/create_flow_run", body)
+    except PrefectError as exc:
+        if exc.status != 404:
+            raise
+        # re-deployed since we looked it up (a new id): look again, once
+        deployment_id = await _deployment_id(deployment_name, fresh=True)
+        data = await _post_with_fast_retry(what, f"/deployments/{deployment_id}/create_flow_run", body)
+    return FlowRun.model_validate(data)
+
+
+_DEPLOYMENT_IDS: dict[tuple[str | None, str], str] = {}
+
+
+async def _deployment_id(deployment_name: str, *, fresh: bool = False) -> str:
+    """The id of deployment `flow/deployment`, remembered per API: each look-up is a client set-up
+    and a round trip (~0.1 s) that an alert would otherwise pay before its run exists."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import get_current_settings
+
+    key = (get_current_settings().api.url, deployment_name)
+    if not fresh and key in _DEPLOYMENT_IDS:
+        return _DEPLOYMENT_IDS[key]
     async with get_client() as client:
         try:
             deployment = await client.read_deployment_by_name(deployment_name)
@@ -329,18 +361,8 @@ async def create_deployment_run(
             ) from exc
         except Exception as exc:
             raise PrefectError(f"cannot read deployment {deployment_name!r}: {exc}") from exc
-    create = DeploymentFlowRunCreate(
-        parameters=dict(parameters or {}),
-        state=to_state_create(Pending()),
-        tags=list(tags or []),
-        idempotency_key=idempotency_key,
-    )
-    data = await _post_with_fast_retry(
-        f"a run of deployment {deployment_name!r}",
-        f"/deployments/{deployment.id}/create_flow_run",
-        create.model_dump(mode="json", exclude_unset=True),
-    )
-    return FlowRun.model_validate(data)
+    _DEPLOYMENT_IDS[key] = str(deployment.id)
+    return _DEPLOYMENT_IDS[key]
 
 
 async def start_deployment_run_now(

@@ -205,6 +205,26 @@ def test_deployment_run_starts_in_process_and_belongs_to_deployment(prefect_api:
     assert again.id == run.id  # same idempotency key → the same run, not a second remediation
 
 
+def test_a_redeployed_deployment_is_looked_up_again(prefect_api: str) -> None:
+    """Deployment ids are remembered; one that was deleted and deployed again (a new id) still gets runs."""
+    adder, _, _, _ = _flows()
+
+    async def go():
+        from prefect.client.orchestration import get_client
+
+        first_id = await (await adder.ato_deployment(name="medic-redeploy")).aapply()
+        first = await create_deployment_run("adder/medic-redeploy", {"x": 1})
+        async with get_client() as client:
+            await client.delete_deployment(first_id)
+        second_id = await (await adder.ato_deployment(name="medic-redeploy")).aapply()
+        second = await create_deployment_run("adder/medic-redeploy", {"x": 2})
+        return first_id, first, second_id, second
+
+    first_id, first, second_id, second = asyncio.run(go())
+    assert first_id != second_id
+    assert first.deployment_id == first_id and second.deployment_id == second_id
+
+
 def test_unknown_deployment_is_a_prefect_error(prefect_api: str) -> None:
     with pytest.raises(PrefectError, match="deployment 'adder/nope' does not exist"):
         asyncio.run(create_deployment_run("adder/nope"))
