@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +27,31 @@ TEST_HOSTS = 6
 # Runs in tests log to the console; sending them to the API as well only produces "Error logging
 # to API" noise when the session's Prefect server stops before the last log flush.
 os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")
+
+
+EXIT_GRACE_S = int(os.environ.get("MEDIC_TEST_EXIT_GRACE_S", "120"))
+_session_status = [1]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _session_status[0] = int(exitstatus)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """A safety net for CI: once the results are in, the process must not outlive them for long.
+
+    Work drained at interpreter exit (Prefect's event and log workers) has no deadline; aimed at a
+    Prefect server a test already stopped, it once kept this process alive for hours after a green
+    run. `flush_prefect_telemetry` prevents that; if something new does it, say so and exit with
+    the session's own status instead of timing CI out."""
+    def watchdog() -> None:
+        time.sleep(EXIT_GRACE_S)
+        os.write(2, f"\ntests: still not exited {EXIT_GRACE_S} s after the session ended — something is "
+                    f"draining at exit (Prefect events/logs to a stopped server?); exiting with the session's "
+                    f"status {_session_status[0]}\n".encode())
+        os._exit(_session_status[0])
+
+    threading.Thread(target=watchdog, name="exit-watchdog", daemon=True).start()
 
 
 def _point_settings_at(lab_dir: Path, base_port: int) -> None:
