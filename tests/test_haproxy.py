@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Iterator
 
@@ -35,9 +36,17 @@ def _answers(lab: LabState, n: int) -> Counter[str]:
 
 def test_balances_over_every_web_host_and_reports_them_up(lab: LabState, runtime: HAProxyRuntime) -> None:
     web = sorted(h.name for h in lab.hosts if h.group == "web")
-    servers = runtime.servers("web")
+    # An earlier test may have restarted a service a moment ago: HAProxy marks it UP after its next
+    # passing health checks, so wait for that (bounded) rather than read one instant.
+    deadline = time.monotonic() + 30
+    while True:
+        servers = runtime.servers("web")
+        healthy = [s.up and s.admin_state == "ready" and s.status == "UP" and s.check_status == "L7OK" for s in servers]
+        if all(healthy) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert sorted(s.name for s in servers) == web
-    assert all(s.up and s.admin_state == "ready" and s.status == "UP" and s.check_status == "L7OK" for s in servers)
+    assert all(healthy), [(s.name, s.admin_state, s.status, s.check_status) for s in servers]
     assert {s.port for s in servers} == {h.service_port for h in lab.hosts if h.group == "web"}
     assert sorted(_answers(lab, 3 * len(web))) == web
     assert metric(lab, 'up{job="haproxy"}')[0][1] == 1.0
