@@ -497,7 +497,8 @@ async def resume_with_input(flow_run_id: UUID | str, payload: Mapping[str, Any] 
                                          state_type=current.value if current else None)
                 return ResumeOutcome(status=ResumeStatus.NOT_PAUSED, reason=reason,
                                      state_type=current.value if current else None)
-            return ResumeOutcome(status=ResumeStatus.NOT_PAUSED, reason="the run was still entering its pause; try again")
+            return ResumeOutcome(status=ResumeStatus.NOT_PAUSED, state_type="PAUSED",
+                                 reason="the run was still entering its pause (Paused, input schema not stored yet); try again")
     except PrefectError:
         raise
     except Exception as exc:

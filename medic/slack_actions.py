@@ -138,10 +138,13 @@ class ClickHandler:
                    "comment": ""}
         consumed = record.consumed if record else 0
         outcome = await _resume_when_paused(run_id, payload)
-        if outcome.accepted:
-            if await self._taken(run_id, consumed):
+        # Paused for REPAUSE_WAIT_S without the input schema a live flow stores right after pausing:
+        # the process that paused it died in between, and the run can never take a decision.
+        half_paused = outcome.status is ResumeStatus.NOT_PAUSED and outcome.state_type == "PAUSED"
+        if outcome.accepted or (half_paused and not self.is_executing(run_id)):
+            if outcome.accepted and await self._taken(run_id, consumed):
                 return ClickResult.ACCEPTED, name, ""
-            if self.is_executing(run_id):
+            if outcome.accepted and self.is_executing(run_id):
                 log.warning("run %s accepted a decision but has not taken it within %.0f s", run_id, ACK_TIMEOUT_S)
                 return ClickResult.ACCEPTED, name, "accepted, not yet taken by the flow"
             await _mark_crashed(run_id)

@@ -140,6 +140,18 @@ def wait_state(lab: LabState, run_id: str, types: set[str], timeout: float = 120
     return state
 
 
+def wait_input_schema(lab: LabState, run_id: str, timeout: float = 60) -> None:
+    """Until the paused run's input schema is stored (the flow does that just after setting Paused)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = wait_state(lab, run_id, {"PAUSED"})
+        key = ((state.get("state_details") or {}).get("run_input_keyset") or {}).get("schema")
+        if key and httpx.get(f"{lab.prefect_api_url}/flow_runs/{run_id}/input/{key}", timeout=10).status_code == 200:
+            return
+        assert time.monotonic() < deadline, f"run {run_id} is Paused but its input schema never appeared"
+        time.sleep(0.1)
+
+
 def final_state(lab: LabState, run_id: str) -> dict[str, Any]:
     return wait_state(lab, run_id, {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
 
@@ -313,7 +325,7 @@ def test_click_for_a_run_whose_process_died_ends_it_and_says_so(lab: LabState, s
         card = slack.wait_for("chat.postMessage", lambda c: "disk-full-slack on web-4" in card_text(c.args)
                               and has_buttons(c.args) and c.response["ts"] not in earlier, timeout=90)
         run_id = next(e["value"] for b in card.args["blocks"] if b["type"] == "actions" for e in b["elements"])
-        wait_state(lab, run_id, {"PAUSED"})
+        wait_input_schema(lab, run_id)  # fully waiting: Paused *and* its input schema stored
     finally:
         cli.kill()
         cli.wait()
