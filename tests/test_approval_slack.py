@@ -339,6 +339,32 @@ def test_click_for_a_run_whose_process_died_ends_it_and_says_so(lab: LabState, s
     assert wait_audit(serve_env, run_id, "click")[0].result == ClickResult.ORPHANED.value
 
 
+def test_click_for_a_half_paused_run_ends_it_and_says_so(lab: LabState, slack: FakeSlack, server: MedicServer,
+                                                         serve_env: dict[str, str]) -> None:
+    """Paused, but its process died before storing the pause's input schema (the window right after
+    `Paused` is set): the run can never take a decision. The click ends it, instead of answering
+    "try again in a moment" for ever. The half-made pause is built through Prefect's API."""
+    api = lab.prefect_api_url
+    flow_id = httpx.post(f"{api}/flows/", json={"name": "remediate"}, timeout=10).json()["id"]
+    keyset = {"response": "half-paused-response", "schema": "half-paused-schema",
+              "description": "half-paused-description"}
+    created = httpx.post(f"{api}/flow_runs/", timeout=10, json={
+        "flow_id": flow_id, "parameters": {"runbook": "disk-full-slack", "target": "web-5"},
+        "state": {"type": "PAUSED", "name": "Paused",
+                  "state_details": {"pause_key": "approval-1", "run_input_keyset": keyset}}})
+    assert created.status_code == 201, created.text
+    run_id = created.json()["id"]
+    assert run_state(lab, run_id)["type"] == "PAUSED"
+    response = post_block_action(f"{server.url}/slack/actions", value=run_id, user_id=ALICE,
+                                 action_id="medic_approve", channel_id=serve_env["MEDIC_SLACK_CHANNEL"],
+                                 message_ts="1700000000.000100", message_blocks=[])
+    assert response.status_code == 200
+    state = final_state(lab, run_id)
+    assert state["type"] == "CRASHED" and "no process was executing" in state["message"]
+    ephemeral_to(slack, ALICE, "nobody executing it", timeout=60)
+    assert wait_audit(serve_env, run_id, "click", timeout=60)[0].result == ClickResult.ORPHANED.value
+
+
 def test_approval_still_works_after_medic_serve_restarts(lab: LabState, slack: FakeSlack, server: MedicServer,
                                                          serve_env: dict[str, str], disk_full) -> None:
     server.stop()  # the module's server holds no run now; this test restarts its own
