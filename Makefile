@@ -8,7 +8,7 @@ setup:
 	@scripts/setup.sh
 
 demo: setup
-	@$(PY) -m medic.demo
+	@$(PY) -m medic_lab.demo
 
 test: setup
 	@$(PY) -m pytest $(PYTEST_ARGS)

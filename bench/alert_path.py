@@ -133,7 +133,7 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=7, help="latency samples")
     args = parser.parse_args()
 
-    from medic.lab import control
+    from medic_lab import control
     from tests.support.server import medic_server
 
     os.environ.update(MEDIC_LAB_DIR=str(LAB_DIR), MEDIC_LAB_BASE_PORT=str(BASE_PORT))

@@ -54,11 +54,11 @@ async def _bench(n: int, slack: FakeSlack) -> int:
     from prefect import flow
     from prefect.context import get_run_context
 
-    from medic.approval import PAUSE_POLL_INTERVAL_S, ApprovalRequest, request_decision
-    from medic.progress import Timeline, add_listener
-    from medic.prefect_runtime import fast_run_settings, run_flow_now
-    from medic.runbook import Approval
-    from medic.server import ServerState, create_app
+    from medic.approval.gate import PAUSE_POLL_INTERVAL_S, ApprovalRequest, request_decision
+    from medic.core.progress import Timeline, add_listener
+    from medic.orchestration.runtime import fast_run_settings, run_flow_now
+    from medic.core.runbook import Approval
+    from medic.service.app import ServerState, create_app
     from medic.settings import get_settings
 
     continued: dict[str, float] = {}

@@ -37,7 +37,7 @@ APPROVE = {"decision": "approve", "approver": "bench", "via": "cli"}
 
 
 def _walsender(host: Any) -> int | None:
-    from medic.lab.postgres import _postgres_pids
+    from medic_lab.postgres import _postgres_pids
 
     for pid in _postgres_pids(host)[1:]:
         try:
@@ -50,8 +50,8 @@ def _walsender(host: Any) -> int | None:
 
 async def _failover_with_click() -> Any:
     from flows.failover import failover
-    from medic.prefect_runtime import resume_with_input, run_flow_now
-    from medic.progress import add_listener
+    from medic.orchestration.runtime import resume_with_input, run_flow_now
+    from medic.core.progress import add_listener
 
     ids: asyncio.Queue[str] = asyncio.Queue()
     loop = asyncio.get_running_loop()
@@ -77,9 +77,9 @@ async def _failover_with_click() -> Any:
 
 
 def one(mode: str, stall: float) -> dict[str, Any]:
-    from medic.lab import control, faults
-    from medic.lab.postgres import PgPorts
-    from medic.postgres import parse_lsn, run_sql
+    from medic_lab import control, faults
+    from medic_lab.postgres import PgPorts
+    from medic.clients.postgres import parse_lsn, run_sql
     from medic.settings import get_settings
     from write_load import WriteLoad, check
 

@@ -20,7 +20,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.client.orchestration import get_client
 
-from medic.prefect_runtime import (
+from medic.orchestration.runtime import (
     ensure_concurrency_limit,
     exclusive_slot,
     resume_with_input,
@@ -111,7 +111,7 @@ elif mode == "sync":
 elif mode == "async":
     asyncio.run(af())
 else:
-    from medic.prefect_runtime import run_flow_now
+    from medic.orchestration.runtime import run_flow_now
     asyncio.run(run_flow_now(af))
 """
 

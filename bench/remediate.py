@@ -107,7 +107,7 @@ def main() -> None:
     parser.add_argument("--lab-dir", help="use this running lab instead of starting one")
     args = parser.parse_args()
 
-    from medic.lab import control, faults
+    from medic_lab import control, faults
     from medic.settings import get_settings
 
     own_lab = args.lab_dir is None
@@ -124,7 +124,7 @@ def main() -> None:
         else:
             lab = control.require_lab(lab_dir)
         os.environ["PREFECT_API_URL"] = lab.prefect_api_url
-        from medic.cli_run import use_prefect_api
+        from medic.cli.run import use_prefect_api
 
         use_prefect_api(get_settings())
         modes = ["cli", "thin", "warm"] if args.mode == "all" else [args.mode]

@@ -32,12 +32,12 @@ def _point_at_lab() -> None:
 
 
 def _restart_choice() -> None:
-    from medic.ansible import run_playbook
-    from medic.inventory import load_inventory
-    from medic.rolling import RESTART_COMMAND
+    from medic.clients.ansible import run_playbook
+    from medic.core.inventory import load_inventory
+    from medic.procedures.rolling import RESTART_COMMAND
     from medic.settings import get_settings
-    from medic.ssh import SSHSession
-    from medic.templates import render_shell
+    from medic.clients.ssh import SSHSession
+    from medic.core.templates import render_shell
 
     host = load_inventory().host("web-1")
     ssh_times, book_times = [], []
@@ -59,7 +59,7 @@ def _restart_choice() -> None:
 
 def _run(batch_size: str, hosts: int) -> None:
     from flows.maintenance import rolling_restart
-    from medic.prefect_runtime import run_flow_now
+    from medic.orchestration.runtime import run_flow_now
 
     t0 = time.monotonic()
     outcome = asyncio.run(run_flow_now(rolling_restart, {"group": "web", "batch_size": batch_size,
@@ -86,7 +86,7 @@ def main() -> int:
     parser.add_argument("--hosts", type=int, default=20)
     args = parser.parse_args()
     _point_at_lab()
-    from medic.lab import control
+    from medic_lab import control
 
     LAB_DIR.mkdir(parents=True, exist_ok=True)
     LAB_DIR.chmod(0o755)

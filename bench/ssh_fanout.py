@@ -36,7 +36,7 @@ def timed(fn: Callable[[], bool], rounds: int) -> tuple[list[float], bool]:
 
 
 def medic_cold(hosts: list, command: str) -> bool:
-    from medic.ssh import SSHSession
+    from medic.clients.ssh import SSHSession
 
     with SSHSession() as ssh:
         return all(r.ok for r in ssh.fan_out(hosts, command))
@@ -63,7 +63,7 @@ def ansible_adhoc(lab, command: str) -> bool:
 
 
 def playbook_fixed_cost(hosts: list, rounds: int) -> tuple[list[float], bool]:
-    from medic.ansible import run_playbook
+    from medic.clients.ansible import run_playbook
 
     with tempfile.TemporaryDirectory() as tmp:
         empty = Path(tmp) / "empty.yml"
@@ -87,10 +87,10 @@ def main() -> None:
 
     os.environ["MEDIC_LAB_DIR"] = str(LAB_DIR)
     os.environ["MEDIC_LAB_BASE_PORT"] = str(BASE_PORT)
-    from medic.inventory import load_inventory
-    from medic.lab import control
+    from medic.core.inventory import load_inventory
+    from medic_lab import control
     from medic.settings import get_settings
-    from medic.ssh import SSHSession
+    from medic.clients.ssh import SSHSession
 
     get_settings.cache_clear()
     started = time.perf_counter()

@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from medic.postgres import run_sql  # noqa: E402
+from medic.clients.postgres import run_sql  # noqa: E402
 
 TABLE = "medic_writes"  # created by the lab: (id bigint primary key, at timestamptz)
 

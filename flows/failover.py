@@ -27,16 +27,16 @@ from prefect.context import get_run_context
 from prefect.states import Completed, Failed, State
 from pydantic import Field
 
-from medic import failover as fo
-from medic.approval import ApprovalRequest, request_decision
-from medic.inventory import Inventory, load_inventory
-from medic.postgres import format_lsn
-from medic.prefect_runtime import ensure_concurrency_limit, exclusive_slot, remediation_lock_name
-from medic.progress import Timeline
-from medic.prometheus import PrometheusClient
-from medic.runbook import Runbook, find_runbook
+from medic.procedures import failover as fo
+from medic.approval.gate import ApprovalRequest, request_decision
+from medic.core.inventory import Inventory, load_inventory
+from medic.clients.postgres import format_lsn
+from medic.orchestration.runtime import ensure_concurrency_limit, exclusive_slot, remediation_lock_name
+from medic.core.progress import Timeline
+from medic.clients.prometheus import PrometheusClient
+from medic.core.runbook import Runbook, find_runbook
 from medic.settings import get_settings
-from medic.ssh import SSHSession
+from medic.clients.ssh import SSHSession
 
 STAGE = dict(cache_policy=NO_CACHE, persist_result=False)
 Outcome = fo.FailoverOutcome

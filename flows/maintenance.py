@@ -20,18 +20,18 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
 from prefect.states import Completed, Failed, State
 
-from medic import rolling
-from medic.alertmanager import AlertmanagerClient
-from medic.ansible import run_playbook
+from medic.procedures import rolling
+from medic.clients.alertmanager import AlertmanagerClient
+from medic.clients.ansible import run_playbook
 from medic.errors import ConfigError, MedicError
-from medic.inventory import Host, load_inventory
-from medic.maintenance import WindowCheck, check_window, parse_batch_size, split_batches
-from medic.maintenance_report import CleanupHost, MaintenanceOutcome, MaintenanceReport
-from medic.progress import Timeline
-from medic.report import utcnow
-from medic.rolling import BatchResult, HostStep
+from medic.core.inventory import Host, load_inventory
+from medic.procedures.maintenance import WindowCheck, check_window, parse_batch_size, split_batches
+from medic.procedures.maintenance_report import CleanupHost, MaintenanceOutcome, MaintenanceReport
+from medic.core.progress import Timeline
+from medic.core.report import utcnow
+from medic.procedures.rolling import BatchResult, HostStep
 from medic.settings import get_settings
-from medic.ssh import SSHSession
+from medic.clients.ssh import SSHSession
 
 STAGE = dict(cache_policy=NO_CACHE, persist_result=False)
 #: Silences end on their own this long after the batch's own budget, should medic die mid-run.

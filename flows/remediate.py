@@ -17,12 +17,12 @@ from prefect.states import Completed, Failed, State
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from medic import audit
-from medic.inventory import Host, load_inventory
-from medic.notify import IncidentTimeline
-from medic.prefect_runtime import ensure_concurrency_limit, exclusive_slot, remediation_lock_name
-from medic.prometheus import PrometheusClient
-from medic.report import (
+from medic.core import audit
+from medic.core.inventory import Host, load_inventory
+from medic.approval.notify import IncidentTimeline
+from medic.orchestration.runtime import ensure_concurrency_limit, exclusive_slot, remediation_lock_name
+from medic.clients.prometheus import PrometheusClient
+from medic.core.report import (
     ApprovalRecord,
     CheckResult,
     Diagnosis,
@@ -32,10 +32,10 @@ from medic.report import (
     render_diagnosis,
     utcnow,
 )
-from medic.runbook import Runbook, find_runbook
+from medic.core.runbook import Runbook, find_runbook
 from medic.settings import get_settings
-from medic.ssh import SSHSession
-from medic import stages
+from medic.clients.ssh import SSHSession
+from medic.procedures import stages
 
 # No task-level timeout_seconds: Prefect cannot interrupt a sync task in a worker thread. Each stage
 # bounds itself instead (SSH/Ansible timeouts, verify's timeout, detect's settle window).
@@ -146,7 +146,7 @@ async def _stages(spec: Runbook, plan: stages.Plan, *, dry_run: bool, require_ap
                 timeline.note("diagnose", detail)
             else:
                 # ---- APPROVAL POINT: the human decision plugs in here (policy `required`) ----
-                from medic.approval import approval_step
+                from medic.approval.gate import approval_step
 
                 approval = await approval_step(plan=plan, targets=targets, detect=detect, diagnosis=diagnosis,
                                                dry_run=dry_run, forced=require_approval, flow_run_id=run_id,

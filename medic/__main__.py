@@ -1,6 +1,6 @@
 """python -m medic"""
 import sys
 
-from medic.cli import main
+from medic.cli.main import main
 
 sys.exit(main())

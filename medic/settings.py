@@ -14,8 +14,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from medic.lab.state import LabState
-from medic.paths import DEFAULT_LAB_DIR, PLAYBOOKS_DIR, RUNBOOKS_DIR
+from medic_lab.state import LabState
+from medic.core.paths import DEFAULT_LAB_DIR, PLAYBOOKS_DIR, RUNBOOKS_DIR
 
 
 class Settings(BaseSettings):

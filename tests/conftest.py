@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from medic.lab import control
-from medic.lab.state import LabState
-from medic.prefect_runtime import point_prefect_at
+from medic_lab import control
+from medic_lab.state import LabState
+from medic.orchestration.runtime import point_prefect_at
 from medic.settings import get_settings
 
 TEST_HOSTS = 6

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medic.ansible import PlaybookResult, run_playbook
+from medic.clients.ansible import PlaybookResult, run_playbook
 from medic.errors import AnsibleError, UnknownTargetError
-from medic.inventory import Host, Inventory, load_inventory
-from medic.lab.state import LabState
+from medic.core.inventory import Host, Inventory, load_inventory
+from medic_lab.state import LabState
 from tests.test_ssh import closed_port
 
 PLAYBOOKS = Path(__file__).parent / "playbooks"

@@ -25,13 +25,13 @@ import pytest
 import yaml
 from slack_sdk.socket_mode.request import SocketModeRequest
 
-from medic.audit import AuditRecord, read_records
-from medic.lab import faults
-from medic.lab.state import LabState
-from medic.paths import RUNBOOKS_DIR
+from medic.core.audit import AuditRecord, read_records
+from medic_lab import faults
+from medic_lab.state import LabState
+from medic.core.paths import RUNBOOKS_DIR
 from medic.settings import Settings
-from medic.slack_actions import ClickHandler, ClickResult
-from medic.socket_mode import route
+from medic.service.slack_endpoint import ClickHandler, ClickResult
+from medic.service.socket_mode import route
 from tests.fakes.slack_api import Call, FakeSlack
 from tests.fakes.slack_signing import SIGNING_SECRET, block_action_payload, post_block_action, sign
 from tests.support.server import MedicServer, alert_payload, medic_server

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from medic.audit import AuditRecord, audit_path, format_record, read_records, record
+from medic.core.audit import AuditRecord, audit_path, format_record, read_records, record
 from medic.settings import Settings
 
 BOT_TOKEN = "xoxb-audit-test-0123456789"
@@ -57,7 +57,7 @@ def test_appends_keep_existing_lines_and_skip_unreadable_ones(tmp_path: Path) ->
 WRITER = """
 import sys
 from pathlib import Path
-from medic.audit import AuditRecord, record
+from medic.core.audit import AuditRecord, record
 from medic.settings import Settings
 settings = Settings(state_dir=Path(sys.argv[1]))
 for i in range(int(sys.argv[3])):

@@ -20,15 +20,15 @@ import httpx
 import pytest
 
 from medic.errors import LabError, RunbookError
-from medic.failover import FailoverOutcome as Outcome, FailoverReport, load_cluster, read_route
-from medic.inventory import load_inventory
-from medic.lab import control, faults
-from medic.lab.postgres import PgPorts, pg_data, psql
-from medic.lab.state import LabState
-from medic.postgres import direct_check, write_through
-from medic.prefect_runtime import FlowRunOutcome, resume_with_input, run_flow_now
-from medic.runbook import find_runbook, load_runbook
-from medic.prefect_runtime import point_prefect_at
+from medic.procedures.failover import FailoverOutcome as Outcome, FailoverReport, load_cluster, read_route
+from medic.core.inventory import load_inventory
+from medic_lab import control, faults
+from medic_lab.postgres import PgPorts, pg_data, psql
+from medic_lab.state import LabState
+from medic.clients.postgres import direct_check, write_through
+from medic.orchestration.runtime import FlowRunOutcome, resume_with_input, run_flow_now
+from medic.core.runbook import find_runbook, load_runbook
+from medic.orchestration.runtime import point_prefect_at
 from medic.settings import get_settings
 
 BASE_PORT = int(os.environ.get("MEDIC_TEST_DB_LAB_BASE_PORT", "27000"))
@@ -114,7 +114,7 @@ async def _run(flow: Any, params: dict[str, Any], decisions: list[dict[str, Any]
 
     `asking` is set once the run asks its human (it holds the cluster's slot by then); the answers
     wait for `gate` when one is given."""
-    from medic.progress import add_listener
+    from medic.core.progress import add_listener
 
     run_ids: asyncio.Queue[str] = asyncio.Queue()
     loop = asyncio.get_running_loop()

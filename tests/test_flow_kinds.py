@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from medic.errors import RunbookError
-from medic.flow_kinds import choose, load_flow
-from medic.paths import RUNBOOKS_DIR
-from medic.runbook import find_runbook
+from medic.orchestration.flow_kinds import choose, load_flow
+from medic.core.paths import RUNBOOKS_DIR
+from medic.core.runbook import find_runbook
 
 
 def test_a_remediation_runbook_runs_the_remediate_flow_under_its_deployment() -> None:

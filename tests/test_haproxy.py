@@ -9,10 +9,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from medic.haproxy import HAProxyRuntime, LoadBalancerError, LoadBalancerNameError
-from medic.inventory import load_inventory
-from medic.lab.state import LabState
-from medic.rolling import lb_target
+from medic.clients.haproxy import HAProxyRuntime, LoadBalancerError, LoadBalancerNameError
+from medic.core.inventory import load_inventory
+from medic_lab.state import LabState
+from medic.procedures.rolling import lb_target
 from tests.support.flows import metric
 
 

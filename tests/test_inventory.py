@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from medic.errors import InventoryError, UnknownTargetError, UnsafeValueError
-from medic.inventory import Inventory, check_name, load_inventory
+from medic.core.inventory import Inventory, check_name, load_inventory
 from medic.settings import get_settings
 
 NESTED = """\

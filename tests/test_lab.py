@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from medic.lab import control
-from medic.lab.processes import find_lab_processes
-from medic.lab.state import LabState
+from medic_lab import control
+from medic_lab.processes import find_lab_processes
+from medic_lab.state import LabState
 from tests.support.webhook_receiver import alert_in, webhook_receiver
 
 MEDIC = [sys.executable, "-m", "medic"]

@@ -11,15 +11,15 @@ from typing import Any
 import httpx
 import pytest
 
-from medic.alertmanager import AlertmanagerClient, Matcher
+from medic.clients.alertmanager import AlertmanagerClient, Matcher
 from medic.errors import UnsafeValueError
-from medic.haproxy import HAProxyRuntime
-from medic.lab import faults
-from medic.lab.state import LabState
-from medic.maintenance import DAYS, MaintenanceConfigError, check_window, parse_batch_size, parse_window
-from medic.maintenance_report import MaintenanceOutcome, MaintenanceReport
-from medic.prefect_runtime import FlowRunOutcome, run_flow_now
-from medic.progress import add_listener
+from medic.clients.haproxy import HAProxyRuntime
+from medic_lab import faults
+from medic_lab.state import LabState
+from medic.procedures.maintenance import DAYS, MaintenanceConfigError, check_window, parse_batch_size, parse_window
+from medic.procedures.maintenance_report import MaintenanceOutcome, MaintenanceReport
+from medic.orchestration.runtime import FlowRunOutcome, run_flow_now
+from medic.core.progress import add_listener
 from medic.settings import get_settings
 
 

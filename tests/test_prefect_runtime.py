@@ -1,4 +1,4 @@
-"""medic.prefect_runtime against a real, temporary Prefect server (started once for this module)."""
+"""medic.orchestration.runtime against a real, temporary Prefect server (started once for this module)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 from medic.errors import PrefectError
-from medic.prefect_runtime import (
+from medic.orchestration.runtime import (
     flush_prefect_telemetry,
     point_prefect_at,
     ResumeStatus,
@@ -134,7 +134,7 @@ async def _wait_paused(flow_run_id: uuid.UUID) -> None:
 
 
 async def _start_paused(flow, timeout: float):
-    from medic.prefect_runtime import _create_flow_run
+    from medic.orchestration.runtime import _create_flow_run
 
     run = await _create_flow_run(flow, {"timeout": timeout}, None)
     task = asyncio.create_task(run_flow_now(flow, {"timeout": timeout}, flow_run=run))

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 
 from medic.errors import PrometheusError, PrometheusUnreachable, PromQLError, UnsafeValueError
-from medic.lab.state import LabState
-from medic.prometheus import PrometheusClient, label_matcher, promql_string
+from medic_lab.state import LabState
+from medic.clients.prometheus import PrometheusClient, label_matcher, promql_string
 from tests.test_ssh import closed_port
 
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from medic.lab import faults
-from medic.lab.state import LabState
-from medic.paths import PLAYBOOKS_DIR, RUNBOOKS_DIR
-from medic.report import Outcome
+from medic_lab import faults
+from medic_lab.state import LabState
+from medic.core.paths import PLAYBOOKS_DIR, RUNBOOKS_DIR
+from medic.core.report import Outcome
 from medic.settings import get_settings
 from tests.support.flows import metric, remediate, remediate_and_decide, wait_metric
 

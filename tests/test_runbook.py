@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from medic.errors import RunbookError, UnknownTargetError
-from medic.inventory import Inventory
-from medic.paths import PLAYBOOKS_DIR, RUNBOOKS_DIR
-from medic.runbook import find_runbook, load_runbook, load_runbooks
-from medic.stages import plan
+from medic.core.inventory import Inventory
+from medic.core.paths import PLAYBOOKS_DIR, RUNBOOKS_DIR
+from medic.core.runbook import find_runbook, load_runbook, load_runbooks
+from medic.procedures.stages import plan
 
 # A small valid spec; the cases below edit one line of it, so the line numbers are fixed here.
 SPEC = """\

@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from medic.lab import control, faults
-from medic.lab.state import LabState
+from medic_lab import control, faults
+from medic_lab.state import LabState
 from tests.support.flows import metric, wait_metric
 from tests.support.server import MedicServer, alert_payload, cancel_leftover_runs, medic_server
 

@@ -1,4 +1,4 @@
-"""medic.slack against a real local fake of Slack's Web API and real Slack-signed requests."""
+"""medic.clients.slack against a real local fake of Slack's Web API and real Slack-signed requests."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import httpx
 
 from medic.errors import ApprovalError, ConfigError, SlackError
-from medic.slack import (
+from medic.clients.slack import (
     ApprovalCard,
     BlockAction,
     Decision,
@@ -114,12 +114,12 @@ def test_persistent_server_error_returns_none_and_warns(
 ) -> None:
     fake_slack.fail_next(10, status=500)
 
-    with caplog.at_level(logging.WARNING, logger="medic.slack"):
+    with caplog.at_level(logging.WARNING, logger="medic.clients.slack"):
         ts = notifier_for(fake_slack, retries=2).post("C0OPS0001", "restarting nginx on web-2")
 
     assert ts is None
     assert [c.status for c in fake_slack.calls()] == [500, 500, 500]
-    warning = [r for r in caplog.records if r.name == "medic.slack" and r.levelno == logging.WARNING]
+    warning = [r for r in caplog.records if r.name == "medic.clients.slack" and r.levelno == logging.WARNING]
     assert len(warning) == 1
     assert "HTTP 500" in warning[0].getMessage()
     assert "restarting nginx on web-2" in warning[0].getMessage()
@@ -152,7 +152,7 @@ def test_no_token_means_disabled_logs_and_no_http(
     settings = Settings(slack_bot_token=None, slack_api_url=fake_slack.base_url)
     notifier = SlackNotifier.from_settings(settings)
 
-    with caplog.at_level(logging.INFO, logger="medic.slack"):
+    with caplog.at_level(logging.INFO, logger="medic.clients.slack"):
         results = [
             notifier.post("C0OPS0001", "nginx down on web-2"),
             notifier.update("C0OPS0001", "1.2", "approved", None),
@@ -205,7 +205,7 @@ def test_incident_thread_replies_under_the_parent(fake_slack: FakeSlack) -> None
 def test_incident_thread_disabled_only_logs(caplog: pytest.LogCaptureFixture) -> None:
     thread = IncidentThread(SlackNotifier(token=None), "C0OPS0001")
 
-    with caplog.at_level(logging.INFO, logger="medic.slack"):
+    with caplog.at_level(logging.INFO, logger="medic.clients.slack"):
         assert thread.open("disk full on db-1", "95%") is None
         assert thread.say("Not recovered: disk still 95%") is None
 

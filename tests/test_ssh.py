@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from medic.errors import ConfigError, UnsafeValueError
-from medic.inventory import Host, load_inventory
-from medic.lab.state import LabState
-from medic.ssh import OUTPUT_LIMIT, SSHSession
+from medic.core.inventory import Host, load_inventory
+from medic_lab.state import LabState
+from medic.clients.ssh import OUTPUT_LIMIT, SSHSession
 
 
 @pytest.fixture

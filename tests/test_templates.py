@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from medic.errors import RunbookError
-from medic.inventory import Host
-from medic.paths import RUNBOOKS_DIR
-from medic.runbook import load_runbooks
-from medic.templates import placeholders, render_promql, render_shell
+from medic.core.inventory import Host
+from medic.core.paths import RUNBOOKS_DIR
+from medic.core.runbook import load_runbooks
+from medic.core.templates import placeholders, render_promql, render_shell
 
 
 def host_with(**medic_vars: object) -> Host:

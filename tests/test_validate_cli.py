@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from medic.paths import PLAYBOOKS_DIR, RUNBOOKS_DIR
+from medic.core.paths import PLAYBOOKS_DIR, RUNBOOKS_DIR
 
 INVENTORY = "all:\n  children:\n    web:\n      hosts:\n        web-1:\n        web-2:\n"
 

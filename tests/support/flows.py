@@ -8,9 +8,9 @@ from typing import Any
 
 import httpx
 
-from medic.lab.state import LabState
-from medic.prefect_runtime import FlowRunOutcome, resume_with_input, run_flow_now
-from medic.report import RemediationReport
+from medic_lab.state import LabState
+from medic.orchestration.runtime import FlowRunOutcome, resume_with_input, run_flow_now
+from medic.core.report import RemediationReport
 
 
 def remediate(runbook: str, target: str | None, **params: Any) -> tuple[FlowRunOutcome, RemediationReport]:
@@ -25,7 +25,7 @@ async def remediate_and_decide(runbook: str, target: str, decisions: list[dict[s
                                **params: Any) -> tuple[FlowRunOutcome, RemediationReport, list[str]]:
     """Run a flow that pauses for approval, and answer each pause with the next decision."""
     from flows.remediate import remediate as flow
-    from medic.progress import add_listener
+    from medic.core.progress import add_listener
 
     run_ids: asyncio.Queue[str] = asyncio.Queue()
     loop = asyncio.get_running_loop()

@@ -1,0 +1,295 @@
+"""`medic run`, `medic runbooks`, `medic validate` and `medic approve`.
+
+`medic run` executes the remediation flow in this process (no deployment polling, no worker), so a
+run starts at once, and prints each stage live. Exit code: 0 recovered / not needed / dry run,
+1 failed / not recovered, 3 rejected / approval timed out, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from medic.errors import MedicError, RunbookError
+from medic.core.report import Outcome, RemediationReport, TimelineEntry
+from medic.settings import Settings, get_settings
+
+EXIT_CODES = {Outcome.FAILED.value: 1, Outcome.NOT_RECOVERED.value: 1, Outcome.REJECTED.value: 3,
+              Outcome.APPROVAL_TIMED_OUT.value: 3, Outcome.ALREADY_RUNNING.value: 4}
+
+
+def exit_code(outcome: Any) -> int:
+    """0 for success outcomes (of a remediation or a failover), else by meaning (see module doc)."""
+    if getattr(outcome, "success", False):
+        return 0
+    return EXIT_CODES.get(str(getattr(outcome, "value", outcome)), 1)
+
+
+def use_prefect_api(settings: Settings) -> None:
+    """Point Prefect at the configured API *before* prefect is imported, and keep its console quiet."""
+    if settings.prefect_api_url:
+        from medic.orchestration.runtime import point_prefect_at
+
+        point_prefect_at(settings.prefect_api_url)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+
+
+def cmd_runbooks(args: argparse.Namespace) -> int:
+    from medic.core.runbook import load_runbooks
+
+    for rb in load_runbooks(get_settings().runbooks_dir).values():
+        trigger = rb.trigger.alertname if rb.trigger else "—"
+        print(f"{rb.name:<16} trigger {trigger:<16} approval {rb.approval.policy:<8} {rb.recover.description}")
+        print(f"{'':<16} {rb.description}")
+    return 0
+
+
+def validate_all(settings: Settings) -> list[str]:
+    """Every runbook, the playbook it references and the hosts it names; returns the problems."""
+    from medic.core.inventory import load_inventory
+    from medic.core.runbook import load_runbook
+
+    problems: list[str] = []
+    inventory = None
+    try:
+        inventory = load_inventory()
+    except MedicError as exc:
+        problems.append(f"inventory: {exc}")
+    for path in sorted(settings.runbooks_dir.glob("*.yaml")):
+        try:
+            rb = load_runbook(path)
+        except RunbookError as exc:
+            problems.append(str(exc))
+            continue
+        if rb.recover.playbook:
+            playbook = settings.playbooks_dir / rb.recover.playbook
+            if not playbook.is_file():
+                problems.append(str(RunbookError("playbook not found", file=str(path), field="recover.playbook",
+                                                 expected=f"a file {playbook}", found=rb.recover.playbook)))
+        for field, name in (("targets.default", rb.targets.default), ("targets.within", rb.targets.within)):
+            if name and inventory is not None:
+                try:
+                    inventory.resolve(name)
+                except MedicError as exc:
+                    problems.append(str(RunbookError(str(exc), file=str(path), field=field,
+                                                     expected="a host or group of the inventory", found=name)))
+    return problems
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    problems = validate_all(settings)
+    for p in problems:
+        print(p, file=sys.stderr)
+    count = len(list(settings.runbooks_dir.glob("*.yaml")))
+    print(f"{count} runbook(s) checked, {len(problems)} problem(s)")
+    return 2 if problems else 0
+
+
+class LiveView:
+    """Prints each stage as it happens; on a terminal, a spinner shows what is being waited for."""
+
+    def __init__(self, *, interactive: bool) -> None:
+        from rich.console import Console
+
+        self.console = Console(highlight=False)
+        self.began = time.monotonic()
+        self.interactive = interactive and self.console.is_terminal
+        self.status = self.console.status("starting…") if self.console.is_terminal else None
+        self.prompted = False
+
+    def __enter__(self) -> "LiveView":
+        if self.status:
+            self.status.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.status:
+            self.status.stop()
+
+    def __call__(self, entry: TimelineEntry, recorded: bool) -> None:
+        elapsed = time.monotonic() - self.began
+        if not recorded:
+            if self.status:
+                self.status.update(f"[bold]{entry.stage}[/]: {entry.message}")
+            else:
+                print(f"{elapsed:6.1f}s  {entry.stage:<9} … {entry.message}", flush=True)
+            return
+        self.console.print(f"{elapsed:6.1f}s  [bold]{entry.stage:<9}[/] {entry.message}", markup=True, soft_wrap=True)
+        if entry.stage == "approval" and entry.message.startswith("waiting") and self.interactive and not self.prompted:
+            self.prompted = True
+            run_id = entry.message.split("medic approve ", 1)[1].split("`", 1)[0]
+            threading.Thread(target=self._prompt, args=(run_id,), daemon=True).start()
+
+    def _prompt(self, run_id: str) -> None:
+        from medic.approval.gate import cli_identity
+        from medic.orchestration.runtime import resume_with_input
+
+        if self.status:
+            self.status.stop()
+        answer = self.console.input("[bold]Approve this action?[/] [y = approve / n = reject / Enter = wait]: ")
+        if answer.strip().lower() not in ("y", "yes", "n", "no"):
+            return
+        payload = {"decision": "approve" if answer.strip().lower().startswith("y") else "reject",
+                   "approver": cli_identity(), "via": "cli"}
+        outcome = asyncio.run(resume_with_input(run_id, payload))
+        self.console.print(f"decision sent: {outcome.status.value} {outcome.reason}".rstrip())
+        if self.status:
+            self.status.start()
+
+
+def _print_outcome(report: Any, run_id: str, state_name: str, seconds: float | None,
+                   settings: Settings, args: argparse.Namespace) -> int:
+    if args.report:
+        Path(args.report).write_text(report.model_dump_json(indent=2))
+    ui = settings.prefect_ui_url
+    took = f" in {seconds:.1f} s" if seconds is not None else ""
+    print(f"\n{str(report.outcome.value).upper()}: {report.summary}")
+    print(f"flow run {run_id} ({state_name}){took}" + (f" — {ui}/runs/flow-run/{run_id}" if ui else ""))
+    return exit_code(report.outcome)
+
+
+def _run_via_server(settings: Settings, args: argparse.Namespace) -> int | None:
+    """Let a running `medic serve` (for the same Prefect) run it; None when there is none to ask."""
+    import httpx
+
+    base = f"http://{settings.server_host}:{settings.server_port}"
+    with httpx.Client(base_url=base) as http:  # one client: each costs ~55 ms to set up
+        try:
+            health = http.get("/healthz", timeout=httpx.Timeout(2.0, connect=0.3)).json()
+        except (httpx.HTTPError, ValueError):
+            return None
+        if health.get("prefect_api") != settings.prefect_api_url:
+            return None
+        body = {"runbook": args.runbook, "target": args.target, "dry_run": args.dry_run}
+        with http.stream("POST", "/runs", json=body, timeout=httpx.Timeout(None, connect=2.0)) as response:
+            if response.status_code != 200:
+                response.read()
+                error = response.json().get("error", response.text)
+                print(f"medic: error: {error}", file=sys.stderr)
+                return {409: 4, 400: 2}.get(response.status_code, 1)
+            with LiveView(interactive=sys.stdin.isatty()) as view:
+                for line in response.iter_lines():
+                    item = json.loads(line)
+                    if item["type"] == "entry":
+                        recorded = item.pop("recorded")
+                        view(TimelineEntry.model_validate(item), recorded)
+                    elif item["type"] == "done":
+                        break
+    if not item.get("report"):
+        print(f"medic: error: the run ended {item.get('state_name')} without a report: {item.get('message')}",
+              file=sys.stderr)
+        return 1
+    model = RemediationReport if "diagnosis" in item["report"] else _failover_report_model()
+    report = model.model_validate(item["report"])
+    return _print_outcome(report, str(getattr(report, "flow_run_id", None) or "?"), item["state_name"],
+                          item.get("seconds"), settings, args)
+
+
+def _failover_report_model() -> Any:
+    from medic.procedures.failover import FailoverReport
+
+    return FailoverReport
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    if not args.local:
+        answered = _run_via_server(settings, args)
+        if answered is not None:
+            return answered
+    from medic.core.inventory import load_inventory
+    from medic.core.runbook import find_runbook
+    from medic.procedures.stages import plan
+
+    from medic.orchestration.flow_kinds import choose, load_flow
+
+    spec = find_runbook(args.runbook, settings.runbooks_dir)
+    if spec.kind == "remediation" or args.target:
+        plan(spec, args.target, load_inventory())  # bad input fails here, before any flow run exists
+    choice = choose(spec, args.target, reason="medic run (CLI)", dry_run=args.dry_run)
+    use_prefect_api(settings)
+    from medic.orchestration.runtime import run_flow_now
+    from medic.core.progress import add_listener
+
+    with LiveView(interactive=sys.stdin.isatty()) as view:
+        remove = add_listener(view)
+        try:
+            outcome = asyncio.run(run_flow_now(load_flow(choice.entrypoint), choice.parameters))
+        finally:
+            remove()
+    report = outcome.result
+    if not hasattr(report, "outcome") or not hasattr(report, "summary"):
+        print(f"medic: error: the flow run ended {outcome.state_name} without a report: {outcome.message}",
+              file=sys.stderr)
+        return 1
+    return _print_outcome(report, str(outcome.flow_run_id), outcome.state_name, outcome.seconds, settings, args)
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    from medic.approval.gate import cli_identity
+
+    use_prefect_api(get_settings())
+    from medic.orchestration.runtime import ResumeOutcome, ResumeStatus, resume_with_input
+
+    payload = {"decision": "reject" if args.reject else "approve", "approver": cli_identity(),
+               "comment": args.comment or "", "via": "cli"}
+    async def decide() -> "ResumeOutcome":
+        # A run announces its approval request a moment before it pauses: wait briefly for it.
+        for _ in range(30):
+            outcome = await resume_with_input(args.run_id, payload)
+            if outcome.status is not ResumeStatus.NOT_PAUSED or outcome.state_type not in ("RUNNING", "PENDING"):
+                return outcome
+            await asyncio.sleep(0.1)
+        return outcome
+
+    outcome = asyncio.run(decide())
+    if outcome.status is ResumeStatus.ACCEPTED:
+        verb = {"approve": "approved", "reject": "rejected"}[payload["decision"]]
+        print(f"{verb} run {args.run_id} as {payload['approver']}")
+        return 0
+    print(f"medic: error: run {args.run_id}: {outcome.status.value}{': ' + outcome.reason if outcome.reason else ''}",
+          file=sys.stderr)
+    return 2
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from medic.core.audit import audit_path, format_record, read_records
+
+    entries = read_records(flow_run_id=args.run, limit=args.limit)
+    for entry in entries:
+        print(format_record(entry))
+    if not entries:
+        print(f"no audit records{' for run ' + args.run if args.run else ''} in {audit_path()}", file=sys.stderr)
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    sub.add_parser("runbooks", help="list the runbooks").set_defaults(handler=cmd_runbooks)
+    sub.add_parser("validate", help="check every runbook, its playbook and the hosts it names").set_defaults(
+        handler=cmd_validate)
+    p = sub.add_parser("run", help="run a runbook now and watch it live")
+    p.add_argument("runbook", help="runbook name, e.g. service-down")
+    p.add_argument("--target", help="inventory host or group (default: the runbook's default target)")
+    p.add_argument("--dry-run", action="store_true", help="detect and diagnose, recover in check mode, change nothing")
+    p.add_argument("--report", metavar="PATH", help="also write the incident report as JSON to PATH")
+    p.add_argument("--local", action="store_true",
+                   help="run in this process even when a medic serve is running (default: let it run it)")
+    p.set_defaults(handler=cmd_run)
+    p = sub.add_parser("approve", help="approve (or --reject) a run waiting for a decision")
+    p.add_argument("run_id", help="the flow run id (shown by medic run, Slack and the Prefect UI)")
+    p.add_argument("--reject", action="store_true", help="reject instead: nothing will be changed")
+    p.add_argument("--comment", help="why — kept in the report and audit log")
+    p.set_defaults(handler=cmd_approve)
+    p = sub.add_parser("audit", help="show the audit log: every decision and every action")
+    p.add_argument("--run", metavar="ID", help="only the records of this flow run")
+    p.add_argument("--limit", type=int, default=50, metavar="N", help="the newest N records (default 50; 0 = all)")
+    p.set_defaults(handler=cmd_audit)

@@ -1,0 +1,223 @@
+"""What a remediation found and did: the models passed between stages, and the incident report.
+
+The same `RemediationReport` becomes the flow's return value, the markdown artifact in the Prefect
+UI, the CLI's summary and (later) the Slack thread, so they can never disagree.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from medic.core.results import CommandResult
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Outcome(StrEnum):
+    NOT_NEEDED = "not needed"
+    RECOVERED = "recovered"
+    NOT_RECOVERED = "not recovered"
+    FAILED = "failed"
+    DRY_RUN = "dry run"
+    REJECTED = "rejected"
+    APPROVAL_TIMED_OUT = "approval timed out"
+    ALREADY_RUNNING = "already running"
+
+    @property
+    def success(self) -> bool:
+        """Outcomes that end the flow Completed and the CLI with exit code 0."""
+        return self in (Outcome.NOT_NEEDED, Outcome.RECOVERED, Outcome.DRY_RUN)
+
+    @property
+    def state_name(self) -> str:
+        return self.value.title().replace(" ", "")
+
+
+class TimelineEntry(BaseModel):
+    at: datetime
+    stage: str
+    message: str
+
+
+class HostValue(BaseModel):
+    """One host's value of a checked query, and whether the condition held long enough."""
+
+    host: str
+    value: float | None
+    matches: bool
+    held_s: float = 0.0
+
+
+class CheckResult(BaseModel):
+    query: str
+    condition: str
+    values: list[HostValue]
+    matching: list[str] = Field(description="hosts where the condition held for the required time")
+    waited_s: float
+    timed_out: bool = False
+
+
+class QueryEvidence(BaseModel):
+    name: str
+    query: str
+    samples: list[tuple[dict[str, str], float]] = Field(default_factory=list)
+    error: str | None = None
+
+
+class CommandEvidence(BaseModel):
+    name: str
+    result: CommandResult
+
+
+class Diagnosis(BaseModel):
+    commands: list[CommandEvidence] = Field(default_factory=list)
+    queries: list[QueryEvidence] = Field(default_factory=list)
+    duration_s: float = 0.0
+
+    def unreachable(self) -> list[str]:
+        return sorted({c.result.host for c in self.commands if c.result.error and c.result.exit_code is None})
+
+
+class HostAction(BaseModel):
+    host: str
+    status: str = Field(description="changed, ok (nothing to do), failed, unreachable, skipped, would change")
+    detail: str = ""
+    return_values: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def failed(self) -> bool:
+        return self.status in ("failed", "unreachable")
+
+
+class RecoveryResult(BaseModel):
+    action: str
+    check_mode: bool
+    hosts: list[HostAction]
+    batches: int
+    stopped_early: bool = False
+    duration_s: float = 0.0
+
+    @property
+    def errors(self) -> int:
+        return sum(1 for h in self.hosts if h.failed)
+
+
+class ApprovalRecord(BaseModel):
+    """Who decided what, when and how (filled by the approval step)."""
+
+    required: bool
+    decision: str = Field(description="approved, rejected, timed out, not needed")
+    approvers: list[str] = Field(default_factory=list)
+    comment: str | None = None
+    channel: str | None = Field(None, description="slack, ui, cli")
+    decided_at: datetime | None = None
+    waited_s: float = 0.0
+    preview_s: float = Field(0.0, description="the check-mode run of the recovery shown on the card (remote work)")
+
+
+class RemediationReport(BaseModel):
+    runbook: str
+    target: str
+    hosts: list[str]
+    reason: str
+    dry_run: bool
+    outcome: Outcome
+    summary: str
+    started_at: datetime
+    finished_at: datetime
+    flow_run_id: str | None = None
+    detect: CheckResult | None = None
+    diagnosis: Diagnosis | None = None
+    approval: ApprovalRecord | None = None
+    recovery: RecoveryResult | None = None
+    verify: CheckResult | None = None
+    timeline: list[TimelineEntry] = Field(default_factory=list)
+
+    @property
+    def duration_s(self) -> float:
+        return (self.finished_at - self.started_at).total_seconds()
+
+    def to_markdown(self) -> str:
+        return render_markdown(self)
+
+
+def _fmt(value: float | None) -> str:
+    return "no data" if value is None else f"{value:.4g}"
+
+
+def _check_table(check: CheckResult) -> list[str]:
+    lines = [f"`{check.query}` — condition `{check.condition}` (waited {check.waited_s:.1f} s)", "",
+             "| host | value | condition holds | held for |", "|---|---|---|---|"]
+    lines += [f"| {v.host} | {_fmt(v.value)} | {'yes' if v.matches else 'no'} | {v.held_s:.1f} s |" for v in check.values]
+    return lines
+
+
+def _code(text: str, limit: int = 1500) -> str:
+    text = text.strip() or "(no output)"
+    if len(text) > limit:
+        text = text[:limit] + "\n…"
+    return "```\n" + text.replace("```", "'''") + "\n```"
+
+
+def render_diagnosis(diagnosis: Diagnosis) -> str:
+    lines = ["## Diagnosis", ""]
+    for q in diagnosis.queries:
+        lines.append(f"**{q.name}** — `{q.query}`")
+        if q.error:
+            lines.append(f"> query failed: {q.error}")
+        for labels, value in q.samples[:20]:
+            who = labels.get("host") or ", ".join(f"{k}={v}" for k, v in labels.items() if k != "__name__") or "value"
+            lines.append(f"- {who}: {value:.4g}")
+        lines.append("")
+    for c in diagnosis.commands:
+        r = c.result
+        status = r.error or f"exit {r.exit_code}"
+        lines += [f"**{c.name}** on `{r.host}` ({status}, {r.duration_s:.2f} s)", _code(r.stdout + r.stderr), ""]
+    return "\n".join(lines)
+
+
+def render_markdown(report: RemediationReport) -> str:
+    icon = "✅" if report.outcome.success else "❌"
+    lines = [
+        f"# {icon} {report.runbook} on {report.target}: {report.outcome.value}",
+        "",
+        report.summary,
+        "",
+        f"- hosts: {', '.join(report.hosts) or '—'}",
+        f"- started: {report.started_at.isoformat(timespec='seconds')} · took {report.duration_s:.1f} s"
+        + (" · **dry run**" if report.dry_run else ""),
+        f"- reason: {report.reason}",
+        "",
+        "## Timeline",
+        "",
+        "| time | stage | what happened |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {e.at.strftime('%H:%M:%S.%f')[:-3]} | {e.stage} | {e.message} |" for e in report.timeline]
+    if report.detect:
+        lines += ["", "## Detect", "", *_check_table(report.detect)]
+    if report.diagnosis:
+        lines += ["", render_diagnosis(report.diagnosis)]
+    if report.approval and report.approval.required:
+        a = report.approval
+        lines += ["", "## Approval", "", f"- decision: **{a.decision}**" + (f" by {', '.join(a.approvers)}" if a.approvers else ""),
+                  f"- via: {a.channel or '—'} · waited {a.waited_s:.1f} s"]
+        if a.comment:
+            lines.append(f"- comment: {a.comment}")
+    if report.recovery:
+        r = report.recovery
+        lines += ["", "## Action", "", f"{r.action}" + (" (check mode: nothing changed)" if r.check_mode else "")
+                  + f" — {r.batches} batch(es), {r.duration_s:.1f} s" + (" — **stopped early**" if r.stopped_early else ""),
+                  "", "| host | result | detail | reported |", "|---|---|---|---|"]
+        for h in r.hosts:
+            reported = ", ".join(f"{k}={v}" for k, v in h.return_values.items()) or ""
+            lines.append(f"| {h.host} | {h.status} | {h.detail.replace('|', '/')[:200]} | {reported} |")
+    if report.verify:
+        lines += ["", "## Verify", "", *_check_table(report.verify)]
+    return "\n".join(lines) + "\n"

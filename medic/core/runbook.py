@@ -1,0 +1,361 @@
+"""Runbook specs: pydantic models of `runbooks/*.yaml` and the loader that validates them.
+
+A spec says, for one kind of incident: how to confirm it (detect), what evidence to gather
+(diagnose), how to repair (recover), whether a human must agree (approval) and how to know the
+repair worked (verify). One flow executes any spec, so a new runbook is YAML plus maybe a playbook.
+Every error names the file, the line, the field, what was expected and what was found.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from medic.errors import RunbookError
+from medic.core.templates import placeholders
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
+
+
+def parse_duration(value: Any) -> float:
+    """'500ms', '2s', '10m', '1h' or a number of seconds → seconds."""
+    if isinstance(value, bool):
+        raise ValueError("a duration such as 2s, 500ms, 10m")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str) and (m := _DURATION.match(value)):
+        return float(m.group(1)) * _UNITS[m.group(2)]
+    raise ValueError("a duration such as 2s, 500ms, 10m")
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    "<": operator.lt, "<=": operator.le, "==": operator.eq, "!=": operator.ne, ">=": operator.ge, ">": operator.gt,
+}
+_CONDITION = re.compile(r"^\s*(<=|>=|==|!=|<|>)\s*(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)\s*$")
+
+
+class Condition(BaseModel):
+    """A comparison applied to each sample's value, written as e.g. ``> 0.9`` or ``== 0``."""
+
+    op: str
+    threshold: float
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse(cls, value: Any) -> Any:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return {"op": "==", "threshold": value}
+        if isinstance(value, str):
+            m = _CONDITION.match(value)
+            if not m:
+                raise ValueError("a comparison such as '> 0.9' or '== 0'")
+            return {"op": m.group(1), "threshold": float(m.group(2))}
+        return value
+
+    def holds(self, value: float) -> bool:
+        return _OPS[self.op](value, self.threshold)
+
+    def __str__(self) -> str:
+        return f"{self.op} {self.threshold:g}"
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+NAME = r"^[a-z0-9][a-z0-9-]{0,62}$"
+LABEL = r"^[a-zA-Z_][a-zA-Z0-9_]*$"
+
+
+class Trigger(_Spec):
+    """Which Alertmanager alerts start this runbook."""
+
+    alertname: str = Field(description="the alert's alertname label")
+    matchers: dict[Annotated[str, Field(pattern=LABEL)], str] = Field(
+        default_factory=dict, description="other labels that must equal these values")
+
+
+class Targets(_Spec):
+    """Where the runbook may act."""
+
+    default: str | None = Field(None, description="inventory host or group used when none is given")
+    from_label: str = Field("host", pattern=LABEL, description="alert label that names the inventory host")
+    within: str | None = Field(None, description="inventory group a target must belong to")
+
+
+def _query_placeholders(value: str) -> str:
+    unknown = placeholders(value) - {"host"}
+    if unknown:
+        raise ValueError(f"queries may only use $host, not {', '.join('$' + u for u in sorted(unknown))}")
+    return value
+
+
+def _command_placeholders(value: str) -> str:
+    placeholders(value)
+    return value
+
+
+Query = Annotated[str, AfterValidator(_query_placeholders)]
+Command = Annotated[str, AfterValidator(_command_placeholders)]
+
+
+class Check(_Spec):
+    """A PromQL query and a condition on each series' value."""
+
+    query: Query = Field(description="PromQL; $host is replaced by the quoted host name")
+    condition: Condition
+    host_label: str = Field("host", pattern=LABEL, description="label that says which host a series is about")
+
+    @property
+    def per_host(self) -> bool:
+        return "host" in placeholders(self.query)
+
+
+class Detect(Check):
+    hold: Duration = Field(0.0, alias="for", description="how long the condition must hold to count")
+    settle: Duration = Field(5.0, description="how long to wait for fresh metrics before saying 'not needed'")
+
+
+class Verify(Check):
+    timeout: Duration = Field(60.0, description="give up and report 'not recovered' after this")
+    hold: Duration = Field(0.0, alias="for", description="how long the healthy condition must hold")
+
+
+class DiagnoseCommand(_Spec):
+    name: str
+    run: Command = Field(description="shell command; $host and ${var} (inventory medic_var) are quoted")
+    timeout: Duration = 10.0
+
+
+class DiagnoseQuery(_Spec):
+    name: str
+    query: Query = Field(description="PromQL; $host is replaced by the quoted host name")
+
+
+class Diagnose(_Spec):
+    commands: list[DiagnoseCommand] = Field(default_factory=list)
+    queries: list[DiagnoseQuery] = Field(default_factory=list)
+
+
+Scalar = str | int | float | bool
+
+
+def _playbook_name(value: str | None) -> str | None:
+    if value is not None and ("/" in value or "\\" in value or not value.endswith((".yml", ".yaml"))):
+        raise ValueError("a playbook file name under playbooks/ ending in .yml, without a directory")
+    return value
+
+
+class Recover(_Spec):
+    """Exactly one of: an Ansible playbook (with variables) or a shell command."""
+
+    playbook: str | None = Field(None, description="file name under playbooks/")
+    vars: dict[Annotated[str, Field(pattern=LABEL)], Scalar] = Field(default_factory=dict)
+    command: Command | None = None
+    timeout: Duration = 300.0
+
+    @field_validator("playbook")
+    @classmethod
+    def _playbook_file(cls, value: str | None) -> str | None:
+        return _playbook_name(value)
+
+    @model_validator(mode="after")
+    def _one_action(self) -> "Recover":
+        if (self.playbook is None) == (self.command is None):
+            raise ValueError("exactly one of 'playbook' or 'command'")
+        return self
+
+    @property
+    def description(self) -> str:
+        return f"playbook {self.playbook}" if self.playbook else f"command `{self.command}`"
+
+
+class Approval(_Spec):
+    policy: Literal["none", "required"] = "none"
+    timeout: Duration = Field(600.0, description="no decision by then counts as 'not approved'")
+    approvers: list[str] = Field(default_factory=list, description="Slack user ids allowed to decide")
+    approver_group: str | None = Field(None, description="Slack user group id whose members may decide")
+    required_approvals: int = Field(1, ge=1, le=5, description="distinct approvers needed (N-of-M)")
+    escalate_to: str | None = Field(None, description="Slack channel or user told when nobody answers")
+
+
+class Limits(_Spec):
+    max_parallel: int = Field(1, ge=1, le=1000, description="hosts recovered at once (batch size)")
+    max_errors: int = Field(0, ge=0, description="failed hosts tolerated before stopping")
+
+
+class Failover(_Spec):
+    """The settings of a `kind: failover` runbook (flows/failover.py), beyond detect/recover/verify."""
+
+    members: str = Field(description="inventory group of the cluster's nodes (primary + standbys)")
+    max_lag_bytes: int = Field(16 * 1024 * 1024, ge=0,
+                               description="refuse to promote a standby further behind than this (WAL bytes)")
+    direct_check_timeout: Duration = Field(3.0, description="how long the direct query to the primary may take")
+    rejoin_playbook: str = Field("pg-rejoin.yml", description="file name under playbooks/ that rebuilds a standby")
+    rejoin_timeout: Duration = 300.0
+
+    @field_validator("rejoin_playbook")
+    @classmethod
+    def _rejoin_file(cls, value: str) -> str:
+        return _playbook_name(value) or value
+
+
+class Runbook(_Spec):
+    name: str = Field(pattern=NAME)
+    description: str
+    trigger: Trigger | None = None
+    targets: Targets = Field(default_factory=Targets)
+    detect: Detect
+    diagnose: Diagnose = Field(default_factory=Diagnose)
+    recover: Recover
+    approval: Approval = Field(default_factory=Approval)
+    verify: Verify
+    limits: Limits = Field(default_factory=Limits)
+
+    kind: Literal["remediation", "failover"] = Field(
+        "remediation", description="remediation: flows/remediate.py; failover: flows/failover.py")
+    failover: Failover | None = Field(None, description="settings of a kind: failover runbook")
+
+    source: Path | None = Field(None, exclude=True, description="the file it was loaded from")
+
+    @model_validator(mode="after")
+    def _kind_section(self) -> "Runbook":
+        if (self.kind == "failover") != (self.failover is not None):
+            raise ValueError("a 'failover' section exactly when kind is failover")
+        return self
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+# libyaml's loader is ~10x faster; the pure-Python composer is only needed to point at a line.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _parse(text: str) -> Any:
+    """Fast path with libyaml; on an error, the pure-Python parser gives the more precise message."""
+    try:
+        return yaml.load(text, Loader=_LOADER)
+    except yaml.YAMLError:
+        return yaml.safe_load(text)
+
+
+def _line_index(text: str) -> dict[tuple[Any, ...], int]:
+    """Map each key path in the YAML document to its 1-based line number."""
+    index: dict[tuple[Any, ...], int] = {}
+
+    def walk(node: yaml.Node, path: tuple[Any, ...]) -> None:
+        index[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                index[(*path, key.value)] = key.start_mark.line + 1
+                walk(value, (*path, key.value))
+                index[(*path, key.value)] = key.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, (*path, i))
+
+    root = yaml.compose(text)
+    if root is not None:
+        walk(root, ())
+    return index
+
+
+def _line_for(index: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int | None:
+    path = tuple(p for p in loc if not (isinstance(p, str) and p.startswith("function-")))
+    while path:
+        if path in index:
+            return index[path]
+        path = path[:-1]
+    return index.get(())
+
+
+_EXPECTED = {
+    "missing": "this field to be present",
+    "extra_forbidden": "only the documented fields",
+}
+
+
+def _field_names(model: type[BaseModel]) -> list[str]:
+    return [f.alias or name for name, f in model.model_fields.items() if name != "source"]
+
+
+def load_runbook(path: Path) -> Runbook:
+    """Read and validate one spec; raises RunbookError pointing at the offending line."""
+    file = str(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise RunbookError(f"cannot read runbook: {exc.strerror}", file=file) from exc
+    try:
+        data = _parse(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        message = f"not valid YAML: {getattr(exc, 'problem', None) or exc}"
+        if context and context_mark:
+            message += f" ({context} that starts at line {context_mark.line + 1})"
+        if context == "while scanning a quoted scalar" and context_mark:
+            mark = context_mark  # the quote that never closes, not the end of the file
+        raise RunbookError(message, file=file, line=mark.line + 1 if mark else None,
+                           expected="a YAML mapping") from exc
+    if not isinstance(data, dict):
+        raise RunbookError("a runbook must be a YAML mapping", file=file, line=1,
+                           expected=f"fields: {', '.join(_field_names(Runbook))}",
+                           found="an empty file" if data is None else f"a YAML {type(data).__name__}")
+    try:
+        runbook = Runbook.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = tuple(err["loc"])
+        field = ".".join(str(p) for p in loc if not (isinstance(p, str) and p.startswith("function-")))
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            message = f"unknown field {loc[-1]!r}"
+        elif kind == "missing":
+            message = f"missing field {loc[-1]!r}"
+        else:
+            message = f"invalid value for {field!r}"
+        found = None if kind == "missing" else repr(err.get("input"))[:200]
+        expected = _EXPECTED.get(kind) or str(err["msg"]).removeprefix("Value error, ")
+        if kind == "extra_forbidden":
+            expected = f"one of the documented fields of {'.'.join(str(p) for p in loc[:-1]) or 'a runbook'}"
+        more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
+        raise RunbookError(message + more, file=file, line=_line_for(_line_index(text), loc), field=field,
+                           expected=expected, found=found) from None
+    if runbook.name != path.stem:
+        raise RunbookError("the runbook's name must match its file name", file=file, line=_line_index(text).get(("name",)),
+                           field="name", expected=path.stem, found=runbook.name)
+    runbook.source = path
+    return runbook
+
+
+def load_runbooks(directory: Path) -> dict[str, Runbook]:
+    """Every spec in a directory, by name (the first invalid one raises)."""
+    return {rb.name: rb for rb in (load_runbook(p) for p in sorted(directory.glob("*.yaml")))}
+
+
+def find_runbook(name: str, directory: Path) -> Runbook:
+    path = directory / f"{name}.yaml"
+    if not re.fullmatch(NAME, name) or not path.is_file():
+        known = ", ".join(sorted(p.stem for p in directory.glob("*.yaml")))
+        raise RunbookError(f"no runbook named {name!r}", file=str(directory), expected=f"one of: {known}", found=name)
+    return load_runbook(path)

@@ -1,0 +1,90 @@
+"""`POST /runs` on medic serve: start a remediation for `medic run` and stream its stages back.
+
+The CLI then pays neither Python's nor Prefect's start-up: the warm server creates the run under its
+deployment and executes it at once, and each timeline entry is sent as one NDJSON line, followed by
+the final report. The same dedupe as for alerts applies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from pydantic import BaseModel, Field
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from medic.errors import MedicError
+from medic.core.progress import add_listener
+from medic.core.report import TimelineEntry
+from medic.core.runbook import find_runbook
+from medic.procedures.stages import plan
+
+
+class RunRequest(BaseModel):
+    runbook: str = Field(max_length=64)
+    target: str | None = Field(None, max_length=64)
+    dry_run: bool = False
+
+
+def _current_run_id() -> str | None:
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    return str(ctx.flow_run.id) if ctx and ctx.flow_run else None
+
+
+async def start_run(request: Request) -> Response:
+    state = request.app.state.medic
+    try:
+        asked = RunRequest.model_validate_json(await request.body())
+        spec = find_runbook(asked.runbook, state.settings.runbooks_dir)
+        if spec.kind == "remediation" or asked.target:
+            target = plan(spec, asked.target, state.inventory()).target
+        else:
+            target = "primary"  # a failover finds the current primary itself
+    except MedicError as exc:
+        return JSONResponse({"error": str(exc)}, status_code=400)
+    except ValueError as exc:
+        return JSONResponse({"error": f"bad request: {exc}"}, status_code=400)
+
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    run_id: dict[str, str] = {}
+
+    def on_entry(entry: TimelineEntry, recorded: bool) -> None:
+        current = _current_run_id()
+        if current is not None and current == run_id.get("id"):
+            loop.call_soon_threadsafe(queue.put_nowait, {"type": "entry", "recorded": recorded,
+                                                         **entry.model_dump(mode="json")})
+
+    def on_done(outcome: Any) -> None:
+        report = getattr(outcome, "result", None)
+        loop.call_soon_threadsafe(queue.put_nowait, {
+            "type": "done", "state_name": getattr(outcome, "state_name", "Crashed"),
+            "message": getattr(outcome, "message", None), "seconds": getattr(outcome, "seconds", None),
+            "report": report.model_dump(mode="json") if isinstance(report, BaseModel) else None})
+
+    remove = add_listener(on_entry)
+    launch = await state.launcher.launch_manual(spec, target, dry_run=asked.dry_run, on_done=on_done)
+    if launch.flow_run_id:
+        run_id["id"] = launch.flow_run_id
+    if launch.status.value != "started":
+        remove()
+        status = 409 if launch.status.value == "duplicate" else 503
+        return JSONResponse({"error": launch.detail, "flow_run_id": launch.flow_run_id}, status_code=status)
+
+    async def lines() -> AsyncIterator[bytes]:
+        try:
+            yield (json.dumps({"type": "started", "flow_run_id": launch.flow_run_id}) + "\n").encode()
+            while True:
+                item = await queue.get()
+                yield (json.dumps(item) + "\n").encode()
+                if item["type"] == "done":
+                    return
+        finally:
+            remove()
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")

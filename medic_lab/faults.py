@@ -1,0 +1,194 @@
+"""Faults the lab can inject into a host, and their fixes. Each one makes its alert fire for real.
+
+- ``service-down``: SIGKILL the demo service (a crash: the pidfile stays behind, stale).
+- ``disk-full``: old junk files in the host's data/cache dir push usage past 90 % of capacity.
+- ``slow``: SIGUSR1 puts the service in a degraded state; every request takes 0.6 s until a restart.
+- ``host-down``: the whole host dies (its sshd and, on a web host, its service are killed): unreachable
+  over SSH. A database host's postgres is `pg-primary-down`'s to kill; `fix` does not restart it.
+- ``wont-start``: the service's config names an invalid port, so `servicectl start` (and restart) fails
+  for real while the running process keeps serving; ``fix`` restores the config and starts it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from medic.errors import LabError
+from medic_lab.hosts import DATA_CAPACITY_BYTES, ensure_user
+from medic_lab.processes import alive
+from medic_lab.state import LabHost, LabState
+
+JUNK_PREFIX = "junk-"
+JUNK_AGE_SECONDS = 3 * 24 * 3600
+
+
+def _live_pid(pidfile: Path) -> int | None:
+    """The pid in a pidfile if that process is alive (a stale pidfile or a zombie gives None)."""
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if alive(pid) else None
+
+
+def _service_pid(host: LabHost) -> int | None:
+    return _live_pid(host.root / "run" / "web.pid")
+
+
+def _require_pid(host: LabHost) -> int:
+    pid = _service_pid(host)
+    if pid is None:
+        raise LabError(f"the web service of {host.name} is not running; `medic lab fix service-down {host.name}` first")
+    return pid
+
+
+def _kill_service(host: LabHost, lab: LabState) -> str:
+    pid = _service_pid(host)
+    if pid is None:
+        return f"web service of {host.name} was already down"
+    os.kill(pid, signal.SIGKILL)
+    return f"killed the web service of {host.name} (pid {pid})"
+
+
+def _start_service(host: LabHost, lab: LabState) -> str:
+    from medic_lab.control import start_service
+
+    if _service_pid(host) is not None:
+        return f"web service of {host.name} is already running"
+    start_service(host, lab.lab_dir)
+    return f"started the web service of {host.name}"
+
+
+def _fill_disk(host: LabHost, lab: LabState) -> str:
+    cache = host.data_dir / "cache"
+    account = ensure_user(host.user)
+    target = int(DATA_CAPACITY_BYTES * 0.95)
+    used = sum(f.stat().st_size for f in host.data_dir.rglob("*") if f.is_file())
+    chunk = 2 * 1024 * 1024
+    old = time.time() - JUNK_AGE_SECONDS
+    n = 0
+    block = os.urandom(chunk)
+    while used < target:
+        n += 1
+        path = cache / f"{JUNK_PREFIX}{n:04d}.tmp"
+        while path.exists():
+            n += 1
+            path = cache / f"{JUNK_PREFIX}{n:04d}.tmp"
+        path.write_bytes(block)
+        os.chown(path, account.pw_uid, account.pw_gid)
+        os.utime(path, (old, old))
+        used += chunk
+    return f"filled {host.name}'s data dir to {used / DATA_CAPACITY_BYTES:.0%} with {n} junk files in {cache}"
+
+
+def _clean_disk(host: LabHost, lab: LabState) -> str:
+    removed = 0
+    for f in (host.data_dir / "cache").glob(f"{JUNK_PREFIX}*.tmp"):
+        f.unlink()
+        removed += 1
+    return f"removed {removed} junk files from {host.name}"
+
+
+def _make_slow(host: LabHost, lab: LabState) -> str:
+    os.kill(_require_pid(host), signal.SIGUSR1)
+    return f"the web service of {host.name} now answers in 0.6 s (degraded until restarted)"
+
+
+def _make_fast(host: LabHost, lab: LabState) -> str:
+    pid = _service_pid(host)
+    if pid is None:
+        return f"web service of {host.name} is not running; nothing to fix"
+    os.kill(pid, signal.SIGUSR2)
+    return f"the web service of {host.name} answers normally again"
+
+
+def _sshd_pid(host: LabHost) -> int | None:
+    return _live_pid(host.root / "sshd" / "sshd.pid")
+
+
+def _kill_host(host: LabHost, lab: LabState) -> str:
+    """The machine is gone: no sshd, no web service (a database host's postgres: `pg-primary-down`)."""
+    said = [_kill_service(host, lab)] if host.group == "web" else []
+    pid = _sshd_pid(host)
+    if pid is not None:
+        os.kill(pid, signal.SIGKILL)
+        said.append(f"killed sshd of {host.name} (pid {pid})")
+    return "; ".join(said)
+
+
+def _revive_host(host: LabHost, lab: LabState) -> str:
+    from medic_lab.control import start_sshd, wait_for_sshd
+
+    said = []
+    if _sshd_pid(host) is None:
+        start_sshd(host, lab)
+        wait_for_sshd(lab, timeout=10, hosts=[host])
+        said.append(f"started sshd of {host.name}")
+    if host.group == "web":
+        said.append(_start_service(host, lab))
+    return "; ".join(said)
+
+
+WONT_START_MARK = "# medic lab fault wont-start"
+
+
+def _break_config(host: LabHost, lab: LabState) -> str:
+    env = host.root / "etc" / "service.env"
+    text = env.read_text()
+    if WONT_START_MARK in text:
+        return f"{host.name}'s service config was already broken"
+    env.write_text(f"{text}{WONT_START_MARK}\nSERVICE_PORT=not-a-port\n")
+    return f"{host.name}'s service config now names an invalid port: `servicectl start` fails until fixed"
+
+
+def _fix_config(host: LabHost, lab: LabState) -> str:
+    env = host.root / "etc" / "service.env"
+    text = env.read_text()
+    said = "config was already fine"
+    if WONT_START_MARK in text:
+        env.write_text(text.split(WONT_START_MARK, 1)[0])
+        said = "restored the service config"
+    return f"{host.name}: {said}; {_start_service(host, lab)}"
+
+
+Action = Callable[[LabHost, LabState], str]
+FAULTS: dict[str, tuple[Action, Action]] = {
+    "service-down": (_kill_service, _start_service),
+    "disk-full": (_fill_disk, _clean_disk),
+    "slow": (_make_slow, _make_fast),
+    "host-down": (_kill_host, _revive_host),
+    "wont-start": (_break_config, _fix_config),
+}
+
+
+def all_faults(lab: LabState) -> dict[str, tuple[Action, Action]]:
+    from medic_lab.control import active_components
+
+    found = dict(FAULTS)
+    for component in active_components(lab):
+        found.update(component.faults())
+    return found
+
+
+def _resolve(lab: LabState, fault: str, host_name: str) -> tuple[tuple[Action, Action], LabHost]:
+    known = all_faults(lab)
+    if fault not in known:
+        raise LabError(f"unknown fault {fault!r} (known: {', '.join(known)})")
+    host = lab.host(host_name)
+    if host is None:
+        raise LabError(f"unknown host {host_name!r} (lab hosts: {', '.join(h.name for h in lab.hosts)})")
+    return known[fault], host
+
+
+def break_host(lab: LabState, fault: str, host_name: str) -> str:
+    (inject, _), host = _resolve(lab, fault, host_name)
+    return inject(host, lab)
+
+
+def fix_host(lab: LabState, fault: str, host_name: str) -> str:
+    (_, repair), host = _resolve(lab, fault, host_name)
+    return repair(host, lab)

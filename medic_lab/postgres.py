@@ -1,0 +1,392 @@
+"""The lab's PostgreSQL cluster: a primary and a streaming replica, metrics, a client endpoint, faults.
+
+Enabled with `medic lab up --with db` (asynchronous replication) or `--with db-sync` (synchronous:
+every commit waits for the standby's flush). Two SSH hosts of group ``db``, ``pg-1`` (primary) and
+``pg-2`` (standby), each run PostgreSQL 15 as the host's own unprivileged user from a data dir under
+the host dir, controlled by the host's ``bin/pgctl`` (port and socket dir on the command line:
+pg_rewind copies config files between nodes). Authentication is ``trust`` on 127.0.0.1 and the local
+socket only — the lab has no database password, so none can leak.
+
+Clients use the **endpoint**, a HAProxy TCP frontend of its own (not the web one): backend ``pg``
+has one server per node, named after the host; exactly the primary is ``ready``, the others are in
+``maint``. Its runtime API is a TCP admin socket (`medic.clients.haproxy.HAProxyRuntime`).
+
+Metrics: one Debian ``prometheus-postgres-exporter`` per node (job ``postgres``, label ``host``) with
+the custom queries of ``lab/postgres/queries.yml`` (role, WAL positions, replay backlog/paused,
+per-standby lag in bytes and seconds), and HAProxy's built-in exporter (job ``pg-endpoint``).
+
+Ports: base+150.. (see `PgPorts`); SSH of the db hosts: ``ports.ssh(51)``, ``ports.ssh(52)``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import BaseModel
+
+from medic.errors import LabError
+from medic.clients.haproxy import HAProxyRuntime, LoadBalancerError
+from medic_lab.components import ComponentStatus, FaultAction, LabComponent
+from medic_lab.hosts import ensure_user, user_for
+from medic_lab.processes import alive, spawn
+from medic_lab.state import LabHost, LabState
+from medic.core.paths import LAB_TEMPLATES_DIR
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+EXPORTER = Path("/usr/bin/prometheus-postgres-exporter")
+HAPROXY = Path("/usr/sbin/haproxy")
+NODES = ("pg-1", "pg-2")
+BACKEND = "pg"
+CLUSTER = "lab-pg"
+#: WAL kept for pg_rewind and slow standbys (the lab writes little; this is days of lab traffic).
+WAL_KEEP = "256MB"
+
+
+class PgPorts(BaseModel):
+    """The cluster's fixed ports, from the lab's base port (base+150..169 belong to this component)."""
+
+    nodes: dict[str, int]
+    exporters: dict[str, int]
+    endpoint: int
+    endpoint_admin: int
+    endpoint_metrics: int
+
+    @classmethod
+    def of(cls, lab: LabState) -> "PgPorts":
+        b = lab.ports.base + 150
+        return cls(nodes={n: b + i for i, n in enumerate(NODES)},
+                   exporters={n: b + 5 + i for i, n in enumerate(NODES)},
+                   endpoint=b + 2, endpoint_admin=b + 3, endpoint_metrics=b + 4)
+
+
+def synchronous(lab: LabState) -> bool:
+    return bool(lab.options.get("db-sync"))
+
+
+def pgctl(host: LabHost) -> Path:
+    return host.root / "bin" / "pgctl"
+
+
+def pg_data(host: LabHost) -> Path:
+    return host.root / "pgdata"
+
+
+def run_as(host: LabHost, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run a command as the host's login user (initdb and pg_ctl refuse root)."""
+    return subprocess.run(["runuser", "-u", host.user, "--", *argv], capture_output=True, text=True,
+                          timeout=timeout, cwd=host.root)
+
+
+def _must(result: subprocess.CompletedProcess[str], what: str, host: LabHost) -> str:
+    if result.returncode != 0:
+        raise LabError(f"{what} failed on {host.name} (exit {result.returncode}): "
+                       f"{(result.stderr or result.stdout).strip()[-500:]}; see {host.root}/log/postgres.log")
+    return result.stdout
+
+
+def psql(host: LabHost, sql: str, *, timeout: float = 10) -> str:
+    """One statement on the host's own node, as the lab sets it up (trust on 127.0.0.1)."""
+    return _must(run_as(host, str(pgctl(host)), "psql", "-At", "-c", sql, timeout=timeout), f"psql {sql!r}", host).strip()
+
+
+def _conf(lab: LabState) -> str:
+    """Settings shared by every node (copied between nodes by pg_basebackup and pg_rewind)."""
+    return "\n".join([
+        "", "# medic lab (ports and socket dir are given on the command line by bin/pgctl)",
+        "wal_level = replica", "max_wal_senders = 10", "max_replication_slots = 10",
+        f"wal_keep_size = '{WAL_KEEP}'", "hot_standby = on", "wal_log_hints = on",
+        "wal_receiver_status_interval = 1s", "wal_receiver_timeout = 10s", "wal_sender_timeout = 10s",
+        "shared_buffers = 16MB", "max_connections = 50", "log_line_prefix = '%m [%p] '",
+        # the cluster's chosen mode; the promote/rejoin playbooks read it back
+        f"medic.replication_mode = '{'sync' if synchronous(lab) else 'async'}'", "",
+    ])
+
+
+def _endpoint_config(lab: LabState, ports: PgPorts) -> str:
+    # Standbys are put in maint through the runtime API at start: a server `disabled` in the config
+    # stays in config-maint, which `set server ... state ready` cannot lift (HAProxy 2.6).
+    servers = [f"    server {n} 127.0.0.1:{p}" for n, p in ports.nodes.items()]
+    return "\n".join([
+        f"# the lab's PostgreSQL client endpoint (clients connect here, never to a node)",
+        "global",
+        f"    stats socket ipv4@127.0.0.1:{ports.endpoint_admin} level admin",
+        "    maxconn 500",
+        "defaults",
+        "    mode tcp", "    timeout connect 2s", "    timeout client 1h", "    timeout server 1h",
+        "frontend pg_endpoint",
+        f"    bind 127.0.0.1:{ports.endpoint}",
+        f"    default_backend {BACKEND}",
+        f"backend {BACKEND}",
+        *servers,
+        "frontend metrics",
+        "    mode http",
+        f"    bind 127.0.0.1:{ports.endpoint_metrics}",
+        "    http-request use-service prometheus-exporter if { path /metrics }",
+        "",
+    ])
+
+
+class Postgres(LabComponent):
+    name = "db"
+
+    def enabled(self, lab: LabState) -> bool:
+        return bool(lab.options.get("db") or lab.options.get("db-sync"))
+
+    def extra_hosts(self, lab: LabState) -> list[LabHost]:
+        ports = PgPorts.of(lab)
+        return [LabHost(name=n, group="db", user=user_for(n), ssh_port=lab.ports.ssh(51 + i),
+                        service_port=ports.nodes[n], root=lab.lab_dir / "hosts" / n)
+                for i, n in enumerate(NODES)]
+
+    def ports(self, lab: LabState) -> list[tuple[str, int]]:
+        p = PgPorts.of(lab)
+        found = [(f"PostgreSQL on {n}", port) for n, port in p.nodes.items()]
+        found += [(f"postgres exporter of {n}", port) for n, port in p.exporters.items()]
+        return found + [("PostgreSQL endpoint", p.endpoint), ("PostgreSQL endpoint admin", p.endpoint_admin),
+                        ("PostgreSQL endpoint metrics", p.endpoint_metrics)]
+
+    # -- layout ----------------------------------------------------------------------------------
+
+    def prepare(self, lab: LabState) -> None:
+        for missing in (PG_BIN / "initdb", EXPORTER, HAPROXY):
+            if not missing.exists():
+                raise LabError(f"{missing} is missing; install the Debian packages postgresql, "
+                               f"prometheus-postgres-exporter and haproxy (`make setup`)")
+        ports = PgPorts.of(lab)
+        for host in self._hosts(lab):
+            account = ensure_user(host.user)
+            shutil.copy2(LAB_TEMPLATES_DIR / "host" / "pgctl", pgctl(host))
+            env = host.root / "etc" / "pg.env"
+            env.write_text(f"PGBIN={PG_BIN}\nPGDATA={pg_data(host)}\nPGPORT={ports.nodes[host.name]}\n"
+                           f"PGHOST_NAME={host.name}\n")
+            for path in (pgctl(host), env):
+                os.chown(path, account.pw_uid, account.pw_gid)
+        primary = self._hosts(lab)[0]
+        _must(run_as(primary, str(PG_BIN / "initdb"), "-D", str(pg_data(primary)), "-U", "postgres", "-k",
+                     "-A", "trust", "-E", "UTF8", "--locale=C", "-N"), "initdb", primary)
+        with open(pg_data(primary) / "postgresql.conf", "a") as conf:
+            conf.write(_conf(lab))
+        d = lab.lab_dir / "postgres"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "haproxy.cfg").write_text(_endpoint_config(lab, ports))
+        shutil.copy2(LAB_TEMPLATES_DIR / "postgres" / "queries.yml", d / "queries.yml")
+
+    # -- daemons ---------------------------------------------------------------------------------
+
+    def start(self, lab: LabState) -> None:
+        primary, standby = self._hosts(lab)
+        ports = PgPorts.of(lab)
+        _must(run_as(primary, str(pgctl(primary)), "start"), "starting PostgreSQL", primary)
+        psql(primary, "CREATE TABLE IF NOT EXISTS medic_writes (id bigint PRIMARY KEY, at timestamptz DEFAULT now())")
+        _must(run_as(standby, str(PG_BIN / "pg_basebackup"), "-D", str(pg_data(standby)), "-R", "-X", "stream",
+                     "-c", "fast", "-d", f"host=127.0.0.1 port={ports.nodes[primary.name]} user=postgres"),
+              "pg_basebackup", standby)
+        _must(run_as(standby, str(pgctl(standby)), "start"), "starting PostgreSQL", standby)
+        if synchronous(lab):
+            psql(primary, "ALTER SYSTEM SET synchronous_standby_names = '*'")
+            psql(primary, "SELECT pg_reload_conf()")
+        for host in (primary, standby):
+            self.start_exporter(lab, host)
+        d = lab.lab_dir / "postgres"
+        spawn("pg-endpoint", [str(HAPROXY), "-db", "-f", str(d / "haproxy.cfg")], lab_dir=lab.lab_dir)
+        _route_only(ports, primary.name)
+
+    def start_exporter(self, lab: LabState, host: LabHost) -> None:
+        ports = PgPorts.of(lab)
+        dsn = f"postgresql://postgres@127.0.0.1:{ports.nodes[host.name]}/postgres?sslmode=disable&connect_timeout=2"
+        spawn(f"pg-exporter-{host.name}",
+              [str(EXPORTER), f"--web.listen-address=127.0.0.1:{ports.exporters[host.name]}",
+               f"--extend.query-path={lab.lab_dir / 'postgres' / 'queries.yml'}", "--disable-settings-metrics",
+               "--no-collector.database", "--no-collector.bgwriter", "--log.level=error"],
+              lab_dir=lab.lab_dir, env={"DATA_SOURCE_NAME": dsn})
+
+    def wait(self, lab: LabState, *, timeout: float) -> None:
+        primary, standby = self._hosts(lab)
+        deadline = time.monotonic() + timeout
+        streaming = ""
+        while time.monotonic() < deadline:
+            streaming = psql(primary, "SELECT string_agg(application_name, ',') FROM pg_stat_replication "
+                                      "WHERE state = 'streaming'")
+            if standby.name in streaming.split(","):
+                return
+            time.sleep(0.1)
+        raise LabError(f"{standby.name} is not streaming from {primary.name} after {timeout:.0f} s "
+                       f"(streaming: {streaming or 'none'}); see {standby.root}/log/postgres.log")
+
+    def scrape_configs(self, lab: LabState) -> list[dict[str, Any]]:
+        p = PgPorts.of(lab)
+        return [
+            {"job_name": "postgres", "scrape_timeout": "900ms",
+             "static_configs": [{"targets": [f"127.0.0.1:{port}"], "labels": {"host": n, "cluster": CLUSTER}}
+                                for n, port in p.exporters.items()]},
+            {"job_name": "pg-endpoint",
+             "static_configs": [{"targets": [f"127.0.0.1:{p.endpoint_metrics}"], "labels": {"cluster": CLUSTER}}]},
+        ]
+
+    def inventory_vars(self, lab: LabState) -> dict[str, dict[str, Any]]:
+        p = PgPorts.of(lab)
+        common = {"medic_pg_cluster": CLUSTER, "medic_pg_endpoint": f"127.0.0.1:{p.endpoint}",
+                  "medic_pg_endpoint_admin": f"127.0.0.1:{p.endpoint_admin}", "medic_pg_backend": BACKEND,
+                  "medic_pg_bin": str(PG_BIN)}
+        return {h.name: {**common, "medic_pg_port": p.nodes[h.name], "medic_pg_data": str(pg_data(h)),
+                         "medic_pgctl": str(pgctl(h))}
+                for h in self._hosts(lab)}
+
+    def faults(self) -> dict[str, tuple[FaultAction, FaultAction]]:
+        return {
+            "pg-primary-down": (_kill_postgres, _start_postgres),
+            "pg-primary-hang": (_stop_postgres, _continue_postgres),
+            "pg-replica-lag": (_pause_replay, _resume_replay),
+            "pg-exporter-down": (_kill_exporter, _start_exporter),
+        }
+
+    def status(self, lab: LabState) -> list[ComponentStatus]:
+        p = PgPorts.of(lab)
+        rows = []
+        for host in self._hosts(lab):
+            said = run_as(host, str(pgctl(host)), "status", timeout=10)
+            rows.append(ComponentStatus(name=f"{host.name} postgres", address=f"127.0.0.1:{p.nodes[host.name]}",
+                                        up=said.returncode == 0, detail=said.stdout.strip()))
+        try:
+            up = httpx.get(f"http://127.0.0.1:{p.endpoint_metrics}/metrics", timeout=1.5).status_code == 200
+        except httpx.HTTPError:
+            up = False
+        rows.append(ComponentStatus(name="pg endpoint", address=f"127.0.0.1:{p.endpoint}", up=up,
+                                    detail=f"admin 127.0.0.1:{p.endpoint_admin}, "
+                                           f"{'synchronous' if synchronous(lab) else 'asynchronous'} replication"))
+        return rows
+
+    @staticmethod
+    def _hosts(lab: LabState) -> list[LabHost]:
+        found = [lab.host(n) for n in NODES]
+        if any(h is None for h in found):
+            raise LabError(f"the lab has no db hosts {', '.join(NODES)}; start it with `medic lab up --with db`")
+        return [h for h in found if h is not None]
+
+
+def _route_only(ports: PgPorts, primary: str, *, timeout: float = 10) -> None:
+    """Once the endpoint's runtime API answers, put every node but the primary in maint."""
+    runtime = HAProxyRuntime("127.0.0.1", ports.endpoint_admin)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            for node in NODES:
+                runtime.set_state(BACKEND, node, "ready" if node == primary else "maint")
+            return
+        except LoadBalancerError as exc:
+            if time.monotonic() > deadline:
+                raise LabError(f"the PostgreSQL endpoint did not take its routing: {exc}") from exc
+            time.sleep(0.05)
+
+
+# --- faults -------------------------------------------------------------------------------------
+
+
+def _require_db_host(host: LabHost) -> None:
+    if host.group != "db":
+        raise LabError(f"{host.name} is not a PostgreSQL host (db hosts: {', '.join(NODES)})")
+
+
+def _postgres_pids(host: LabHost) -> list[int]:
+    """The node's postmaster (from postmaster.pid) and all its children; [] when it is not running."""
+    _require_db_host(host)
+    try:
+        pm = int((pg_data(host) / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return []
+    if not alive(pm):
+        return []
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_bytes().rsplit(b")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(stat[1]) == pm:
+                children.append(int(entry))
+    return [pm, *children]
+
+
+def _signal_all(pids: list[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _kill_postgres(host: LabHost, lab: LabState) -> str:
+    pids = _postgres_pids(host)
+    if not pids:
+        return f"PostgreSQL on {host.name} was already down"
+    _signal_all(pids, signal.SIGKILL)
+    return f"killed PostgreSQL on {host.name} (postmaster {pids[0]} and {len(pids) - 1} children)"
+
+
+def _start_postgres(host: LabHost, lab: LabState) -> str:
+    _require_db_host(host)
+    said = run_as(host, str(pgctl(host)), "start")
+    if said.returncode != 0:
+        raise LabError(f"PostgreSQL on {host.name} did not start: {(said.stderr or said.stdout).strip()}")
+    return said.stdout.strip()
+
+
+def _stop_postgres(host: LabHost, lab: LabState) -> str:
+    pids = _postgres_pids(host)
+    if not pids:
+        raise LabError(f"PostgreSQL on {host.name} is not running; nothing to hang")
+    _signal_all(pids, signal.SIGSTOP)
+    return f"SIGSTOPped PostgreSQL on {host.name} (postmaster {pids[0]} and {len(pids) - 1} children): alive, silent"
+
+
+def _continue_postgres(host: LabHost, lab: LabState) -> str:
+    pids = _postgres_pids(host)
+    if not pids:
+        return f"PostgreSQL on {host.name} is not running (fenced or killed); nothing to continue"
+    _signal_all(pids, signal.SIGCONT)
+    return f"SIGCONTinued PostgreSQL on {host.name}"
+
+
+def _pause_replay(host: LabHost, lab: LabState) -> str:
+    psql(host, "SELECT pg_wal_replay_pause()")
+    return f"paused WAL replay on {host.name}: it still receives WAL but falls behind"
+
+
+def _resume_replay(host: LabHost, lab: LabState) -> str:
+    if psql(host, "SELECT pg_is_in_recovery()") != "t":
+        return f"{host.name} is not a standby any more; nothing to resume"
+    psql(host, "SELECT pg_wal_replay_resume()")
+    return f"resumed WAL replay on {host.name}"
+
+
+def _exporter_pid(lab: LabState, host: LabHost) -> int | None:
+    try:
+        pid = int((lab.lab_dir / "pids" / f"pg-exporter-{host.name}.pid").read_text())
+    except (OSError, ValueError):
+        return None
+    return pid if alive(pid) else None
+
+
+def _kill_exporter(host: LabHost, lab: LabState) -> str:
+    _require_db_host(host)
+    pid = _exporter_pid(lab, host)
+    if pid is None:
+        return f"the postgres exporter of {host.name} was already down"
+    os.kill(pid, signal.SIGKILL)
+    return f"killed the postgres exporter of {host.name}: Prometheus sees a scrape failure, PostgreSQL is fine"
+
+
+def _start_exporter(host: LabHost, lab: LabState) -> str:
+    _require_db_host(host)
+    if _exporter_pid(lab, host) is not None:
+        return f"the postgres exporter of {host.name} is already running"
+    Postgres().start_exporter(lab, host)
+    return f"started the postgres exporter of {host.name}"
