@@ -13,9 +13,9 @@ from medic.clients.ansible import PlaybookResult, run_playbook
 from medic.errors import AnsibleError, UnknownTargetError
 from medic.core.inventory import Host, Inventory, load_inventory
 from medic_lab.state import LabState
-from tests.test_ssh import closed_port
+from tests.clients.test_ssh import closed_port
 
-PLAYBOOKS = Path(__file__).parent / "playbooks"
+PLAYBOOKS = Path(__file__).parents[1] / "playbooks"
 
 
 @pytest.fixture
