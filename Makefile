@@ -2,13 +2,17 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: setup demo test lab-up lab-down clean
+.PHONY: setup demo demo-stop test lab-up lab-down clean
 
 setup:
 	@scripts/setup.sh
 
+# `make demo KEEP=1` leaves the lab, medic serve and the Prefect UI running; `make demo-stop` stops them.
 demo: setup
-	@$(PY) -m medic_lab.demo
+	@$(PY) -m medic_lab.demo $(if $(filter 1 yes true,$(KEEP)),--keep)
+
+demo-stop: setup
+	@.venv/bin/medic lab down
 
 test: setup
 	@$(PY) -m pytest $(PYTEST_ARGS)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -24,14 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from medic.core.net import free_port  # noqa: E402
 from tests.fakes.slack_api import FakeSlack  # noqa: E402
 from tests.fakes.slack_signing import SIGNING_SECRET, post_block_action  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> int:
@@ -56,9 +50,10 @@ async def _bench(n: int, slack: FakeSlack) -> int:
 
     from medic.approval.gate import PAUSE_POLL_INTERVAL_S, ApprovalRequest, request_decision
     from medic.core.progress import Timeline, add_listener
-    from medic.orchestration.runtime import fast_run_settings, run_flow_now
+    from medic.orchestration.runs import fast_run_settings, run_flow_now
     from medic.core.runbook import Approval
-    from medic.service.app import ServerState, create_app
+    from medic.service.app import create_app
+    from medic.service.state import build_state
     from medic.settings import get_settings
 
     continued: dict[str, float] = {}
@@ -76,8 +71,8 @@ async def _bench(n: int, slack: FakeSlack) -> int:
             continued.setdefault("t", time.perf_counter())
 
     settings = get_settings()
-    state = ServerState(settings=settings, launcher=None, metrics=None, runbooks={})  # type: ignore[arg-type]
-    port = _free_port()
+    state = build_state(settings, waits_for_approval)  # its launcher stays idle: the bench runs the flow itself
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(state), host="127.0.0.1", port=port, log_level="warning",
                                            lifespan="off", access_log=False))
     serving = asyncio.create_task(server.serve())

@@ -37,7 +37,7 @@ APPROVE = {"decision": "approve", "approver": "bench", "via": "cli"}
 
 
 def _walsender(host: Any) -> int | None:
-    from medic_lab.postgres import _postgres_pids
+    from medic_lab.postgres_nodes import postgres_pids as _postgres_pids
 
     for pid in _postgres_pids(host)[1:]:
         try:
@@ -50,7 +50,8 @@ def _walsender(host: Any) -> int | None:
 
 async def _failover_with_click() -> Any:
     from flows.failover import failover
-    from medic.orchestration.runtime import resume_with_input, run_flow_now
+    from medic.orchestration.pause import resume_with_input
+    from medic.orchestration.runs import run_flow_now
     from medic.core.progress import add_listener
 
     ids: asyncio.Queue[str] = asyncio.Queue()

@@ -20,13 +20,9 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.client.orchestration import get_client
 
-from medic.orchestration.runtime import (
-    ensure_concurrency_limit,
-    exclusive_slot,
-    resume_with_input,
-    run_flow_now,
-    wait_for_approval,
-)
+from medic.orchestration.locks import ensure_concurrency_limit, exclusive_slot
+from medic.orchestration.pause import resume_with_input, wait_for_approval
+from medic.orchestration.runs import run_flow_now
 
 MARKS: dict[str, float] = {}
 
@@ -111,7 +107,7 @@ elif mode == "sync":
 elif mode == "async":
     asyncio.run(af())
 else:
-    from medic.orchestration.runtime import run_flow_now
+    from medic.orchestration.runs import run_flow_now
     asyncio.run(run_flow_now(af))
 """
 

@@ -33,16 +33,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from medic.core.net import free_port  # noqa: E402
+from medic.core.polling import wait_until  # noqa: E402
+from medic.errors import WaitTimeout  # noqa: E402
+
 CASES = [("service-down", "service-down", "web-2", 'up{job="web",host="web-2"} == 0'),
          ("disk-full", "disk-full", "web-1",
           'demo_data_dir_used_bytes{host="web-1"} / demo_data_dir_capacity_bytes{host="web-1"} > 0.9'),
          ("high-latency", "slow", "web-3", 'ALERTS{alertname="HighLatency",host="web-3",alertstate="firing"}')]
-
-
-def free_port() -> int:
-    from tests.support.server import free_port as pick
-
-    return pick()
 
 
 def split(report: dict, wall: float) -> dict[str, float]:
@@ -57,12 +55,13 @@ def split(report: dict, wall: float) -> dict[str, float]:
 def wait_for(prom_url: str, promql: str, timeout: float = 60) -> None:
     import httpx
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if httpx.get(f"{prom_url}/api/v1/query", params={"query": promql}).json()["data"]["result"]:
-            return
-        time.sleep(0.2)
-    raise SystemExit(f"bench: the fault never showed in Prometheus: {promql}")
+    def result() -> list:
+        return httpx.get(f"{prom_url}/api/v1/query", params={"query": promql}).json()["data"]["result"]
+
+    try:
+        wait_until(result, what=f"the fault showing in Prometheus: {promql}", timeout=timeout, interval=0.2)
+    except WaitTimeout as exc:
+        raise SystemExit(f"bench: {exc}") from None
 
 
 def run_cli(runbook: str, target: str, *, local: bool = True) -> tuple[dict, float]:

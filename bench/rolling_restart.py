@@ -59,7 +59,7 @@ def _restart_choice() -> None:
 
 def _run(batch_size: str, hosts: int) -> None:
     from flows.maintenance import rolling_restart
-    from medic.orchestration.runtime import run_flow_now
+    from medic.orchestration.runs import run_flow_now
 
     t0 = time.monotonic()
     outcome = asyncio.run(run_flow_now(rolling_restart, {"group": "web", "batch_size": batch_size,

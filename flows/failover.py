@@ -16,30 +16,32 @@ nothing, and nothing is promoted before the old primary is fenced.
 from __future__ import annotations
 
 import contextlib
-import re
+import logging
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
-from prefect.states import Completed, Failed, State
+from prefect.states import State
 from pydantic import Field
 
 from medic.procedures import failover as fo
 from medic.approval.gate import ApprovalRequest, request_decision
 from medic.core.inventory import Inventory, load_inventory
 from medic.clients.postgres import format_lsn
-from medic.orchestration.runtime import ensure_concurrency_limit, exclusive_slot, remediation_lock_name
+from medic.orchestration.ending import final_state
+from medic.orchestration.locks import ensure_concurrency_limit, exclusive_slot, remediation_lock_name
+from medic.orchestration.run_log import tell
 from medic.core.progress import Timeline
+from medic.core.report import ApprovalDecision, Outcome, artifact_key, utcnow
 from medic.clients.prometheus import PrometheusClient
 from medic.core.runbook import Runbook, find_runbook
 from medic.settings import get_settings
 from medic.clients.ssh import SSHSession
 
 STAGE = dict(cache_policy=NO_CACHE, persist_result=False)
-Outcome = fo.FailoverOutcome
 
 
 @task(name="detect", timeout_seconds=120, **STAGE)
@@ -79,21 +81,17 @@ def rejoin_task(spec: Runbook, cluster: fo.Cluster, old: str, source: str, inven
                      get_settings().playbooks_dir, ssh)
 
 
-def _key(*parts: str) -> str:
-    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")[:100]
-
-
 async def _finish(report: fo.FailoverReport, timeline: Timeline, outcome: Outcome, summary: str) -> State:
-    """Record the outcome everywhere at once: timeline, artifact, log, and the flow's final state."""
+    """Record the outcome everywhere at once: timeline, artifact, log, and the flow's final state
+    (whose message is the same outcome line)."""
     report.outcome, report.summary = outcome, summary
-    timeline.note("report", f"{outcome.value}: {summary}")
-    report.timeline = timeline.entries
-    await create_markdown_artifact(key=_key(report.flow, report.cluster), markdown=report.to_markdown(),
-                                   description=f"{report.flow} of {report.cluster}: {outcome.value}")
-    logger = get_run_logger()
     loud = outcome in (Outcome.PROMOTED_NOT_ROUTED, Outcome.PROMOTE_FAILED, Outcome.PROMOTED_NOT_VERIFIED)
-    (logger.error if loud else logger.info)("%s", summary)
-    return (Completed if outcome.success else Failed)(message=summary, name=outcome.state_name, data=report)
+    tell(timeline, "report", f"{outcome.state_name}: {summary}",
+         level=logging.ERROR if loud else logging.INFO if outcome.success else logging.WARNING)
+    report.timeline, report.finished_at = timeline.entries, utcnow()
+    await create_markdown_artifact(key=artifact_key(report.flow, report.cluster), markdown=report.to_markdown(),
+                                   description=f"{report.flow} of {report.cluster}: {outcome.value}")
+    return final_state(outcome, summary, report)
 
 
 @contextlib.asynccontextmanager
@@ -127,8 +125,8 @@ async def failover(
 ) -> State:
     """Fail the cluster over from a dead or hung primary to its best standby, with a human's approval."""
     spec, inventory, cluster, run_id, timeline = _setup(runbook)
-    report = fo.FailoverReport(cluster=cluster.name, outcome=Outcome.REFUSED, summary="", reason=reason,
-                               flow_run_id=run_id)
+    report = fo.FailoverReport(runbook=spec.name, cluster=cluster.name, outcome=Outcome.REFUSED, summary="",
+                               reason=reason, flow_run_id=run_id)
     async with _one_per_cluster(spec, cluster) as got:
         if not got:
             return await _finish(report, timeline, Outcome.ALREADY_RUNNING, _already(cluster))
@@ -147,13 +145,14 @@ async def _failover(spec: Runbook, inventory: Inventory, cluster: fo.Cluster, re
                              f"name the failed primary with the `primary` parameter")
     cluster.member(old)
     report.old_primary = old
-    timeline.note("start", f"{cluster.name}: primary {old}, endpoint {cluster.endpoint}; {report.reason}")
+    tell(timeline, "start", f"{cluster.name}: primary {old}, endpoint {cluster.endpoint}; why: {report.reason}")
     with PrometheusClient(settings.prometheus_url) as prom, SSHSession() as ssh:
         timeline.announce("detect", f"is {old} down for {spec.detect.hold:g} s in Prometheus, and silent to a query?")
         report.detection = d = detect_task(spec, cluster, old, prom)
         prom_down = old in d.prometheus.matching
-        timeline.note("detect", f"Prometheus: {'down' if prom_down else 'up'} "
-                                f"({d.prometheus.query} {d.prometheus.condition}); direct query: {d.direct.detail}")
+        tell(timeline, "detect", f"{old}: Prometheus says {'down' if prom_down else 'up'} "
+                                 f"(`{d.prometheus.query}` {d.prometheus.condition}); direct query: {d.direct.detail}"
+                                 f" → {'primary confirmed down' if d.confirmed else 'not down, nothing to do'}")
         if not d.confirmed:
             why = ("it answered a direct query — a scrape problem, not a dead primary" if prom_down else
                    "Prometheus does not see it down for long enough")
@@ -161,11 +160,15 @@ async def _failover(spec: Runbook, inventory: Inventory, cluster: fo.Cluster, re
 
         timeline.announce("diagnose", "node states, LSNs, writes at risk")
         report.diagnosis = diag = diagnose_task(cluster, old, ssh, prom)
-        timeline.note("diagnose", f"{old}: ssh {'ok' if diag.primary.ssh_reachable else 'UNREACHABLE'}, "
-                                  f"{diag.primary.process}; candidate {diag.candidate or 'none'}; {diag.risk()}")
+        tell(timeline, "diagnose", f"{old}: ssh {'ok' if diag.primary.ssh_reachable else 'UNREACHABLE'}, "
+                                   f"{diag.primary.process}; candidate {diag.candidate or 'none'}; {diag.risk()}")
         decision = fo.decide(diag, max_lag_bytes=spec.failover.max_lag_bytes, allow_lag=allow_lag,
                              allow_unfenced=allow_unfenced)
         report.overrides = decision.overrides
+        tell(timeline, "decide", f"refusing: {decision.refusal}" if decision.refusal else
+             f"promote {diag.candidate}, fence {old}" + (f" ({'; '.join(decision.overrides)})" if decision.overrides
+                                                         else "") + " → asking a human",
+             level=logging.WARNING if decision.refusal or decision.overrides else logging.INFO)
         if decision.refusal:
             return await _finish(report, timeline, Outcome.REFUSED, f"not promoting: {decision.refusal}; nothing changed")
         new = diag.candidate
@@ -184,18 +187,23 @@ async def _failover(spec: Runbook, inventory: Inventory, cluster: fo.Cluster, re
             planned_action=f"fence {old} (endpoint server → maint, stop it over SSH; a hung one is killed), "
                            f"run {spec.recover.playbook} on {new}, route {cluster.endpoint} → {new}",
             risk="; ".join([diag.risk(), *decision.overrides]),
+            why=f"runbook {spec.name}: a failover always asks a human — promoting a standby may lose writes"
+                + (" and an OVERRIDE was requested" if decision.overrides else ""),
             flow_run_id=report.flow_run_id or "",
         ), spec.approval, timeline=timeline)
-        if decision.overrides and approval.decision == "approved":
+        if decision.overrides and approval.decision is ApprovalDecision.APPROVED:
             report.approval = approval = approval.model_copy(update={"comment": "; ".join(
                 [c for c in [approval.comment] if c] + [f"approved with {o}" for o in decision.overrides])})
-        if approval.decision != "approved":
-            outcome = Outcome.REJECTED if approval.decision == "rejected" else Outcome.APPROVAL_TIMED_OUT
+        if approval.decision is not ApprovalDecision.APPROVED:
+            outcome = (Outcome.REJECTED if approval.decision is ApprovalDecision.REJECTED
+                       else Outcome.APPROVAL_TIMED_OUT)
             return await _finish(report, timeline, outcome, f"failover {approval.decision}; nothing changed")
 
         timeline.announce("fence", f"fencing {old}")
         report.fence = f = fence_task(cluster, old, ssh)
-        timeline.note("fence", f"{f.stop_detail}; {f.endpoint_detail}")
+        tell(timeline, "fence", f"{old}: {f.stop_detail}; {f.endpoint_detail} → "
+                                + ("fenced" if f.confirmed else "NOT confirmed"),
+             level=logging.INFO if f.confirmed else logging.ERROR)
         if not f.confirmed:
             if not allow_unfenced:
                 return await _finish(report, timeline, Outcome.REFUSED,
@@ -205,21 +213,26 @@ async def _failover(spec: Runbook, inventory: Inventory, cluster: fo.Cluster, re
 
         timeline.announce("promote", f"promoting {new}")
         report.promote = p = promote_task(spec, cluster, new, inventory)
-        timeline.note("promote", f"{new}: {p.detail} ({p.duration_s:.1f} s) {p.reported}")
+        tell(timeline, "promote", f"{spec.recover.playbook} on {new}: {p.detail} ({p.duration_s:.1f} s) {p.reported}"
+                                  f" → {'promoted' if p.ok else 'FAILED'}",
+             level=logging.INFO if p.ok else logging.ERROR)
         if not p.ok:
             return await _finish(report, timeline, Outcome.PROMOTE_FAILED,
                                  f"promoting {new} failed ({p.detail}); {old} is fenced: the cluster has NO primary")
 
         report.route = r = route_task(cluster, new)
-        timeline.note("route", r.detail)
+        tell(timeline, "route", f"{cluster.endpoint}: {r.detail} → {'routed to ' + new if r.routed else 'NOT routed'}",
+             level=logging.INFO if r.routed else logging.ERROR)
         if not r.routed:
             return await _finish(report, timeline, Outcome.PROMOTED_NOT_ROUTED,
                                  f"{new} is the new primary but the endpoint does NOT route to it ({r.detail}): "
                                  f"clients cannot write — set {cluster.backend}/{new} ready on {cluster.admin}")
 
         report.verification = v = verify_task(spec, cluster, new, prom)
-        timeline.note("verify", f"write through {cluster.endpoint}: {v.write.detail}; Prometheus primary: "
-                                f"{'yes' if not v.prometheus.timed_out else 'not seen'}")
+        tell(timeline, "verify", f"write through {cluster.endpoint}: {v.write.detail}; Prometheus sees {new} as "
+                                 f"primary: {'yes' if not v.prometheus.timed_out else 'no'} → "
+                                 f"{'verified' if v.ok else 'NOT verified'}",
+             level=logging.INFO if v.ok else logging.ERROR)
         if not v.ok:
             return await _finish(report, timeline, Outcome.PROMOTED_NOT_VERIFIED,
                                  f"{new} promoted and routed, but verify failed: {v.write.detail}")
@@ -238,8 +251,8 @@ async def rejoin(
 ) -> State:
     """Rebuild an old primary as a standby of the endpoint's primary and check that it streams."""
     spec, inventory, cluster, run_id, timeline = _setup(runbook)
-    report = fo.FailoverReport(flow="rejoin", cluster=cluster.name, outcome=Outcome.REJOIN_FAILED, summary="",
-                               reason=reason, flow_run_id=run_id, old_primary=host)
+    report = fo.FailoverReport(flow="rejoin", runbook=spec.name, cluster=cluster.name, outcome=Outcome.REJOIN_FAILED,
+                               summary="", reason=reason, flow_run_id=run_id, old_primary=host)
     cluster.member(host)
     async with _one_per_cluster(spec, cluster) as got:
         if not got:
@@ -251,10 +264,11 @@ async def rejoin(
                                  f"cannot rejoin {host}: the endpoint's primary is {source or 'nobody'} "
                                  f"({route.servers or route.error}); nothing changed")
         report.new_primary = source
-        timeline.note("start", f"rebuilding {host} as a standby of {source}; {reason}")
+        tell(timeline, "start", f"rebuilding {host} as a standby of {source}; why: {reason}")
         with SSHSession() as ssh:
             report.rejoin, report.rejoined_state = step, state = rejoin_task(spec, cluster, host, source, inventory, ssh)
-        timeline.note("rejoin", f"{step.detail}; {step.reported}")
+        tell(timeline, "rejoin", f"{host}: {step.detail}; {step.reported}",
+             level=logging.INFO if step.ok else logging.WARNING)
         src_port = int(cluster.member(source).vars["medic_pg_port"])
         streams = state.in_recovery and state.receiver_status == "streaming" and state.sender_port == src_port
         if step.ok and streams:

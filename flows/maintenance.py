@@ -10,26 +10,29 @@ what HAProxy shows for each host. Runs outside the maintenance window are skippe
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from datetime import timedelta
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
-from prefect.states import Completed, Failed, State
+from prefect.states import State
 
 from medic.procedures import rolling
 from medic.clients.alertmanager import AlertmanagerClient
 from medic.clients.ansible import run_playbook
 from medic.errors import ConfigError, MedicError
 from medic.core.inventory import Host, load_inventory
-from medic.procedures.maintenance import WindowCheck, check_window, parse_batch_size, split_batches
-from medic.procedures.maintenance_report import CleanupHost, MaintenanceOutcome, MaintenanceReport
+from medic.procedures.maintenance import WindowCheck, WindowDecision, check_window, parse_batch_size, split_batches
+from medic.procedures.maintenance_report import CleanupHost, CleanupStatus, MaintenanceReport
 from medic.core.progress import Timeline
-from medic.core.report import utcnow
-from medic.procedures.rolling import BatchResult, HostStep
+from medic.orchestration.run_log import tell
+from medic.core.report import Outcome, artifact_key, utcnow
+from medic.orchestration.ending import final_state
+from medic.procedures.rolling import BatchResult, HostStatus, HostStep
 from medic.settings import get_settings
 from medic.clients.ssh import SSHSession
 
@@ -85,7 +88,7 @@ def preview_task(steps: list[HostStep], hosts: dict[str, Host], ssh: SSHSession)
                           timeout=10)
     rolling.describe_lb(steps)
     for s, r in zip(steps, results):
-        s.status = "would restart"
+        s.status = HostStatus.WOULD_RESTART
         s.detail = (f"now: {(r.stdout or r.stderr).strip() or r.error}; would silence host={s.host}, "
                     + ("drain, " if s.lb else "")
                     + f"run `{rolling.render_shell(rolling.RESTART_COMMAND, hosts[s.host])}`, check /healthz"
@@ -103,12 +106,13 @@ def cleanup_task(batch: list[Host], index: int, patterns: str, min_age: str, dry
         values = r.return_values if r else {}
         deleted, freed = int(values.get("files_deleted", 0) or 0), int(values.get("bytes_freed", 0) or 0)
         if r is None or not r.succeeded:
-            failed = [t for t in (r.tasks if r else []) if t.status in ("failed", "unreachable")]
-            status = "unreachable" if r and r.unreachable else "failed"
+            failed = [t for t in (r.tasks if r else []) if t.failed]
+            status = CleanupStatus.UNREACHABLE if r and r.unreachable else CleanupStatus.FAILED
             detail = failed[-1].msg if failed else (result.error or "no result from the playbook")
             found.append(CleanupHost(host=h.name, batch=index, status=status, detail=detail))
         else:
-            status = ("would clean" if dry_run else "cleaned") if deleted else "nothing to do"
+            status = ((CleanupStatus.WOULD_CLEAN if dry_run else CleanupStatus.CLEANED) if deleted
+                      else CleanupStatus.NOTHING_TO_DO)
             found.append(CleanupHost(host=h.name, batch=index, status=status, files_deleted=deleted,
                                      bytes_freed=0 if dry_run else freed,
                                      detail=f"would free {freed} bytes" if dry_run and deleted else ""))
@@ -121,15 +125,15 @@ def cleanup_task(batch: list[Host], index: int, patterns: str, min_age: str, dry
 async def _window_allows(report: MaintenanceReport, ignore_window: bool, timeline: Timeline) -> bool:
     """Decide about the window (when told to wait, sleep until it opens); a skip is the report's outcome."""
     check = window_task(ignore_window)
-    timeline.note("window", check.reason)
-    if check.decision == "wait" and check.opens_at:
+    tell(timeline, "window", f"{check.reason} → {check.decision}")
+    if check.decision is WindowDecision.WAIT and check.opens_at:
         await asyncio.sleep(max((check.opens_at - utcnow()).total_seconds(), 0))
         check = window_task(ignore_window)
-        timeline.note("window", check.reason)
+        tell(timeline, "window", f"{check.reason} → {check.decision}")
     report.window = check
-    if check.decision != "run":
-        report.outcome, report.summary = MaintenanceOutcome.SKIPPED, f"Nothing was done: {check.reason}."
-    return check.decision == "run"
+    if check.decision is not WindowDecision.RUN:
+        report.outcome, report.summary = Outcome.SKIPPED, f"Nothing was done: {check.reason}."
+    return check.decision is WindowDecision.RUN
 
 
 def _over_budget(failures: int, max_errors: int) -> bool:
@@ -137,16 +141,15 @@ def _over_budget(failures: int, max_errors: int) -> bool:
 
 
 async def _finish(report: MaintenanceReport, timeline: Timeline) -> State:
-    timeline.note("report", f"{report.outcome.value}: {report.summary}")
+    """The outcome line goes to the timeline, the run's log, the artifact and the final state's message."""
+    tell(timeline, "report", f"{report.outcome.state_name}: {report.summary}",
+         level=logging.INFO if report.outcome.success else logging.WARNING)
     report.timeline = timeline.entries
     report.finished_at = utcnow()
-    key = f"maintenance-{report.action.replace(' ', '-')}-{report.group}".lower()
-    await create_markdown_artifact(key="".join(c if c.isalnum() or c == "-" else "-" for c in key)[:100],
+    await create_markdown_artifact(key=artifact_key("maintenance", report.action, report.group),
                                    markdown=report.to_markdown(),
                                    description=f"{report.action} of {report.group}: {report.outcome.value}")
-    get_run_logger().info("%s", report.summary)
-    state_cls = Completed if report.outcome.success else Failed
-    return state_cls(message=report.summary, name=report.outcome.state_name, data=report)
+    return final_state(report.outcome, report.summary, report)
 
 
 def _start(action: str, group: str, batch_size: str, max_errors: int, dry_run: bool, reason: str) -> MaintenanceReport:
@@ -154,7 +157,7 @@ def _start(action: str, group: str, batch_size: str, max_errors: int, dry_run: b
         raise ConfigError(f"max_errors must be 0 or more, got {max_errors}")
     now = utcnow()
     return MaintenanceReport(action=action, group=group, batch_size=batch_size, max_errors=max_errors,
-                             dry_run=dry_run, reason=reason, outcome=MaintenanceOutcome.FAILED, summary="",
+                             dry_run=dry_run, reason=reason, outcome=Outcome.FAILED, summary="",
                              started_at=now, finished_at=now, flow_run_id=str(get_run_context().flow_run.id))
 
 
@@ -199,22 +202,22 @@ async def rolling_restart(
     steps = [HostStep(host=h.name, batch=i, lb=rolling.lb_target(h, settings.haproxy_admin))
              for i, batch in enumerate(batches, 1) for h in batch]
     report.hosts = steps
-    timeline.note("plan", f"{len(hosts)} host(s) of {group} in {len(batches)} batch(es) of ≤{len(batches[0])}; "
-                          f"stop after more than {max_errors} failure(s)")
+    tell(timeline, "plan", f"{len(hosts)} host(s) of {group} in {len(batches)} batch(es) of ≤{len(batches[0])}; "
+                           f"stop after more than {max_errors} failure(s)" + (" — dry run" if dry_run else ""))
     with SSHSession() as ssh, AlertmanagerClient(settings.alertmanager_url or "") as am:
         if dry_run:
             preview_task(steps, by_name, ssh)
-            report.outcome = MaintenanceOutcome.DRY_RUN
+            report.outcome = Outcome.DRY_RUN
             report.summary = (f"Dry run: would restart {len(hosts)} host(s) of {group} in {len(batches)} batch(es). "
                               f"Nothing was changed.")
             return await _finish(report, timeline)
         try:
             await _restart_batches(report, steps, by_name, ssh, am, drain_timeout, health_timeout, timeline)
         except MedicError as exc:
-            report.outcome, report.summary = MaintenanceOutcome.FAILED, f"Failed: {exc}"
+            report.outcome, report.summary = Outcome.FAILED, f"Failed: {exc}"
         finally:
             report.problems += rolling.restore(steps) + rolling.unsilence(steps, am)
-            if report.outcome is MaintenanceOutcome.FAILED:
+            if report.outcome is Outcome.FAILED:
                 rolling.describe_lb([s for s in steps if s.lb_before is not None])
     return await _finish(report, timeline)
 
@@ -230,8 +233,10 @@ async def _restart_batches(report: MaintenanceReport, steps: list[HostStep], hos
         batch = [s for s in steps if s.batch == index]
         if _over_budget(failures, report.max_errors):
             for s in (s for s in steps if s.batch >= index):
-                s.status, s.detail = "not started", f"stopped: {failures} failure(s) > max_errors {report.max_errors}"
-            report.outcome = MaintenanceOutcome.STOPPED
+                s.status, s.detail = HostStatus.NOT_STARTED, f"stopped: {failures} failure(s) > max_errors {report.max_errors}"
+            report.outcome = Outcome.STOPPED
+            tell(timeline, "batch", f"{failures} failure(s) > max_errors {report.max_errors} → batch {index} and "
+                                    f"later not started", level=logging.WARNING)
             break
         names = ", ".join(s.host for s in batch)
         result = BatchResult(index=index, hosts=[s.host for s in batch])
@@ -249,18 +254,19 @@ async def _restart_batches(report: MaintenanceReport, steps: list[HostStep], hos
         for name, run in stages:
             timeline.announce(name, f"batch {index}: {names}")
             if name == "restart":
-                timeline.note("restart", f"batch {index}/{len(indexes)}: {names} silenced and drained; restarting")
+                tell(timeline, "restart", f"batch {index}/{len(indexes)}: {names} silenced and drained; restarting")
             t0 = time.monotonic()
             run()
             setattr(result.times, name, round(time.monotonic() - t0, 3))
         result.duration_s = round(time.monotonic() - began, 3)
         failures = sum(1 for s in steps if s.failed)
-        timeline.note("batch", f"batch {index}: " + "; ".join(f"{s.host} {s.status} ({s.lb_after})" for s in batch))
+        tell(timeline, "batch", f"{index} of {len(indexes)}: " + "; ".join(f"{s.host} {s.status} ({s.lb_after})" for s in batch),
+             level=logging.WARNING if any(s.failed for s in batch) else logging.INFO)
     else:
-        report.outcome = MaintenanceOutcome.COMPLETED
+        report.outcome = Outcome.COMPLETED
     failed = [s for s in steps if s.failed]
-    done = [s for s in steps if s.status == "restarted"]
-    untouched = [s for s in steps if s.status == "not started"]
+    done = [s for s in steps if s.status is HostStatus.RESTARTED]
+    untouched = [s for s in steps if s.status is HostStatus.NOT_STARTED]
     report.summary = (f"Restarted {len(done)}/{len(steps)} host(s) of {report.group}"
                       + (f"; failed: {', '.join(f'{s.host} (HAProxy: {s.lb_after})' for s in failed)}" if failed else "")
                       + (f"; not started: {', '.join(s.host for s in untouched)}" if untouched else "") + ".")
@@ -294,21 +300,27 @@ async def cleanup(
     if not await _window_allows(report, ignore_window, timeline):
         return await _finish(report, timeline)
     hosts, batches = _plan(group, batch_size)
-    report.outcome = MaintenanceOutcome.DRY_RUN if dry_run else MaintenanceOutcome.COMPLETED
+    tell(timeline, "plan", f"{len(hosts)} host(s) of {group} in {len(batches)} batch(es) of ≤{len(batches[0])}: "
+                           f"delete {patterns} older than {min_age} in the data dir; stop after more than "
+                           f"{max_errors} failure(s)" + (" — dry run (check mode)" if dry_run else ""))
+    report.outcome = Outcome.DRY_RUN if dry_run else Outcome.COMPLETED
     for index, batch in enumerate(batches, 1):
         failures = sum(1 for c in report.cleaned if c.failed)
         if _over_budget(failures, max_errors):
-            report.cleaned += [CleanupHost(host=h.name, batch=i, status="not started",
+            report.cleaned += [CleanupHost(host=h.name, batch=i, status=CleanupStatus.NOT_STARTED,
                                            detail=f"stopped: {failures} failure(s) > max_errors {max_errors}")
                                for i, b in enumerate(batches[index - 1:], index) for h in b]
-            report.outcome = MaintenanceOutcome.STOPPED
+            report.outcome = Outcome.STOPPED
+            tell(timeline, "batch", f"{failures} failure(s) > max_errors {max_errors} → batch {index} and later "
+                                    f"not started", level=logging.WARNING)
             break
         t0 = time.monotonic()
         report.cleaned += cleanup_task(batch, index, patterns, min_age, dry_run)
         report.batches.append(BatchResult(index=index, hosts=[h.name for h in batch],
                                           duration_s=round(time.monotonic() - t0, 3)))
-        timeline.note("batch", f"batch {index}: " + "; ".join(f"{c.host} {c.status} {c.bytes_freed} B"
-                                                             for c in report.cleaned if c.batch == index))
+        tell(timeline, "batch", f"{index} of {len(batches)}: " + "; ".join(
+            f"{c.host} {c.status}" + (f", {c.bytes_freed} bytes freed" if c.bytes_freed else "") + (f" ({c.detail})" if c.detail else "")
+            for c in report.cleaned if c.batch == index))
     freed = sum(c.bytes_freed for c in report.cleaned)
     failed = [c.host for c in report.cleaned if c.failed]
     report.summary = ((f"Dry run: would delete {sum(c.files_deleted for c in report.cleaned)} file(s); nothing changed"

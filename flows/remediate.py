@@ -1,41 +1,48 @@
-"""The generic remediation flow: detect → diagnose → [approve] → recover → verify → report.
+"""The generic remediation flow: detect → diagnose → [approve → re-check] → recover → verify → report.
 
 One flow executes any runbook spec. Each stage is a Prefect task, so the UI shows the procedure
-step by step; the diagnosis and the incident report are markdown artifacts; and the flow's final
-state (Completed/Failed, named after the outcome) says the same thing as the report.
+step by step; each stage says what it found and decided in one line of the run's logs (the same
+line as the report's timeline); the diagnosis and the incident report are markdown artifacts; and
+the flow's final state (Completed/Failed, named after the outcome, message = the outcome line) says
+the same thing as the report.
 """
 
 from __future__ import annotations
 
-import re
+import logging
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
-from prefect.states import Completed, Failed, State
+from prefect.states import State
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from medic.core import audit
 from medic.core.inventory import Host, load_inventory
+from medic.approval.gate import approval_step
 from medic.approval.notify import IncidentTimeline
-from medic.orchestration.runtime import ensure_concurrency_limit, exclusive_slot, remediation_lock_name
+from medic.orchestration.ending import final_state
+from medic.orchestration.locks import ensure_concurrency_limit, exclusive_slot, remediation_lock_name
 from medic.clients.prometheus import PrometheusClient
 from medic.core.report import (
+    ApprovalDecision,
     ApprovalRecord,
     CheckResult,
     Diagnosis,
     Outcome,
     RecoveryResult,
     RemediationReport,
+    artifact_key,
     render_diagnosis,
     utcnow,
 )
 from medic.core.runbook import Runbook, find_runbook
 from medic.settings import get_settings
 from medic.clients.ssh import SSHSession
-from medic.procedures import stages
+from medic.orchestration.run_log import tell
+from medic.procedures import narration, stages
 
 # No task-level timeout_seconds: Prefect cannot interrupt a sync task in a worker thread. Each stage
 # bounds itself instead (SSH/Ansible timeouts, verify's timeout, detect's settle window).
@@ -59,24 +66,20 @@ def recover_task(plan: stages.Plan, hosts: list[Host], dry_run: bool, ssh: SSHSe
                           inventory=load_inventory())
 
 
+@task(name="re-check", retries=2, retry_delay_seconds=1, **STAGE)
+def recheck_task(plan: stages.Plan, hosts: list[Host], prom: PrometheusClient) -> CheckResult:
+    return stages.recheck(plan, hosts, prom)
+
+
 @task(name="verify", retries=1, retry_delay_seconds=1, **STAGE)
 def verify_task(plan: stages.Plan, hosts: list[Host], prom: PrometheusClient) -> CheckResult:
     return stages.verify(plan, hosts, prom)
 
 
-def _artifact_key(*parts: str) -> str:
-    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")[:100]
-
-
-def _values(check: CheckResult, hosts: list[str]) -> str:
-    shown = [f"{v.host}={'no data' if v.value is None else f'{v.value:.3g}'}" for v in check.values if v.host in hosts]
-    return ", ".join(shown[:8]) + (" …" if len(shown) > 8 else "")
-
-
 def _summary(outcome: Outcome, hosts: list[str], recovery: RecoveryResult | None, verify: CheckResult | None,
              approval: ApprovalRecord | None, detail: str) -> str:
     names = ", ".join(hosts) or "no host"
-    if outcome is Outcome.NOT_NEEDED and approval and approval.decision == "withdrawn":
+    if outcome is Outcome.NOT_NEEDED and approval and approval.required:  # withdrawn, or gone by the re-check
         return f"Nothing was changed: {detail}."
     if outcome is Outcome.NOT_NEEDED:
         return f"Nothing to do: the condition does not hold on any target ({detail})."
@@ -113,75 +116,92 @@ class Findings(BaseModel):
 
 
 async def _stages(spec: Runbook, plan: stages.Plan, *, dry_run: bool, require_approval: bool, run_id: str,
-                  timeline: IncidentTimeline) -> Findings:
-    """detect → diagnose → [approval] → recover → verify; each stage a task, each result recorded."""
+                  reason: str, timeline: IncidentTimeline) -> Findings:
+    """detect → diagnose → [approval → re-check] → recover → verify; each stage a task that says what
+    it found and decided in the run's logs and timeline."""
     settings = get_settings()
     hosts_by_name = {h.name: h for h in plan.hosts}
-    detect = diagnosis = recovery = verify = approval = None
-    affected: list[str] = []
-    outcome, detail = Outcome.FAILED, ""
     with PrometheusClient(settings.prometheus_url) as prom, SSHSession() as ssh:
         timeline.announce("detect", f"checking {spec.detect.query} {spec.detect.condition}")
         detect = detect_task(plan, prom)
         affected = detect.matching
+        tell(timeline, "detect", narration.detect_line(spec.detect, detect))
         if not affected:
-            outcome, detail = Outcome.NOT_NEEDED, f"detect {spec.detect.condition} does not hold — {_values(detect, list(hosts_by_name))}"
-            timeline.note("detect", f"healthy — {detail}")
+            return Findings(outcome=Outcome.NOT_NEEDED, detect=detect,
+                            detail=f"detect {spec.detect.condition} does not hold — {narration.values(detect)}")
+        timeline.open_incident(f"detected on {', '.join(affected)}: `{spec.detect.query}` "
+                               f"{spec.detect.condition} → {narration.values(detect, affected)}")
+        targets = [hosts_by_name[n] for n in affected]
+        timeline.announce("diagnose", f"gathering evidence from {', '.join(affected)}")
+        diagnosis = diagnose_task(plan, targets, ssh, prom)
+        tell(timeline, "diagnose", narration.diagnosis_line(diagnosis))
+        await create_markdown_artifact(key=artifact_key("diagnosis", spec.name, plan.target),
+                                       markdown=render_diagnosis(diagnosis), description=f"{spec.name} diagnosis")
+        unreachable = diagnosis.unreachable()
+        if unreachable and len(unreachable) == len(targets):
+            detail = f"unreachable over SSH: {', '.join(unreachable)} — nothing was changed"
+            tell(timeline, "diagnose", detail + " → giving up", level=logging.WARNING)
+            return Findings(outcome=Outcome.FAILED, detail=detail, affected=affected, detect=detect, diagnosis=diagnosis)
+        # ---- APPROVAL POINT: the human decision plugs in here (policy `required`) ----
+        approval = await approval_step(plan=plan, targets=targets, detect=detect, diagnosis=diagnosis,
+                                       dry_run=dry_run, forced=require_approval, flow_run_id=run_id,
+                                       timeline=timeline, ssh=ssh, reason=reason)
+        found = Findings(affected=affected, detect=detect, diagnosis=diagnosis, approval=approval)
+        if not approval.required:
+            tell(timeline, "approval", "not needed: dry run, the recovery runs in check mode" if dry_run else
+                 f"not needed: runbook {spec.name} has approval policy '{spec.approval.policy}' → recovering")
+        elif approval.decision is ApprovalDecision.WITHDRAWN:
+            found.outcome, found.detail = Outcome.NOT_NEEDED, f"the alert resolved while waiting for approval ({approval.comment})"
+            return found
+        elif approval.decision in (ApprovalDecision.REJECTED, ApprovalDecision.TIMED_OUT):
+            found.outcome = (Outcome.REJECTED if approval.decision is ApprovalDecision.REJECTED
+                             else Outcome.APPROVAL_TIMED_OUT)
+            return found
         else:
-            timeline.open_incident(f"detected on {', '.join(affected)}: `{spec.detect.query}` "
-                                   f"{spec.detect.condition} → {_values(detect, affected)}")
-            timeline.note("detect", f"confirmed on {', '.join(affected)}: {_values(detect, affected)} "
-                                    f"(condition {spec.detect.condition} held ≥ {spec.detect.hold:g} s)")
-            targets = [hosts_by_name[n] for n in affected]
-            timeline.announce("diagnose", f"gathering evidence from {', '.join(affected)}")
-            diagnosis = diagnose_task(plan, targets, ssh, prom)
-            failed_cmds = sum(1 for c in diagnosis.commands if not c.result.ok)
-            timeline.note("diagnose", f"{len(diagnosis.commands)} command result(s), {len(diagnosis.queries)} query(ies)"
-                                      + (f", {failed_cmds} command(s) failed" if failed_cmds else ""))
-            await create_markdown_artifact(key=_artifact_key("diagnosis", spec.name, plan.target),
-                                           markdown=render_diagnosis(diagnosis), description=f"{spec.name} diagnosis")
-            unreachable = diagnosis.unreachable()
-            if unreachable and len(unreachable) == len(targets):
-                outcome, detail = Outcome.FAILED, f"unreachable over SSH: {', '.join(unreachable)} — nothing was changed"
-                timeline.note("diagnose", detail)
-            else:
-                # ---- APPROVAL POINT: the human decision plugs in here (policy `required`) ----
-                from medic.approval.gate import approval_step
+            recheck = recheck_task(plan, targets, prom)
+            tell(timeline, "re-check", narration.recheck_line(spec.detect, recheck, affected))
+            targets = [h for h in targets if h.name in recheck.matching]
+            found.affected = [h.name for h in targets] or affected
+            if not targets:
+                found.outcome = Outcome.NOT_NEEDED
+                found.detail = (f"approved by {', '.join(approval.approvers)}, but by then the problem was gone "
+                                f"({narration.values(recheck, affected)})")
+                return found
+        return await _act(spec, plan, targets, found, dry_run=dry_run, run_id=run_id, timeline=timeline,
+                          ssh=ssh, prom=prom)
 
-                approval = await approval_step(plan=plan, targets=targets, detect=detect, diagnosis=diagnosis,
-                                               dry_run=dry_run, forced=require_approval, flow_run_id=run_id,
-                                               timeline=timeline, ssh=ssh)
-                if approval.decision == "withdrawn":
-                    outcome, detail = Outcome.NOT_NEEDED, f"the alert resolved while waiting for approval ({approval.comment})"
-                elif approval.decision in ("rejected", "timed out"):
-                    outcome = Outcome.REJECTED if approval.decision == "rejected" else Outcome.APPROVAL_TIMED_OUT
-                else:
-                    timeline.announce("recover", f"{spec.recover.description} on {', '.join(affected)}"
-                                                 + (" in check mode" if dry_run else ""))
-                    recovery = recover_task(plan, targets, dry_run, ssh)
-                    results = ", ".join(f"{h.host}: {h.status}" for h in recovery.hosts)
-                    timeline.note("recover", f"{recovery.action}{' (check mode)' if dry_run else ''} — {results}")
-                    audit.record(audit.AuditRecord(
-                        kind="action", flow_run_id=run_id, runbook=spec.name, target=plan.target,
-                        who=", ".join(approval.approvers) or "medic", what=recovery.action, where=", ".join(affected),
-                        result=results, detail="check mode" if dry_run else f"took {recovery.duration_s:.1f} s"))
-                    if dry_run:
-                        outcome = Outcome.DRY_RUN
-                    elif recovery.errors:
-                        bad = [h for h in recovery.hosts if h.failed]
-                        outcome, detail = Outcome.FAILED, "; ".join(f"{h.host} {h.status}: {h.detail}" for h in bad)
-                    else:
-                        timeline.announce("verify", f"waiting up to {spec.verify.timeout:g} s for "
-                                                    f"{spec.verify.query} {spec.verify.condition}")
-                        verify = verify_task(plan, targets, prom)
-                        if verify.timed_out:
-                            outcome, detail = Outcome.NOT_RECOVERED, _values(verify, affected)
-                        else:
-                            outcome, detail = Outcome.RECOVERED, f"verify {spec.verify.condition} holds — {_values(verify, affected)}"
-                        timeline.note("verify", f"{'healthy' if not verify.timed_out else 'still unhealthy'} after "
-                                                f"{verify.waited_s:.1f} s — {_values(verify, affected)}")
-    return Findings(outcome=outcome, detail=detail, affected=affected, detect=detect, diagnosis=diagnosis,
-                    approval=approval, recovery=recovery, verify=verify)
+
+async def _act(spec: Runbook, plan: stages.Plan, targets: list[Host], found: Findings, *, dry_run: bool,
+               run_id: str, timeline: IncidentTimeline, ssh: SSHSession, prom: PrometheusClient) -> Findings:
+    """recover → verify, after the decision to act; the action is audited whatever its result."""
+    names = [h.name for h in targets]
+    approvers = found.approval.approvers if found.approval else []
+    timeline.announce("recover", f"{spec.recover.description} on {', '.join(names)}" + (" in check mode" if dry_run else ""))
+    found.recovery = recovery = recover_task(plan, targets, dry_run, ssh)
+    tell(timeline, "recover", narration.recovery_line(recovery),
+         level=logging.WARNING if recovery.errors else logging.INFO)
+    audit.record(audit.AuditRecord(
+        kind="action", flow_run_id=run_id, runbook=spec.name, target=plan.target,
+        who=", ".join(approvers) or "medic", what=recovery.action, where=", ".join(names),
+        result=", ".join(f"{h.host}: {h.status}" for h in recovery.hosts),
+        detail="check mode" if dry_run else f"took {recovery.duration_s:.1f} s"))
+    if dry_run:
+        found.outcome = Outcome.DRY_RUN
+        return found
+    if recovery.errors:
+        bad = [h for h in recovery.hosts if h.failed]
+        found.outcome, found.detail = Outcome.FAILED, "; ".join(f"{h.host} {h.status}: {h.detail}" for h in bad)
+        return found
+    timeline.announce("verify", f"waiting up to {spec.verify.timeout:g} s for {spec.verify.query} {spec.verify.condition}")
+    found.verify = verify = verify_task(plan, targets, prom)
+    tell(timeline, "verify", narration.verify_line(spec.verify, verify, names),
+         level=logging.WARNING if verify.timed_out else logging.INFO)
+    if verify.timed_out:
+        found.outcome, found.detail = Outcome.NOT_RECOVERED, narration.values(verify, names)
+    else:
+        found.outcome = Outcome.RECOVERED
+        found.detail = f"verify {spec.verify.condition} holds — {narration.values(verify, names)}"
+    return found
 
 
 @flow(name="remediate", flow_run_name="{runbook} on {target}", persist_result=False, log_prints=False)
@@ -199,27 +219,28 @@ async def remediate(
         target: Inventory host or group to act on; empty uses the runbook's default target.
         dry_run: Detect and diagnose for real, run the recovery in check mode, change nothing.
         reason: Why this run started (manual run, alert fingerprint, schedule) — shown in the report.
-        require_approval: Ask a human even if the runbook's policy is 'none' (the flap guard sets this).
+        require_approval: Ask a human even if the runbook's policy is 'none' (the flap guard sets this,
+            and says why in `reason`).
     """
-    logger = get_run_logger()
     settings = get_settings()
     started = utcnow()
     run_id = str(get_run_context().flow_run.id)
     spec = find_runbook(runbook, settings.runbooks_dir)
     plan = stages.plan(spec, target, load_inventory())
     timeline = IncidentTimeline(title=f"{spec.name} on {plan.target}", flow_run_id=run_id)  # + Slack thread
-    timeline.note("start", f"{spec.name} on {plan.target} ({len(plan.hosts)} host(s)){' — dry run' if dry_run else ''}; {reason}")
+    tell(timeline, "start", f"{spec.name} on {plan.target} ({', '.join(h.name for h in plan.hosts)})"
+                            f"{' — dry run' if dry_run else ''}; why: {reason}")
 
     lock = remediation_lock_name(spec.name, plan.target)
     await ensure_concurrency_limit(lock, 1)
     async with exclusive_slot(lock) as got_slot:
         if got_slot:
             found = await _stages(spec, plan, dry_run=dry_run, require_approval=require_approval, run_id=run_id,
-                                  timeline=timeline)
+                                  reason=reason, timeline=timeline)
         else:
             found = Findings(outcome=Outcome.ALREADY_RUNNING,
                              detail=f"another remediation of {spec.name} on {plan.target} is running")
-            timeline.note("start", found.detail + " — nothing done")
+            tell(timeline, "start", found.detail + " → nothing done", level=logging.WARNING)
     detect, diagnosis, approval, recovery, verify = (found.detect, found.diagnosis, found.approval,
                                                      found.recovery, found.verify)
     affected, outcome, detail = found.affected, found.outcome, found.detail
@@ -230,13 +251,13 @@ async def remediate(
         finished_at=utcnow(), flow_run_id=run_id, detect=detect, diagnosis=diagnosis, approval=approval,
         recovery=recovery, verify=verify, timeline=timeline.entries,
     )
-    timeline.note("report", f"{outcome.value}: {report.summary}")
+    # The outcome line: the report's last timeline entry, the run's last log line, the final state's message.
+    tell(timeline, "report", f"{outcome.state_name}: {report.summary}",
+         level=logging.INFO if outcome.success else logging.WARNING)
     report.timeline = timeline.entries
     timeline.close()
-    await create_markdown_artifact(key=_artifact_key("incident", spec.name, plan.target), markdown=report.to_markdown(),
+    await create_markdown_artifact(key=artifact_key("incident", spec.name, plan.target), markdown=report.to_markdown(),
                                    description=f"{spec.name} on {plan.target}: {outcome.value}")
-    logger.info("%s", report.summary)
     # Completed: recovered / not needed / dry run, and "already running" (another run is on it);
     # Failed: anything that leaves the problem in place (failed, not recovered, rejected, no decision).
-    state_cls = Completed if outcome.success or outcome is Outcome.ALREADY_RUNNING else Failed
-    return state_cls(message=report.summary, name=outcome.state_name, data=report)
+    return final_state(outcome, report.summary, report)

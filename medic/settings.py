@@ -1,21 +1,53 @@
 """The one settings object. Environment variables use the prefix ``MEDIC_``.
 
-Anything left unset that the running lab provides (Prometheus, Alertmanager, Prefect, inventory,
-SSH key, known_hosts) is taken from the lab's state file, so on a machine with `medic lab up` no
-configuration is needed. Secrets are ``SecretStr``: they never appear in a repr, a log or an artifact.
+Where a value comes from, highest first: arguments to ``Settings(...)``, environment variables (an
+empty one counts as unset), the running lab's ``<lab_dir>/settings.json``, the defaults. `medic lab up`
+writes that file with what the lab provides (Prometheus, Alertmanager, Prefect, inventory, SSH key,
+known_hosts), so on a machine with a lab up no configuration is needed — and medic never imports the
+lab to find it. Secrets are ``SecretStr``: they never appear in a repr, a log or an artifact.
 """
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from medic_lab.state import LabState
 from medic.core.paths import DEFAULT_LAB_DIR, PLAYBOOKS_DIR, RUNBOOKS_DIR
+from medic.errors import ConfigError
+
+#: Written by `medic lab up` into the lab dir: the settings the running lab provides, as JSON.
+LAB_SETTINGS_FILE = "settings.json"
+#: The only settings a lab may provide; anything else in the file is ignored.
+LAB_PROVIDED = ("inventory", "ssh_key", "known_hosts", "prometheus_url", "alertmanager_url", "prefect_api_url")
+
+
+class LabSettingsSource(PydanticBaseSettingsSource):
+    """``<lab_dir>/settings.json``, with ``lab_dir`` as the sources above it (init, env) resolved it."""
+
+    def __call__(self) -> dict[str, Any]:
+        lab_dir = self.current_state.get("lab_dir") or self.settings_cls.model_fields["lab_dir"].default
+        path = Path(lab_dir) / LAB_SETTINGS_FILE
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read the lab's settings {path}: {exc}; restart the lab (`medic lab down`, "
+                              f"`medic lab up`) or point MEDIC_LAB_DIR elsewhere") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"the lab's settings {path} are not a JSON object; restart the lab "
+                              f"(`medic lab down`, `medic lab up`)")
+        return {key: value for key, value in data.items() if key in LAB_PROVIDED and value not in (None, "")}
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        """Unused: `__call__` reads the whole file at once."""
+        return None, field_name, False
 
 
 class Settings(BaseSettings):
@@ -66,24 +98,25 @@ class Settings(BaseSettings):
     server_port: int = 8787
     state_dir: Path | None = Field(None, description="audit log and server state; default: <lab_dir>/medic")
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """init > env (> .env, secrets dir: unused unless configured) > the running lab's settings.json > defaults."""
+        return init_settings, env_settings, dotenv_settings, file_secret_settings, LabSettingsSource(settings_cls)
+
     @model_validator(mode="after")
-    def _fill_from_lab(self) -> "Settings":
-        lab = LabState.load(self.lab_dir)
-        if lab is not None:
-            self.inventory = self.inventory or lab.inventory
-            self.ssh_key = self.ssh_key or lab.ssh_key
-            self.known_hosts = self.known_hosts or lab.known_hosts
-            self.prometheus_url = self.prometheus_url or lab.prometheus_url
-            self.alertmanager_url = self.alertmanager_url or lab.alertmanager_url
-            self.prefect_api_url = self.prefect_api_url or lab.prefect_api_url
+    def _derive(self) -> "Settings":
         if self.state_dir is None:
             self.state_dir = self.lab_dir / "medic"
         if self.prefect_ui_url is None and self.prefect_api_url:
             self.prefect_ui_url = self.prefect_api_url.removesuffix("/api")
         return self
-
-    def lab(self) -> LabState | None:
-        return LabState.load(self.lab_dir)
 
 
 @lru_cache(maxsize=1)

@@ -9,6 +9,7 @@ the lab dir in its command line or be spawned through `spawn` (environment marke
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
@@ -16,6 +17,16 @@ from pydantic import BaseModel
 from medic_lab.state import LabHost, LabState
 
 FaultAction = Callable[[LabHost, LabState], str]
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A fault the lab can inject into a host and undo; each makes its alert fire for real."""
+
+    name: str
+    summary: str  # one line, for `medic lab break --help`
+    inject: FaultAction
+    repair: FaultAction
 
 
 class ComponentStatus(BaseModel):
@@ -56,12 +67,16 @@ class LabComponent:
         """Extra inventory variables per host name (merged into the generated inventory)."""
         return {}
 
-    def faults(self) -> dict[str, tuple[FaultAction, FaultAction]]:
-        """name -> (break, fix); the host argument is the component's own host (or any)."""
-        return {}
+    def faults(self) -> list[Fault]:
+        """Faults of this component; the host argument is the component's own host."""
+        return []
 
     def status(self, lab: LabState) -> list[ComponentStatus]:
         return []
+
+
+def active_components(lab: LabState) -> list[LabComponent]:
+    return [c for c in registered() if c.enabled(lab)]
 
 
 def registered() -> list[LabComponent]:

@@ -3,23 +3,34 @@
 Starts the lab and `medic serve` (whose address the lab's Alertmanager already posts to), injects a
 fault, and follows the incident from the outside — Prometheus for the alert, Prefect for the run and
 its stages — until the outcome; then the next fault. disk-full needs a human: the demo approves it
-as "demo-operator" the way a Slack click or `medic approve` would. Everything it started is stopped.
+as "demo-operator" the way a Slack click or `medic approve` would. Everything it started is stopped —
+unless `--keep` (`make demo KEEP=1`): then the lab, medic serve and the Prefect UI stay up, their
+addresses are printed, and `medic lab down` (`make demo-stop`) stops all of it, medic serve included.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import os
-import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import httpx
 
+from medic.core.net import wait_healthy
+from medic.core.paths import DEFAULT_LAB_DIR, PROJECT_ROOT
+from medic.errors import LabError
 from medic.settings import get_settings
+from medic_lab import control, faults
+from medic_lab.processes import spawn, stop_process
+from medic_lab.state import LabState
+
+#: How long medic serve may take to finish its runs when the demo stops it.
+SERVE_STOP_GRACE_S = 30.0
 
 INCIDENTS = [
     ("service-down", "web-2", "ServiceDown", "service-down"),
@@ -62,14 +73,10 @@ def _find_run(api: str, runbook: str, host: str, since: float) -> dict | None:
 
 
 def _epoch(stamp: str) -> float:
-    from datetime import datetime
-
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
 def follow(incident: Incident, *, prom: str, api: str, ui: str, timeout: float = 180) -> None:
-    from medic_lab import control, faults
-
     lab = control.require_lab(get_settings().lab_dir)
     began = time.time()
     say(f"\n━━ incident: {incident.fault} on {incident.host} ━━")
@@ -114,7 +121,7 @@ def follow(incident: Incident, *, prom: str, api: str, ui: str, timeout: float =
 
 
 def _approve(run_id: str) -> bool:
-    from medic.orchestration.runtime import ResumeStatus, resume_with_input
+    from medic.orchestration.pause import ResumeStatus, resume_with_input
 
     time.sleep(1.5)
     outcome = asyncio.run(resume_with_input(run_id, {"decision": "approve", "approver": "demo-operator",
@@ -123,14 +130,48 @@ def _approve(run_id: str) -> bool:
     return outcome.status is ResumeStatus.ACCEPTED
 
 
-def main() -> int:
-    from medic.cli.run import use_prefect_api
-    from medic_lab import control
+def _stop_command(lab_dir: Path) -> str:
+    """The one command that stops what --keep left running, as the user can paste it here."""
+    if lab_dir == DEFAULT_LAB_DIR.resolve() and Path.cwd().resolve() == PROJECT_ROOT:
+        return "make demo-stop"
+    env = "" if lab_dir == DEFAULT_LAB_DIR.resolve() else f"MEDIC_LAB_DIR={lab_dir} "
+    return f"{env}{Path(sys.executable).parent / 'medic'} lab down"
 
+
+def _start_serve(lab: LabState, port: int) -> subprocess.Popen[bytes]:
+    """medic serve as a lab process (so `medic lab down` finds it), its pid in the lab state."""
+    serve = spawn("medic-serve", [sys.executable, "-m", "medic", "serve"], lab_dir=lab.lab_dir)
+    lab.serve_pid = serve.pid
+    lab.save()
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}/healthz", what="medic serve", timeout=90, proc=serve, error=LabError)
+    except BaseException:
+        stop_process(serve.pid, grace=5)
+        raise
+    return serve
+
+
+def _left_running(lab: LabState, port: int, ui: str) -> None:
+    say("\n━━ left running (--keep) ━━")
+    say(f"  Prefect UI     {ui}")
+    say(f"  Prometheus     {lab.prometheus_url}")
+    say(f"  Alertmanager   {lab.alertmanager_url}")
+    say(f"  medic serve    http://127.0.0.1:{port}   (pid {lab.serve_pid}, log {lab.lab_dir}/logs/medic-serve.log)")
+    say(f"  stop all of it:  {_stop_command(lab.lab_dir)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from medic.cli.run import use_prefect_api
+
+    parser = argparse.ArgumentParser(prog="python -m medic_lab.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--keep", action="store_true",
+                        help="leave the lab, medic serve and the Prefect UI running at the end")
+    args = parser.parse_args(argv)
     settings = get_settings()
-    lab_dir = settings.lab_dir
+    lab_dir = settings.lab_dir.resolve()
     started_lab = False
     serve: subprocess.Popen[bytes] | None = None
+    lab: LabState | None = None
     try:
         if control.lab_is_running(lab_dir):
             say(f"demo: using the lab already running in {lab_dir}")
@@ -143,10 +184,7 @@ def main() -> int:
         settings = get_settings()
         use_prefect_api(settings)
         control.set_webhook(lab, f"http://127.0.0.1:{settings.server_port}/alertmanager")
-        log = open(lab_dir / "logs" / "medic-serve.log", "ab")
-        serve = subprocess.Popen([sys.executable, "-m", "medic", "serve"], stdout=log, stderr=subprocess.STDOUT,
-                                 env=os.environ, start_new_session=True)
-        _wait_healthy(f"http://127.0.0.1:{settings.server_port}/healthz", serve)
+        serve = _start_serve(lab, settings.server_port)
         ui = lab.prefect_api_url.removesuffix("/api")
         say(f"\nmedic serve is listening on http://127.0.0.1:{settings.server_port} (Alertmanager posts there)")
         say(f"Prefect UI: {ui}   ·   Prometheus: {lab.prometheus_url}/alerts   ·   medic logs: {lab_dir}/logs/")
@@ -162,30 +200,22 @@ def main() -> int:
         ok = all(i.outcome == "Recovered" for i in incidents)
         return 0 if ok else 1
     finally:
-        if serve is not None and serve.poll() is None:
-            serve.send_signal(signal.SIGTERM)
-            try:
-                serve.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(serve.pid, signal.SIGKILL)
-        if started_lab:
-            say("demo: stopping the lab …")
-            control.down(lab_dir)
-            say("demo: done — nothing left running")
+        if args.keep and lab is not None and serve is not None:
+            _left_running(lab, settings.server_port, lab.prefect_api_url.removesuffix("/api"))
+        else:
+            _stop(lab, serve, started_lab)
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"demo: medic serve exited with {proc.returncode}; see its log under the lab dir")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise SystemExit("demo: medic serve did not become healthy in time")
+def _stop(lab: LabState | None, serve: subprocess.Popen[bytes] | None, started_lab: bool) -> None:
+    if serve is not None:
+        stop_process(serve.pid, grace=SERVE_STOP_GRACE_S)
+        if lab is not None and not started_lab:
+            lab.serve_pid = None
+            lab.save()
+    if started_lab and lab is not None:
+        say("demo: stopping the lab …")
+        control.down(lab.lab_dir)
+        say("demo: done — nothing left running")
 
 
 if __name__ == "__main__":

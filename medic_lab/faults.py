@@ -1,12 +1,8 @@
 """Faults the lab can inject into a host, and their fixes. Each one makes its alert fire for real.
 
-- ``service-down``: SIGKILL the demo service (a crash: the pidfile stays behind, stale).
-- ``disk-full``: old junk files in the host's data/cache dir push usage past 90 % of capacity.
-- ``slow``: SIGUSR1 puts the service in a degraded state; every request takes 0.6 s until a restart.
-- ``host-down``: the whole host dies (its sshd and, on a web host, its service are killed): unreachable
-  over SSH. A database host's postgres is `pg-primary-down`'s to kill; `fix` does not restart it.
-- ``wont-start``: the service's config names an invalid port, so `servicectl start` (and restart) fails
-  for real while the running process keeps serving; ``fix`` restores the config and starts it.
+The web hosts' faults are here (`FAULTS`, one line each in `medic lab break --help`); optional
+components add their own (`LabComponent.faults`). A database host's postgres is `pg-primary-down`'s
+to kill: `host-down` leaves it, and its `fix` does not restart it.
 """
 
 from __future__ import annotations
@@ -14,12 +10,14 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from medic.errors import LabError
+from medic_lab.components import Fault, active_components, registered
+from medic_lab.daemons import start_service, start_sshd
 from medic_lab.hosts import DATA_CAPACITY_BYTES, ensure_user
 from medic_lab.processes import alive
+from medic_lab.readiness import wait_for_sshd
 from medic_lab.state import LabHost, LabState
 
 JUNK_PREFIX = "junk-"
@@ -55,11 +53,9 @@ def _kill_service(host: LabHost, lab: LabState) -> str:
 
 
 def _start_service(host: LabHost, lab: LabState) -> str:
-    from medic_lab.control import start_service
-
     if _service_pid(host) is not None:
         return f"web service of {host.name} is already running"
-    start_service(host, lab.lab_dir)
+    start_service(host, lab)
     return f"started the web service of {host.name}"
 
 
@@ -121,8 +117,6 @@ def _kill_host(host: LabHost, lab: LabState) -> str:
 
 
 def _revive_host(host: LabHost, lab: LabState) -> str:
-    from medic_lab.control import start_sshd, wait_for_sshd
-
     said = []
     if _sshd_pid(host) is None:
         start_sshd(host, lab)
@@ -155,26 +149,31 @@ def _fix_config(host: LabHost, lab: LabState) -> str:
     return f"{host.name}: {said}; {_start_service(host, lab)}"
 
 
-Action = Callable[[LabHost, LabState], str]
-FAULTS: dict[str, tuple[Action, Action]] = {
-    "service-down": (_kill_service, _start_service),
-    "disk-full": (_fill_disk, _clean_disk),
-    "slow": (_make_slow, _make_fast),
-    "host-down": (_kill_host, _revive_host),
-    "wont-start": (_break_config, _fix_config),
-}
+FAULTS: list[Fault] = [
+    Fault("service-down", "SIGKILL the web service (a crash: its pidfile stays behind, stale)",
+          _kill_service, _start_service),
+    Fault("disk-full", "old junk files in data/cache push the data dir past 90 % of its capacity",
+          _fill_disk, _clean_disk),
+    Fault("slow", "the web service answers every request in 0.6 s until it is restarted",
+          _make_slow, _make_fast),
+    Fault("host-down", "the host dies: its sshd (and web service) killed, unreachable over SSH",
+          _kill_host, _revive_host),
+    Fault("wont-start", "its config names an invalid port: `servicectl start` fails, the running one serves on",
+          _break_config, _fix_config),
+]
 
 
-def all_faults(lab: LabState) -> dict[str, tuple[Action, Action]]:
-    from medic_lab.control import active_components
-
-    found = dict(FAULTS)
-    for component in active_components(lab):
-        found.update(component.faults())
-    return found
+def catalog() -> list[Fault]:
+    """Every fault the lab knows, whether or not its component runs (for help texts)."""
+    return [*FAULTS, *(f for c in registered() for f in c.faults())]
 
 
-def _resolve(lab: LabState, fault: str, host_name: str) -> tuple[tuple[Action, Action], LabHost]:
+def all_faults(lab: LabState) -> dict[str, Fault]:
+    """The faults this lab can inject: the web hosts' and those of its running components."""
+    return {f.name: f for f in [*FAULTS, *(f for c in active_components(lab) for f in c.faults())]}
+
+
+def _resolve(lab: LabState, fault: str, host_name: str) -> tuple[Fault, LabHost]:
     known = all_faults(lab)
     if fault not in known:
         raise LabError(f"unknown fault {fault!r} (known: {', '.join(known)})")
@@ -185,10 +184,10 @@ def _resolve(lab: LabState, fault: str, host_name: str) -> tuple[tuple[Action, A
 
 
 def break_host(lab: LabState, fault: str, host_name: str) -> str:
-    (inject, _), host = _resolve(lab, fault, host_name)
-    return inject(host, lab)
+    chosen, host = _resolve(lab, fault, host_name)
+    return chosen.inject(host, lab)
 
 
 def fix_host(lab: LabState, fault: str, host_name: str) -> str:
-    (_, repair), host = _resolve(lab, fault, host_name)
-    return repair(host, lab)
+    chosen, host = _resolve(lab, fault, host_name)
+    return chosen.repair(host, lab)

@@ -19,13 +19,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from medic.errors import LabError
-from medic_lab.processes import LAB_USER_PREFIX
-from medic_lab.state import LabHost, LabState
 from medic.core.paths import LAB_TEMPLATES_DIR
+from medic_lab.reaper import LAB_USER_PREFIX
+from medic_lab.state import PUBLIC_ROOT, LabHost, LabState
 
 #: Capacity of each host's data dir as the demo service reports it; DiskAlmostFull fires above 90 %.
 DATA_CAPACITY_BYTES = 64 * 1024 * 1024
-USERS_HOME = Path("/var/lib/medic-lab")
+USERS_HOME = PUBLIC_ROOT.parent
 
 
 def user_for(host: str) -> str:
@@ -75,14 +75,14 @@ def sshd_config(host: LabHost, lab: LabState) -> str:
             f"ListenAddress 127.0.0.1:{host.ssh_port}",
             f"HostKey {sshd_dir / 'ssh_host_ed25519_key'}",
             f"PidFile {sshd_dir / 'sshd.pid'}",
-            f"AuthorizedKeysFile {lab.lab_dir / 'ssh' / 'authorized_keys'}",
+            f"AuthorizedKeysFile {lab.authorized_keys}",  # read as the login user: in the public dir
             f"AllowUsers {host.user}",
             "PermitRootLogin no",
             "PasswordAuthentication no",
             "KbdInteractiveAuthentication no",
             "PubkeyAuthentication yes",
             "UsePAM no",
-            "StrictModes no",  # keys live under the lab dir, not in a home directory
+            "StrictModes no",  # keys live in the lab's public dir, not in a home directory
             "PrintMotd no",
             "X11Forwarding no",
             "AllowTcpForwarding no",

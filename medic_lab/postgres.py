@@ -22,78 +22,22 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
-from pydantic import BaseModel
 
-from medic.errors import LabError
-from medic.clients.haproxy import HAProxyRuntime, LoadBalancerError
-from medic_lab.components import ComponentStatus, FaultAction, LabComponent
-from medic_lab.hosts import ensure_user, user_for
-from medic_lab.processes import alive, spawn
-from medic_lab.state import LabHost, LabState
 from medic.core.paths import LAB_TEMPLATES_DIR
+from medic.errors import LabError
+from medic_lab import postgres_faults
+from medic_lab.components import ComponentStatus, Fault, LabComponent
+from medic_lab.hosts import ensure_user, user_for
+from medic_lab.postgres_nodes import (BACKEND, CLUSTER, EXPORTER, HAPROXY, NODES, PG_BIN, WAL_KEEP, PgPorts, must,
+                                      pg_data, pgctl, psql, route_only, run_as, start_exporter, synchronous)
+from medic_lab.processes import spawn
+from medic_lab.state import LabHost, LabState
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-EXPORTER = Path("/usr/bin/prometheus-postgres-exporter")
-HAPROXY = Path("/usr/sbin/haproxy")
-NODES = ("pg-1", "pg-2")
-BACKEND = "pg"
-CLUSTER = "lab-pg"
-#: WAL kept for pg_rewind and slow standbys (the lab writes little; this is days of lab traffic).
-WAL_KEEP = "256MB"
-
-
-class PgPorts(BaseModel):
-    """The cluster's fixed ports, from the lab's base port (base+150..169 belong to this component)."""
-
-    nodes: dict[str, int]
-    exporters: dict[str, int]
-    endpoint: int
-    endpoint_admin: int
-    endpoint_metrics: int
-
-    @classmethod
-    def of(cls, lab: LabState) -> "PgPorts":
-        b = lab.ports.base + 150
-        return cls(nodes={n: b + i for i, n in enumerate(NODES)},
-                   exporters={n: b + 5 + i for i, n in enumerate(NODES)},
-                   endpoint=b + 2, endpoint_admin=b + 3, endpoint_metrics=b + 4)
-
-
-def synchronous(lab: LabState) -> bool:
-    return bool(lab.options.get("db-sync"))
-
-
-def pgctl(host: LabHost) -> Path:
-    return host.root / "bin" / "pgctl"
-
-
-def pg_data(host: LabHost) -> Path:
-    return host.root / "pgdata"
-
-
-def run_as(host: LabHost, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run a command as the host's login user (initdb and pg_ctl refuse root)."""
-    return subprocess.run(["runuser", "-u", host.user, "--", *argv], capture_output=True, text=True,
-                          timeout=timeout, cwd=host.root)
-
-
-def _must(result: subprocess.CompletedProcess[str], what: str, host: LabHost) -> str:
-    if result.returncode != 0:
-        raise LabError(f"{what} failed on {host.name} (exit {result.returncode}): "
-                       f"{(result.stderr or result.stdout).strip()[-500:]}; see {host.root}/log/postgres.log")
-    return result.stdout
-
-
-def psql(host: LabHost, sql: str, *, timeout: float = 10) -> str:
-    """One statement on the host's own node, as the lab sets it up (trust on 127.0.0.1)."""
-    return _must(run_as(host, str(pgctl(host)), "psql", "-At", "-c", sql, timeout=timeout), f"psql {sql!r}", host).strip()
+__all__ = ["PgPorts", "Postgres", "pg_data", "psql"]
 
 
 def _conf(lab: LabState) -> str:
@@ -142,7 +86,7 @@ class Postgres(LabComponent):
     def extra_hosts(self, lab: LabState) -> list[LabHost]:
         ports = PgPorts.of(lab)
         return [LabHost(name=n, group="db", user=user_for(n), ssh_port=lab.ports.ssh(51 + i),
-                        service_port=ports.nodes[n], root=lab.lab_dir / "hosts" / n)
+                        service_port=ports.nodes[n], root=lab.hosts_dir / n)
                 for i, n in enumerate(NODES)]
 
     def ports(self, lab: LabState) -> list[tuple[str, int]]:
@@ -169,7 +113,7 @@ class Postgres(LabComponent):
             for path in (pgctl(host), env):
                 os.chown(path, account.pw_uid, account.pw_gid)
         primary = self._hosts(lab)[0]
-        _must(run_as(primary, str(PG_BIN / "initdb"), "-D", str(pg_data(primary)), "-U", "postgres", "-k",
+        must(run_as(primary, str(PG_BIN / "initdb"), "-D", str(pg_data(primary)), "-U", "postgres", "-k",
                      "-A", "trust", "-E", "UTF8", "--locale=C", "-N"), "initdb", primary)
         with open(pg_data(primary) / "postgresql.conf", "a") as conf:
             conf.write(_conf(lab))
@@ -183,12 +127,12 @@ class Postgres(LabComponent):
     def start(self, lab: LabState) -> None:
         primary, standby = self._hosts(lab)
         ports = PgPorts.of(lab)
-        _must(run_as(primary, str(pgctl(primary)), "start"), "starting PostgreSQL", primary)
+        must(run_as(primary, str(pgctl(primary)), "start"), "starting PostgreSQL", primary)
         psql(primary, "CREATE TABLE IF NOT EXISTS medic_writes (id bigint PRIMARY KEY, at timestamptz DEFAULT now())")
-        _must(run_as(standby, str(PG_BIN / "pg_basebackup"), "-D", str(pg_data(standby)), "-R", "-X", "stream",
+        must(run_as(standby, str(PG_BIN / "pg_basebackup"), "-D", str(pg_data(standby)), "-R", "-X", "stream",
                      "-c", "fast", "-d", f"host=127.0.0.1 port={ports.nodes[primary.name]} user=postgres"),
               "pg_basebackup", standby)
-        _must(run_as(standby, str(pgctl(standby)), "start"), "starting PostgreSQL", standby)
+        must(run_as(standby, str(pgctl(standby)), "start"), "starting PostgreSQL", standby)
         if synchronous(lab):
             psql(primary, "ALTER SYSTEM SET synchronous_standby_names = '*'")
             psql(primary, "SELECT pg_reload_conf()")
@@ -196,16 +140,10 @@ class Postgres(LabComponent):
             self.start_exporter(lab, host)
         d = lab.lab_dir / "postgres"
         spawn("pg-endpoint", [str(HAPROXY), "-db", "-f", str(d / "haproxy.cfg")], lab_dir=lab.lab_dir)
-        _route_only(ports, primary.name)
+        route_only(ports, primary.name)
 
     def start_exporter(self, lab: LabState, host: LabHost) -> None:
-        ports = PgPorts.of(lab)
-        dsn = f"postgresql://postgres@127.0.0.1:{ports.nodes[host.name]}/postgres?sslmode=disable&connect_timeout=2"
-        spawn(f"pg-exporter-{host.name}",
-              [str(EXPORTER), f"--web.listen-address=127.0.0.1:{ports.exporters[host.name]}",
-               f"--extend.query-path={lab.lab_dir / 'postgres' / 'queries.yml'}", "--disable-settings-metrics",
-               "--no-collector.database", "--no-collector.bgwriter", "--log.level=error"],
-              lab_dir=lab.lab_dir, env={"DATA_SOURCE_NAME": dsn})
+        start_exporter(lab, host)
 
     def wait(self, lab: LabState, *, timeout: float) -> None:
         primary, standby = self._hosts(lab)
@@ -239,13 +177,8 @@ class Postgres(LabComponent):
                          "medic_pgctl": str(pgctl(h))}
                 for h in self._hosts(lab)}
 
-    def faults(self) -> dict[str, tuple[FaultAction, FaultAction]]:
-        return {
-            "pg-primary-down": (_kill_postgres, _start_postgres),
-            "pg-primary-hang": (_stop_postgres, _continue_postgres),
-            "pg-replica-lag": (_pause_replay, _resume_replay),
-            "pg-exporter-down": (_kill_exporter, _start_exporter),
-        }
+    def faults(self) -> list[Fault]:
+        return postgres_faults.FAULTS
 
     def status(self, lab: LabState) -> list[ComponentStatus]:
         p = PgPorts.of(lab)
@@ -269,124 +202,3 @@ class Postgres(LabComponent):
         if any(h is None for h in found):
             raise LabError(f"the lab has no db hosts {', '.join(NODES)}; start it with `medic lab up --with db`")
         return [h for h in found if h is not None]
-
-
-def _route_only(ports: PgPorts, primary: str, *, timeout: float = 10) -> None:
-    """Once the endpoint's runtime API answers, put every node but the primary in maint."""
-    runtime = HAProxyRuntime("127.0.0.1", ports.endpoint_admin)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            for node in NODES:
-                runtime.set_state(BACKEND, node, "ready" if node == primary else "maint")
-            return
-        except LoadBalancerError as exc:
-            if time.monotonic() > deadline:
-                raise LabError(f"the PostgreSQL endpoint did not take its routing: {exc}") from exc
-            time.sleep(0.05)
-
-
-# --- faults -------------------------------------------------------------------------------------
-
-
-def _require_db_host(host: LabHost) -> None:
-    if host.group != "db":
-        raise LabError(f"{host.name} is not a PostgreSQL host (db hosts: {', '.join(NODES)})")
-
-
-def _postgres_pids(host: LabHost) -> list[int]:
-    """The node's postmaster (from postmaster.pid) and all its children; [] when it is not running."""
-    _require_db_host(host)
-    try:
-        pm = int((pg_data(host) / "postmaster.pid").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return []
-    if not alive(pm):
-        return []
-    children = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_bytes().rsplit(b")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if int(stat[1]) == pm:
-                children.append(int(entry))
-    return [pm, *children]
-
-
-def _signal_all(pids: list[int], sig: signal.Signals) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
-
-
-def _kill_postgres(host: LabHost, lab: LabState) -> str:
-    pids = _postgres_pids(host)
-    if not pids:
-        return f"PostgreSQL on {host.name} was already down"
-    _signal_all(pids, signal.SIGKILL)
-    return f"killed PostgreSQL on {host.name} (postmaster {pids[0]} and {len(pids) - 1} children)"
-
-
-def _start_postgres(host: LabHost, lab: LabState) -> str:
-    _require_db_host(host)
-    said = run_as(host, str(pgctl(host)), "start")
-    if said.returncode != 0:
-        raise LabError(f"PostgreSQL on {host.name} did not start: {(said.stderr or said.stdout).strip()}")
-    return said.stdout.strip()
-
-
-def _stop_postgres(host: LabHost, lab: LabState) -> str:
-    pids = _postgres_pids(host)
-    if not pids:
-        raise LabError(f"PostgreSQL on {host.name} is not running; nothing to hang")
-    _signal_all(pids, signal.SIGSTOP)
-    return f"SIGSTOPped PostgreSQL on {host.name} (postmaster {pids[0]} and {len(pids) - 1} children): alive, silent"
-
-
-def _continue_postgres(host: LabHost, lab: LabState) -> str:
-    pids = _postgres_pids(host)
-    if not pids:
-        return f"PostgreSQL on {host.name} is not running (fenced or killed); nothing to continue"
-    _signal_all(pids, signal.SIGCONT)
-    return f"SIGCONTinued PostgreSQL on {host.name}"
-
-
-def _pause_replay(host: LabHost, lab: LabState) -> str:
-    psql(host, "SELECT pg_wal_replay_pause()")
-    return f"paused WAL replay on {host.name}: it still receives WAL but falls behind"
-
-
-def _resume_replay(host: LabHost, lab: LabState) -> str:
-    if psql(host, "SELECT pg_is_in_recovery()") != "t":
-        return f"{host.name} is not a standby any more; nothing to resume"
-    psql(host, "SELECT pg_wal_replay_resume()")
-    return f"resumed WAL replay on {host.name}"
-
-
-def _exporter_pid(lab: LabState, host: LabHost) -> int | None:
-    try:
-        pid = int((lab.lab_dir / "pids" / f"pg-exporter-{host.name}.pid").read_text())
-    except (OSError, ValueError):
-        return None
-    return pid if alive(pid) else None
-
-
-def _kill_exporter(host: LabHost, lab: LabState) -> str:
-    _require_db_host(host)
-    pid = _exporter_pid(lab, host)
-    if pid is None:
-        return f"the postgres exporter of {host.name} was already down"
-    os.kill(pid, signal.SIGKILL)
-    return f"killed the postgres exporter of {host.name}: Prometheus sees a scrape failure, PostgreSQL is fine"
-
-
-def _start_exporter(host: LabHost, lab: LabState) -> str:
-    _require_db_host(host)
-    if _exporter_pid(lab, host) is not None:
-        return f"the postgres exporter of {host.name} is already running"
-    Postgres().start_exporter(lab, host)
-    return f"started the postgres exporter of {host.name}"

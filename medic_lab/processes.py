@@ -1,9 +1,9 @@
-"""Start lab daemons detached, and find every one of them again to stop them.
+"""Start lab daemons detached, reap them, and find every one of them again to stop them.
 
 Every process the lab starts carries the environment marker ``MEDIC_LAB_OWNER=<lab dir>``; processes
-started on a host over SSH (which resets the environment) run as a lab user with the lab dir in
-their command line. `down` scans /proc for both, so it leaves nothing behind even when `up` crashed
-before it could record a pid.
+started on a host over SSH (which resets the environment) run as a lab user with the lab dir or the
+lab's public dir in their command line. `down` scans /proc for both, so it leaves nothing behind even
+when `up` crashed before it could record a pid. What is started here is reaped by `reaper.REAPER`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from medic_lab.reaper import LAB_USER_PREFIX, REAPER, stat_fields
+from medic_lab.state import public_dir_for
+
 LAB_MARK_ENV = "MEDIC_LAB_OWNER"
-LAB_USER_PREFIX = "mlab-"
 
 
 class LabProcess(BaseModel):
@@ -37,7 +39,7 @@ def spawn(
     user: str | None = None,
     cwd: Path | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start a daemon in its own session, output to ``<lab>/logs/<name>.log``, pid recorded."""
+    """Start a daemon in its own session, output to ``<lab>/logs/<name>.log``, pid recorded, reaped here."""
     logs = lab_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, **(env or {}), LAB_MARK_ENV: str(lab_dir)}
@@ -54,6 +56,7 @@ def spawn(
             group=pwd.getpwnam(user).pw_gid if user else None,
             extra_groups=[] if user else None,
         )
+    REAPER.adopt(proc)
     pids = lab_dir / "pids"
     pids.mkdir(exist_ok=True)
     (pids / f"{name}.pid").write_text(str(proc.pid))
@@ -73,8 +76,8 @@ def _ancestors() -> set[int]:
     seen, pid = set(), os.getpid()
     while pid > 1 and pid not in seen:
         seen.add(pid)
-        stat = _read(f"/proc/{pid}/stat").rsplit(b")", 1)
-        pid = int(stat[1].split()[1]) if len(stat) == 2 else 0
+        fields = stat_fields(pid)
+        pid = int(fields[1]) if fields else 0
     return seen
 
 
@@ -82,8 +85,9 @@ def find_lab_processes(lab_dir: Path) -> list[LabProcess]:
     """Every live process that belongs to this lab (see module docstring for the rule)."""
     mark = f"{LAB_MARK_ENV}={lab_dir}".encode()
     # sshd and ssh's ControlMaster rewrite their argv into one title ("sshd: /usr/sbin/sshd -f
-    # <lab>/hosts/... [listener]") and lose their environment, so match the path anywhere in it.
-    names_lab_dir = re.compile(rb"(^|[\s=:])" + re.escape(str(lab_dir).encode()) + rb"(/|\s|$)")
+    # <public>/hosts/... [listener]") and lose their environment, so match the paths anywhere in it.
+    dirs = b"|".join(re.escape(str(d).encode()) for d in (lab_dir, public_dir_for(lab_dir)))
+    names_lab_dir = re.compile(rb"(^|[\s=:])(" + dirs + rb")(/|\s|$)")
     skip = _ancestors()
     found: list[LabProcess] = []
     for entry in os.listdir("/proc"):
@@ -130,6 +134,19 @@ def stop_lab_processes(lab_dir: Path, *, grace: float = 3.0) -> int:
     return len(procs)
 
 
+def stop_process(pid: int, *, grace: float) -> int:
+    """SIGTERM one process, SIGKILL it if it still runs after ``grace`` seconds. Returns 1 if it ran."""
+    if not alive(pid):
+        return 0
+    _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if alive(pid):
+        _signal(pid, signal.SIGKILL)
+    return 1
+
+
 def _signal(pid: int, sig: signal.Signals) -> None:
     try:
         os.kill(pid, sig)
@@ -138,9 +155,11 @@ def _signal(pid: int, sig: signal.Signals) -> None:
 
 
 def alive(pid: int) -> bool:
-    """Alive and not a zombie (a killed process can stay a zombie until init reaps it)."""
-    stat = _read(f"/proc/{pid}/stat")
-    if not stat:
-        return False
-    state = stat.rsplit(b")", 1)[1].split()[0]
-    return state != b"Z"
+    """Alive and not a zombie (a killed process can stay a zombie until its parent reaps it)."""
+    fields = stat_fields(pid)
+    return bool(fields) and fields[0] != b"Z"
+
+
+def process_gone(pid: int) -> bool:
+    """The process no longer runs: no /proc/<pid>, or a zombie (exited; PID 1 here never reaps orphans)."""
+    return not alive(pid)

@@ -1,8 +1,10 @@
-"""The Slack approval card: pure Block Kit builders, no I/O.
+"""The approval card: what a human sees before a risky step, as Slack Block Kit and as Markdown.
 
 A card is what an on-call human sees before a risky recovery step, so it carries everything needed to
 decide without leaving Slack: what was detected (query and value), what diagnosis found, what exactly
-will run where, and until when the run waits. Builders are pure functions so tests can check them
+will run where, why a human is asked, who may decide and until when the run waits. The Prefect UI's
+Resume dialog shows the same card as Markdown (`approval_markdown`), and the run's log says the same
+(`waiting_line`), so the three can never disagree. Builders are pure functions so tests can check them
 against Slack's documented block shapes and limits without a network.
 
 Free text (queries, command lines, check-mode output) is escaped for Slack mrkdwn (``&``, ``<``, ``>``),
@@ -26,7 +28,11 @@ __all__ = [
     "ApprovalCard",
     "Decision",
     "approval_card_blocks",
+    "approval_markdown",
     "decided_card_blocks",
+    "deadline_utc",
+    "waiting_line",
+    "who_may_decide",
 ]
 
 APPROVAL_BLOCK_ID = "medic_approval"
@@ -60,6 +66,9 @@ class ApprovalCard(BaseModel):
     deadline: AwareDatetime = Field(description="when the run stops waiting (counts as not approved)")
     approvals_required: int = Field(1, ge=1)
     approved_by: list[str] = Field(default_factory=list, description="Slack user ids that approved so far")
+    why: str = Field("", description="why a human is asked: the runbook's policy, or the flap guard")
+    approvers: list[str] = Field(default_factory=list, description="Slack user ids allowed to decide")
+    approver_group: str | None = Field(None, description="Slack user group whose members may decide")
 
 
 class Decision(StrEnum):
@@ -101,6 +110,74 @@ def decided_card_blocks(
     return [*_body_blocks(card), _section(line)]
 
 
+# --- the same card in the Prefect UI and the run's log -----------------------------------------------
+
+
+def deadline_utc(card: ApprovalCard) -> str:
+    """The deadline as logs and the Prefect UI show it: ``2026-11-30 14:05:09 UTC``."""
+    return card.deadline.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def who_may_decide(card: ApprovalCard) -> str:
+    """Who counts: Slack identities are checked against the runbook; UI and CLI users are operators."""
+    slack = [*card.approvers] + ([f"members of {card.approver_group}"] if card.approver_group else [])
+    n = card.approvals_required
+    return (f"{n} approval{'s' if n > 1 else ''}{' from distinct people' if n > 1 else ''} — on Slack: "
+            f"{', '.join(slack) or 'anyone in the channel'}; in the Prefect UI or the CLI: any operator")
+
+
+def waiting_line(card: ApprovalCard) -> str:
+    """The run's log line while it waits: until when, who, why, and the three ways to decide."""
+    return (f"waiting until {deadline_utc(card)} for {who_may_decide(card)}"
+            + (f"; why a human: {card.why}" if card.why else "")
+            + f" — decide on the Slack card, with Resume on this run in the Prefect UI, or "
+              f"`medic approve {card.flow_run_id}` (--reject to reject). No decision by then: nothing is changed")
+
+
+def _md_block(text: str) -> str:
+    return "```\n" + (text.strip() or "(none)").replace("```", "'''") + "\n```"
+
+
+def _md_code(text: str) -> str:
+    return "`" + text.replace("`", "ˋ") + "`"
+
+
+def approval_markdown(card: ApprovalCard) -> str:
+    """The card as the Markdown description of the Prefect UI's Resume dialog (same facts as Slack)."""
+    lines = [
+        f"### Approval needed: {card.title}",
+        "",
+        f"**Runbook** {_md_code(card.runbook)} · **targets** {', '.join(_md_code(t) for t in card.targets)}",
+        "",
+    ]
+    if card.why:
+        lines += [f"**Why a human:** {card.why}", ""]
+    lines += [
+        f"**Detected** {_md_code(card.detect_query)} → **{card.detect_value}**",
+        "",
+        "**Diagnosis**",
+        _md_block(card.diagnosis_summary),
+        "",
+        "**Planned action** (runs only once approved)",
+        _md_block(card.planned_action),
+        "",
+    ]
+    if card.check_mode_result is not None:
+        lines += ["**Check mode (dry run)**", _md_block(card.check_mode_result), ""]
+    so_far = (f" · approved so far: {', '.join(card.approved_by)}" if card.approved_by else "")
+    lines += [
+        f"**Who may decide:** {who_may_decide(card)}{so_far}",
+        "",
+        f"**Deadline:** {deadline_utc(card)} — no decision by then counts as *not approved*; nothing is changed.",
+        "",
+        "**How:** choose *approve* or *reject*, put your name in *approver*, add a comment, and submit — or "
+        f"use the Slack card, or run {_md_code(f'medic approve {card.flow_run_id}')} (add `--reject` to reject).",
+        "",
+        f"[Flow run {card.flow_run_id[:8]}]({card.flow_run_url})",
+    ]
+    return "\n".join(lines)
+
+
 # --- building blocks -------------------------------------------------------------------------------
 
 
@@ -109,7 +186,8 @@ def _body_blocks(card: ApprovalCard) -> list[dict]:
     plan = f"*Planned action*\n```{escape(card.planned_action)}```"
     blocks: list[dict] = [
         {"type": "header", "text": _plain(card.title, HEADER_TEXT_MAX)},
-        _section(f"*Runbook:* `{escape(card.runbook)}`\n*Targets:* {targets}"),
+        _section(f"*Runbook:* `{escape(card.runbook)}`\n*Targets:* {targets}"
+                 + (f"\n*Why a human:* {escape(card.why)}" if card.why else "")),
         _section(f"*Detected*\n`{_code_span(card.detect_query)}` → *{escape(card.detect_value)}*"),
         _section(f"*Diagnosis*\n{escape(card.diagnosis_summary)}"),
         _section(plan),

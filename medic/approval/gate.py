@@ -30,16 +30,17 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, Field
 
 from medic.core import audit
-from medic.approval.card import ApprovalCard, Decision
+from medic.approval.card import ApprovalCard, Decision, approval_markdown, waiting_line
 from medic.errors import MedicError
 from medic.core.inventory import Host
 from medic.core.progress import Timeline
-from medic.core.report import ApprovalRecord, CheckResult, Diagnosis, utcnow
+from medic.core.report import ApprovalDecision, ApprovalRecord, CheckResult, Diagnosis, utcnow
+from medic.orchestration.run_log import tell
 from medic.settings import Settings
 
 if TYPE_CHECKING:
     from medic.approval.notify import ApprovalCards
-    from medic.core.runbook import Approval
+    from medic.core.runbook import Approval, Runbook
     from medic.clients.ssh import SSHSession
     from medic.procedures.stages import Plan
 
@@ -49,13 +50,17 @@ PAUSE_POLL_INTERVAL_S = 0.2  # click → flow continues in ~poll/2 + 0.1 s (see 
 
 
 class ApprovalInput(BaseModel):
-    """What a human answers to an approval request (the Prefect UI shows this as a form)."""
+    """What a human answers to an approval request (the Prefect UI shows this as a form, under the
+    request's Markdown description: evidence, planned action, who may decide, deadline)."""
 
     decision: Literal["approve", "reject", "withdraw"] = Field(
-        description="approve runs the recovery; reject changes nothing; withdraw = no longer needed")
-    approver: str = Field(min_length=1, max_length=200, description="who decides: a Slack user id, or your name")
+        description="approve: run the planned action shown above; reject: change nothing; "
+                    "withdraw: no longer needed (nothing is changed)")
+    approver: str = Field(min_length=1, max_length=200,
+                          description="who decides: your name (recorded in the report and the audit log)")
     comment: str = Field("", max_length=2000, description="why — kept in the report and the audit log")
-    via: Literal["ui", "slack", "cli", "alert"] = Field("ui", description="where the decision was made")
+    via: Literal["ui", "slack", "cli", "alert"] = Field(
+        "ui", description="where the decision was made: keep 'ui' when deciding in the Prefect UI")
 
 
 def _attempt() -> int:
@@ -102,6 +107,7 @@ class ApprovalRequest(BaseModel):
     planned_action: str = Field(description="the exact action: playbook + hosts, or the command")
     check_mode_result: str | None = None
     risk: str | None = Field(None, description="e.g. potential data loss for a failover")
+    why: str = Field("", description="why a human is asked: the runbook's policy, the flap guard, an override")
     flow_run_id: str
 
 
@@ -119,14 +125,15 @@ async def request_decision(
     cards = ApprovalCards(settings)
     card = _card(request, policy, cards.settings)
     await asyncio.to_thread(cards.show, card)
-    timeline.note("approval", f"waiting for {policy.required_approvals} approval(s) within {policy.timeout:g} s — "
-                              f"`medic approve {request.flow_run_id}`, Slack, or the Prefect UI")
-    record = await _collect(request, policy, cards, timeline)
-    timed_out = record.decision == "timed out"
+    tell(timeline, "approval", f"found {request.evidence}; planned action: {request.planned_action}"
+                               + (f"; risk: {request.risk}" if request.risk else ""))
+    tell(timeline, "approval", waiting_line(card))
+    record = await _collect(request, policy, cards, timeline, card)
+    timed_out = record.decision is ApprovalDecision.TIMED_OUT
     audit.record(audit.AuditRecord(
         kind="decision", flow_run_id=request.flow_run_id, runbook=request.runbook, target=", ".join(request.targets),
         who=", ".join(record.approvers) or "nobody", what=record.decision, where=record.channel or "",
-        result="recovery runs" if record.decision == "approved" else "nothing changed",
+        result="recovery runs" if record.decision is ApprovalDecision.APPROVED else "nothing changed",
         detail=record.comment or f"waited {record.waited_s:.1f} s"), settings=cards.settings)
     if timed_out:
         await asyncio.to_thread(cards.decide, request.flow_run_id, Decision.TIMED_OUT)
@@ -139,7 +146,8 @@ async def request_decision(
     return record
 
 
-_CARD_DECISION = {"approved": Decision.APPROVED, "rejected": Decision.REJECTED, "withdrawn": Decision.WITHDRAWN}
+_CARD_DECISION = {ApprovalDecision.APPROVED: Decision.APPROVED, ApprovalDecision.REJECTED: Decision.REJECTED,
+                  ApprovalDecision.WITHDRAWN: Decision.WITHDRAWN}
 
 
 def _card(request: ApprovalRequest, policy: "Approval", settings: Settings) -> ApprovalCard:
@@ -152,13 +160,15 @@ def _card(request: ApprovalRequest, policy: "Approval", settings: Settings) -> A
         planned_action=request.planned_action + (f"\nRisk: {request.risk}" if request.risk else ""),
         check_mode_result=request.check_mode_result, flow_run_id=request.flow_run_id,
         flow_run_url=flow_run_url(settings, request.flow_run_id),
-        deadline=utcnow() + timedelta(seconds=policy.timeout), approvals_required=policy.required_approvals)
+        deadline=utcnow() + timedelta(seconds=policy.timeout), approvals_required=policy.required_approvals,
+        why=request.why, approvers=list(policy.approvers), approver_group=policy.approver_group)
 
 
 async def _collect(request: ApprovalRequest, policy: "Approval", cards: "ApprovalCards",
-                   timeline: Timeline) -> ApprovalRecord:
-    """The waiting itself: one pause per input, until the inputs amount to a decision."""
-    from medic.orchestration.runtime import wait_for_approval
+                   timeline: Timeline, card: ApprovalCard) -> ApprovalRecord:
+    """The waiting itself: one pause per input, until the inputs amount to a decision. Each pause
+    carries the card as the Resume dialog's Markdown description."""
+    from medic.orchestration.pause import wait_for_approval
 
     needed = policy.required_approvals
     began = time.monotonic()
@@ -169,11 +179,14 @@ async def _collect(request: ApprovalRequest, policy: "Approval", cards: "Approva
         remaining = deadline - time.monotonic()
         answer = None
         if remaining > 0:
+            shown = card.model_copy(update={"approved_by": list(approved)})
             answer = await wait_for_approval(ApprovalInput, timeout=remaining, poll_interval=PAUSE_POLL_INTERVAL_S,
-                                             key=f"approval-{_attempt()}-{len(approved) + 1}")
+                                             key=f"approval-{_attempt()}-{len(approved) + 1}",
+                                             description=approval_markdown(shown))
         if answer is None:
-            timeline.note("approval", f"no decision within {policy.timeout:g} s — not approved, nothing changed")
-            return ApprovalRecord(required=True, decision="timed out", approvers=approved,
+            tell(timeline, "approval", f"no decision within {policy.timeout:g} s — not approved, nothing changed",
+                 level=logging.WARNING)
+            return ApprovalRecord(required=True, decision=ApprovalDecision.TIMED_OUT, approvers=approved,
                                   waited_s=time.monotonic() - began)
         record = _judge(answer, policy, cards, approved, comments, timeline)
         if record is not None:  # decided: mark the card before counting the input (a click waits on the count)
@@ -189,28 +202,42 @@ def _judge(answer: ApprovalInput, policy: "Approval", cards: "ApprovalCards", ap
            comments: list[str], timeline: Timeline) -> ApprovalRecord | None:
     """Apply one input: a final record (rejected, withdrawn, approved by N), or None to keep waiting."""
     if not may_decide(answer, policy, cards.notifier.usergroup_members):
-        timeline.note("approval", f"ignored a decision by {answer.approver} via {answer.via}: not an approver")
+        tell(timeline, "approval", f"ignored a decision by {answer.approver} via {answer.via}: not an approver",
+             level=logging.WARNING)
         return None
     if answer.comment:
         comments.append(f"{answer.approver}: {answer.comment}")
     if answer.decision == "withdraw":
-        timeline.note("approval", f"withdrawn by {answer.approver}: {answer.comment or 'no longer needed'}")
-        return ApprovalRecord(required=True, decision="withdrawn", approvers=[answer.approver],
+        tell(timeline, "approval", f"withdrawn by {answer.approver} via {answer.via}: "
+                                   f"{answer.comment or 'no longer needed'} → nothing changed")
+        return ApprovalRecord(required=True, decision=ApprovalDecision.WITHDRAWN, approvers=[answer.approver],
                               comment=answer.comment or None, channel=answer.via, decided_at=utcnow())
     if answer.decision == "reject":
-        timeline.note("approval", f"rejected by {answer.approver} via {answer.via}")
-        return ApprovalRecord(required=True, decision="rejected", approvers=[answer.approver],
+        tell(timeline, "approval", f"rejected by {answer.approver} via {answer.via}"
+                                   + (f" ({answer.comment})" if answer.comment else "") + " → nothing changed")
+        return ApprovalRecord(required=True, decision=ApprovalDecision.REJECTED, approvers=[answer.approver],
                               comment="; ".join(comments) or None, channel=answer.via, decided_at=utcnow())
     if answer.approver in approved:
-        timeline.note("approval", f"{answer.approver} already approved; waiting for another approver")
+        tell(timeline, "approval", f"{answer.approver} already approved; waiting for another approver")
         return None
     approved.append(answer.approver)
-    timeline.note("approval", f"approved by {answer.approver} via {answer.via} "
-                              f"({len(approved)}/{policy.required_approvals})")
+    tell(timeline, "approval", f"approved by {answer.approver} via {answer.via} "
+                               f"({len(approved)}/{policy.required_approvals})"
+                               + (" → proceeding" if len(approved) >= policy.required_approvals else ""))
     if len(approved) < policy.required_approvals:
         return None
-    return ApprovalRecord(required=True, decision="approved", approvers=list(approved),
+    return ApprovalRecord(required=True, decision=ApprovalDecision.APPROVED, approvers=list(approved),
                           comment="; ".join(comments) or None, channel=answer.via, decided_at=utcnow())
+
+
+def why_approval(runbook: "Runbook", *, forced: bool, reason: str = "") -> str:
+    """Why this run asks a human: the runbook's policy, or require_approval (set by the flap guard)."""
+    if runbook.approval.policy == "required":
+        return f"runbook {runbook.name} requires approval (approval policy: required)"
+    if forced:
+        return f"this run was started with require_approval although runbook {runbook.name} does not require it" + (
+            f" — {reason}" if reason else "")
+    return ""
 
 
 def _evidence(detect: CheckResult, targets: list[str]) -> str:
@@ -265,15 +292,17 @@ async def approval_step(
     flow_run_id: str,
     timeline: Timeline,
     ssh: "SSHSession | None" = None,
+    reason: str = "",
 ) -> ApprovalRecord:
     """The remediation flow's approval point: decide whether a human must agree, and ask.
 
-    With `ssh` the recovery is first run in check mode, and its result is shown on the card."""
+    With `ssh` the recovery is first run in check mode, and its result is shown on the card.
+    `reason` (why the run started) explains a forced approval — the flap guard writes it there."""
     policy = plan.runbook.approval
     if dry_run:
-        return ApprovalRecord(required=False, decision="not needed (dry run)")
+        return ApprovalRecord(required=False, decision=ApprovalDecision.NOT_NEEDED_DRY_RUN)
     if policy.policy == "none" and not forced:
-        return ApprovalRecord(required=False, decision="not needed")
+        return ApprovalRecord(required=False, decision=ApprovalDecision.NOT_NEEDED)
     names = [h.name for h in targets]
     began = time.monotonic()
     preview = await _check_mode(plan, targets, ssh) if ssh is not None else None
@@ -286,6 +315,7 @@ async def approval_step(
         diagnosis=_diagnosis_summary(diagnosis),
         planned_action=_planned_action(plan, names),
         check_mode_result=preview,
+        why=why_approval(plan.runbook, forced=forced, reason=reason),
         flow_run_id=flow_run_id,
     )
     record = await request_decision(request, policy, timeline=timeline)

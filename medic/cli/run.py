@@ -1,14 +1,17 @@
 """`medic run`, `medic runbooks`, `medic validate` and `medic approve`.
 
 `medic run` executes the remediation flow in this process (no deployment polling, no worker), so a
-run starts at once, and prints each stage live. Exit code: 0 recovered / not needed / dry run,
-1 failed / not recovered, 3 rejected / approval timed out, 2 bad input.
+run starts at once, and prints each stage live. Its exit code is the outcome's (`Outcome.exit_code`:
+0 recovered / not needed / dry run, 1 failed / not recovered, 3 rejected / approval timed out,
+4 already running); errors exit by their class (`medic.errors.ExitCode`: 2 bad input, 5 a
+dependency unreachable) through `medic.cli.main.main`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import sys
@@ -17,34 +20,35 @@ import time
 from pathlib import Path
 from typing import Any
 
-from medic.errors import MedicError, RunbookError
-from medic.core.report import Outcome, RemediationReport, TimelineEntry
+from pydantic import BaseModel, Field
+from rich.console import Console
+
+from medic.core.audit import audit_path, format_record, read_records
+from medic.core.inventory import load_inventory
+from medic.core.polling import retry_async
+from medic.core.progress import add_listener
+from medic.core.report import RemediationReport, TimelineEntry
+from medic.core.runbook import Runbook, find_runbook, load_runbook, load_runbooks
+from medic.errors import ExitCode, MedicError, RunbookError
+from medic.orchestration.telemetry import point_prefect_at
 from medic.settings import Settings, get_settings
 
-EXIT_CODES = {Outcome.FAILED.value: 1, Outcome.NOT_RECOVERED.value: 1, Outcome.REJECTED.value: 3,
-              Outcome.APPROVAL_TIMED_OUT.value: 3, Outcome.ALREADY_RUNNING.value: 4}
-
-
-def exit_code(outcome: Any) -> int:
-    """0 for success outcomes (of a remediation or a failover), else by meaning (see module doc)."""
-    if getattr(outcome, "success", False):
-        return 0
-    return EXIT_CODES.get(str(getattr(outcome, "value", outcome)), 1)
-
+# Imported inside the commands that need them, so that `medic --help`, `medic runbooks` and the parsing
+# of `medic run` never import Prefect (measured with perf_counter on top of `medic.cli.main`, best of 5
+# on this shared 2-core machine): httpx 53 ms (only `medic run` asking a medic serve), flow_kinds 44 ms,
+# procedures.stages 290 ms and procedures.failover 215 ms (paramiko, ansible-runner), and — after
+# `use_prefect_api`, since Prefect reads its environment when first imported — orchestration.runs
+# 0.95 s, orchestration.pause 1.4 s, approval.gate 2.2 s (Prefect).
 
 def use_prefect_api(settings: Settings) -> None:
     """Point Prefect at the configured API *before* prefect is imported, and keep its console quiet."""
     if settings.prefect_api_url:
-        from medic.orchestration.runtime import point_prefect_at
-
         point_prefect_at(settings.prefect_api_url)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
 
 
 def cmd_runbooks(args: argparse.Namespace) -> int:
-    from medic.core.runbook import load_runbooks
-
     for rb in load_runbooks(get_settings().runbooks_dir).values():
         trigger = rb.trigger.alertname if rb.trigger else "—"
         print(f"{rb.name:<16} trigger {trigger:<16} approval {rb.approval.policy:<8} {rb.recover.description}")
@@ -52,54 +56,84 @@ def cmd_runbooks(args: argparse.Namespace) -> int:
     return 0
 
 
-def validate_all(settings: Settings) -> list[str]:
-    """Every runbook, the playbook it references and the hosts it names; returns the problems."""
-    from medic.core.inventory import load_inventory
-    from medic.core.runbook import load_runbook
+class Validation(BaseModel):
+    """What `medic validate` checked and the problems it found (one line each, file first)."""
 
-    problems: list[str] = []
+    runbooks: int = 0
+    playbooks: int = 0
+    inventory: Path | None = Field(None, description="the inventory the hosts were checked against; None: not checked")
+    problems: list[str] = Field(default_factory=list)
+
+    def summary(self) -> str:
+        hosts = (f"the hosts they name in {self.inventory}" if self.inventory else
+                 "hosts not checked (no inventory configured)")
+        return (f"{self.runbooks} runbook(s), {self.playbooks} playbook(s) checked, {hosts}: "
+                f"{len(self.problems)} problem(s)")
+
+
+def _named_playbooks(rb: Runbook) -> list[tuple[str, str]]:
+    """(field, file name) of every playbook a runbook runs."""
+    named = [("recover.playbook", rb.recover.playbook)] if rb.recover.playbook else []
+    return named + ([("failover.rejoin_playbook", rb.failover.rejoin_playbook)] if rb.failover else [])
+
+
+def _named_targets(rb: Runbook) -> list[tuple[str, str]]:
+    """(field, host or group) of every inventory name a runbook relies on."""
+    named = [("targets.default", rb.targets.default), ("targets.within", rb.targets.within)]
+    named += [("failover.members", rb.failover.members)] if rb.failover else []
+    return [(field, name) for field, name in named if name]
+
+
+def validate_all(settings: Settings) -> Validation:
+    """Every runbook spec, every playbook (`ansible-playbook --syntax-check`, no inventory needed) and,
+    when an inventory is configured, the hosts and groups each runbook names."""
+    from medic.clients.ansible import syntax_check  # ansible-runner: ~0.1 s that only validate pays
+
+    found = Validation(inventory=settings.inventory)
     inventory = None
-    try:
-        inventory = load_inventory()
-    except MedicError as exc:
-        problems.append(f"inventory: {exc}")
+    if settings.inventory is not None:
+        try:
+            inventory = load_inventory(settings.inventory)
+        except MedicError as exc:
+            found.problems.append(str(exc))
+    playbooks = {p.resolve() for p in settings.playbooks_dir.glob("*.yml")} if settings.playbooks_dir.is_dir() else set()
     for path in sorted(settings.runbooks_dir.glob("*.yaml")):
+        found.runbooks += 1
         try:
             rb = load_runbook(path)
         except RunbookError as exc:
-            problems.append(str(exc))
+            found.problems.append(str(exc))
             continue
-        if rb.recover.playbook:
-            playbook = settings.playbooks_dir / rb.recover.playbook
-            if not playbook.is_file():
-                problems.append(str(RunbookError("playbook not found", file=str(path), field="recover.playbook",
-                                                 expected=f"a file {playbook}", found=rb.recover.playbook)))
-        for field, name in (("targets.default", rb.targets.default), ("targets.within", rb.targets.within)):
-            if name and inventory is not None:
-                try:
-                    inventory.resolve(name)
-                except MedicError as exc:
-                    problems.append(str(RunbookError(str(exc), file=str(path), field=field,
-                                                     expected="a host or group of the inventory", found=name)))
-    return problems
+        for field, name in _named_playbooks(rb):
+            playbook = settings.playbooks_dir / name
+            if playbook.is_file():
+                playbooks.add(playbook.resolve())
+            else:
+                found.problems.append(str(RunbookError("playbook not found", file=str(path), field=field,
+                                                       expected=f"a file {playbook}", found=name)))
+        for field, name in _named_targets(rb) if inventory is not None else []:
+            try:
+                inventory.resolve(name)
+            except MedicError as exc:
+                found.problems.append(str(RunbookError(str(exc), file=str(path), field=field,
+                                                       expected="a host or group of the inventory", found=name)))
+    found.playbooks = len(playbooks)
+    found.problems += [str(problem) for problem in syntax_check(sorted(playbooks))]
+    return found
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    settings = get_settings()
-    problems = validate_all(settings)
-    for p in problems:
-        print(p, file=sys.stderr)
-    count = len(list(settings.runbooks_dir.glob("*.yaml")))
-    print(f"{count} runbook(s) checked, {len(problems)} problem(s)")
-    return 2 if problems else 0
+    found = validate_all(get_settings())
+    for problem in found.problems:
+        print(problem, file=sys.stderr)
+    print(found.summary())
+    return int(ExitCode.BAD_INPUT if found.problems else ExitCode.OK)
 
 
 class LiveView:
     """Prints each stage as it happens; on a terminal, a spinner shows what is being waited for."""
 
     def __init__(self, *, interactive: bool) -> None:
-        from rich.console import Console
-
         self.console = Console(highlight=False)
         self.began = time.monotonic()
         self.interactive = interactive and self.console.is_terminal
@@ -130,8 +164,8 @@ class LiveView:
             threading.Thread(target=self._prompt, args=(run_id,), daemon=True).start()
 
     def _prompt(self, run_id: str) -> None:
-        from medic.approval.gate import cli_identity
-        from medic.orchestration.runtime import resume_with_input
+        from medic.approval.gate import cli_identity  # Prefect, 2.2 s (see the top): the flow has loaded it
+        from medic.orchestration.pause import resume_with_input
 
         if self.status:
             self.status.stop()
@@ -159,7 +193,7 @@ def _print_outcome(report: Any, run_id: str, state_name: str, seconds: float | N
 
 def _run_via_server(settings: Settings, args: argparse.Namespace) -> int | None:
     """Let a running `medic serve` (for the same Prefect) run it; None when there is none to ask."""
-    import httpx
+    import httpx  # 53 ms, see the top
 
     base = f"http://{settings.server_host}:{settings.server_port}"
     with httpx.Client(base_url=base) as http:  # one client: each costs ~55 ms to set up
@@ -195,7 +229,7 @@ def _run_via_server(settings: Settings, args: argparse.Namespace) -> int | None:
 
 
 def _failover_report_model() -> Any:
-    from medic.procedures.failover import FailoverReport
+    from medic.procedures.failover import FailoverReport  # 215 ms, see the top
 
     return FailoverReport
 
@@ -206,19 +240,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         answered = _run_via_server(settings, args)
         if answered is not None:
             return answered
-    from medic.core.inventory import load_inventory
-    from medic.core.runbook import find_runbook
-    from medic.procedures.stages import plan
-
-    from medic.orchestration.flow_kinds import choose, load_flow
+    from medic.orchestration.flow_kinds import choose, load_flow  # 44 ms, see the top
+    from medic.procedures.stages import plan  # 290 ms
 
     spec = find_runbook(args.runbook, settings.runbooks_dir)
     if spec.kind == "remediation" or args.target:
         plan(spec, args.target, load_inventory())  # bad input fails here, before any flow run exists
     choice = choose(spec, args.target, reason="medic run (CLI)", dry_run=args.dry_run)
     use_prefect_api(settings)
-    from medic.orchestration.runtime import run_flow_now
-    from medic.core.progress import add_listener
+    from medic.orchestration.runs import run_flow_now  # Prefect: only after use_prefect_api
 
     with LiveView(interactive=sys.stdin.isatty()) as view:
         remove = add_listener(view)
@@ -235,23 +265,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
-    from medic.approval.gate import cli_identity
+    from medic.approval.gate import cli_identity  # Prefect, 2.2 s, see the top
 
     use_prefect_api(get_settings())
-    from medic.orchestration.runtime import ResumeOutcome, ResumeStatus, resume_with_input
+    from medic.orchestration.pause import ResumeOutcome, ResumeStatus, resume_with_input  # after use_prefect_api
 
     payload = {"decision": "reject" if args.reject else "approve", "approver": cli_identity(),
                "comment": args.comment or "", "via": "cli"}
-    async def decide() -> "ResumeOutcome":
-        # A run announces its approval request a moment before it pauses: wait briefly for it.
-        for _ in range(30):
-            outcome = await resume_with_input(args.run_id, payload)
-            if outcome.status is not ResumeStatus.NOT_PAUSED or outcome.state_type not in ("RUNNING", "PENDING"):
-                return outcome
-            await asyncio.sleep(0.1)
-        return outcome
 
-    outcome = asyncio.run(decide())
+    def not_paused_yet(outcome: "ResumeOutcome") -> bool:
+        # A run announces its approval request a moment before it pauses: wait briefly (≤3 s) for it.
+        return outcome.status is ResumeStatus.NOT_PAUSED and outcome.state_type in ("RUNNING", "PENDING")
+
+    outcome = asyncio.run(retry_async(lambda: resume_with_input(args.run_id, payload),
+                                      delays=itertools.repeat(0.1, 29), retry_if=not_paused_yet))
     if outcome.status is ResumeStatus.ACCEPTED:
         verb = {"approve": "approved", "reject": "rejected"}[payload["decision"]]
         print(f"{verb} run {args.run_id} as {payload['approver']}")
@@ -262,8 +289,6 @@ def cmd_approve(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from medic.core.audit import audit_path, format_record, read_records
-
     entries = read_records(flow_run_id=args.run, limit=args.limit)
     for entry in entries:
         print(format_record(entry))

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import httpx
 from pydantic import BaseModel, Field
 
-from medic.errors import MedicError, UnsafeValueError
+from medic.errors import AlertmanagerError, UnsafeValueError
 
 __all__ = ["AlertmanagerClient", "AlertmanagerError", "Matcher", "Silence"]
 
@@ -25,10 +25,6 @@ log = logging.getLogger(__name__)
 
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 CREATED_BY = "medic"
-
-
-class AlertmanagerError(MedicError):
-    """Alertmanager cannot be reached or refused a request (its own error text is kept)."""
 
 
 class Matcher(BaseModel):

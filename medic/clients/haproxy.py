@@ -23,7 +23,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from medic.errors import MedicError, UnsafeValueError
+from medic.errors import LoadBalancerError, LoadBalancerNameError
 from medic.core.inventory import NAME_PATTERN
 
 __all__ = [
@@ -47,14 +47,6 @@ _ADMIN_MAINT_BITS = 0x01 | 0x02 | 0x04 | 0x20 | 0x40
 _ADMIN_DRAIN_BITS = 0x08 | 0x10
 _READ_LIMIT = 4 * 1024 * 1024
 _REFUSALS = ("Can't find backend", "No such backend", "No such proxy", "Unknown command", "Permission denied")
-
-
-class LoadBalancerError(MedicError):
-    """HAProxy's runtime API cannot be reached, or it refused a command (its own words are kept)."""
-
-
-class LoadBalancerNameError(LoadBalancerError, UnsafeValueError):
-    """A backend/server name or address refused before it could reach the runtime API."""
 
 
 class ServerState(BaseModel):

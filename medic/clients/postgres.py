@@ -19,11 +19,11 @@ import shlex
 import shutil
 import subprocess
 import time
-from typing import Literal
+from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
-from medic.errors import MedicError
+from medic.errors import PostgresError
 from medic.core.inventory import Host
 from medic.clients.ssh import CommandResult, SSHSession
 
@@ -32,8 +32,16 @@ __all__ = ["DirectCheck", "NodeState", "PostgresError", "direct_check", "format_
 
 log = logging.getLogger(__name__)
 
-ProcessState = Literal["running", "stopped", "hung", "unknown"]
-_STATUS_CODES: dict[int, ProcessState] = {0: "running", 3: "stopped", 4: "hung"}
+class ProcessState(StrEnum):
+    """The postmaster as `pg_ctl status` (via servicectl) sees it."""
+
+    RUNNING = "running"
+    STOPPED = "stopped"
+    HUNG = "hung"
+    UNKNOWN = "unknown"
+
+
+_STATUS_CODES = {0: ProcessState.RUNNING, 3: ProcessState.STOPPED, 4: ProcessState.HUNG}
 _LSN = re.compile(r"^([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})$")
 _SEP = "--medic--"
 
@@ -47,10 +55,6 @@ NODE_SQL = (
     "(SELECT sender_port FROM pg_stat_wal_receiver LIMIT 1), "
     "current_setting('medic.replication_mode', true)"
 )
-
-
-class PostgresError(MedicError):
-    """medic could not run a PostgreSQL check at all (e.g. no psql); a failed check is a result."""
 
 
 def parse_lsn(text: str | None) -> int | None:
@@ -72,7 +76,7 @@ class NodeState(BaseModel):
 
     host: str
     ssh_reachable: bool
-    process: ProcessState = "unknown"
+    process: ProcessState = ProcessState.UNKNOWN
     status_line: str = ""
     answered: bool = Field(False, description="the server answered a query")
     in_recovery: bool | None = None
@@ -110,7 +114,7 @@ def node_state(ssh: SSHSession, host: Host, *, timeout: float = 8.0) -> NodeStat
     status_part, _, rest = r.stdout.partition(_SEP)
     code_text, _, row = rest.partition("\n")
     state.status_line = status_part.strip()
-    state.process = _STATUS_CODES.get(int(code_text) if code_text.strip().isdigit() else -1, "unknown")
+    state.process = _STATUS_CODES.get(int(code_text) if code_text.strip().isdigit() else -1, ProcessState.UNKNOWN)
     fields = row.strip().split("|")
     if len(fields) == 8 and fields[0] in ("t", "f"):
         state.answered = True

@@ -4,21 +4,23 @@ Runbooks ask Prometheus whether a problem is real and whether a recovery worked,
 this can go wrong are kept apart: no answer at all (``PrometheusUnreachable``: fix the URL or start
 Prometheus) and an answer that refuses the query (``PromQLError``: fix the query; Prometheus's own
 parse error is kept verbatim). Values that must be interpolated into a query go through
-``promql_string``/``label_matcher`` so that free text can never change the query's shape.
+``promql_string``/``label_matcher`` (from `medic.core.templates`, re-exported here) so that free text can
+never change the query's shape.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import re
 from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 from pydantic import BaseModel, Field
 
-from medic.errors import PrometheusError, PrometheusUnreachable, PromQLError, UnsafeValueError
+from medic.core.templates import label_matcher, promql_string  # the quoting lives with the other quoting
+from medic.errors import PrometheusError, PrometheusUnreachable, PromQLError
+from medic.settings import get_settings
 
 __all__ = [
     "PrometheusClient",
@@ -29,9 +31,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: Prometheus's own rule for label names.
-LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 Time = float | datetime
 
@@ -50,23 +49,6 @@ class Series(BaseModel):
 
     labels: dict[str, str] = Field(default_factory=dict)
     points: list[tuple[float, float]] = Field(default_factory=list)
-
-
-def promql_string(value: str) -> str:
-    """A double-quoted PromQL string literal for ``value``: the value can only ever be data."""
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
-    return f'"{escaped}"'
-
-
-def label_matcher(name: str, value: str, *, op: str = "=") -> str:
-    """``name="value"`` for a selector; the name is checked, the value is quoted."""
-    if not isinstance(name, str) or not LABEL_NAME.fullmatch(name):
-        raise UnsafeValueError(
-            f"label name {name!r} is refused: PromQL label names match [a-zA-Z_][a-zA-Z0-9_]*; nothing was queried"
-        )
-    if op not in ("=", "!=", "=~", "!~"):
-        raise UnsafeValueError(f"label matcher operator {op!r} is refused: use one of = != =~ !~")
-    return f"{name}{op}{promql_string(value)}"
 
 
 def _timestamp(t: Time) -> float:
@@ -89,8 +71,6 @@ class PrometheusClient:
     """A small synchronous client; one HTTP connection pool per client. Use as a context manager."""
 
     def __init__(self, url: str | None = None, *, timeout: float | None = None) -> None:
-        from medic.settings import get_settings
-
         settings = get_settings()
         url = url or settings.prometheus_url
         if not url:

@@ -29,6 +29,7 @@ import paramiko
 from medic.errors import ConfigError
 from medic.core.inventory import Host
 from medic.core.results import CommandResult
+from medic.settings import get_settings
 
 __all__ = ["CommandResult", "SSHSession", "OUTPUT_LIMIT"]
 
@@ -95,8 +96,6 @@ class SSHSession:
         max_per_host: int | None = None,
         output_limit: int = OUTPUT_LIMIT,
     ) -> None:
-        from medic.settings import get_settings
-
         self._settings = get_settings()
         self.connect_timeout = connect_timeout or self._settings.ssh_connect_timeout
         self.command_timeout = command_timeout or self._settings.ssh_command_timeout

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, Field
 
 from medic.errors import InventoryError, UnknownTargetError, UnsafeValueError
+from medic.settings import get_settings
 
 #: Host and group names: letters, digits, dot, dash, underscore; no shell or PromQL metacharacters.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -138,8 +139,6 @@ class Inventory(BaseModel):
 
 def load_inventory(path: Path | None = None) -> Inventory:
     """The configured inventory (by default the running lab's)."""
-    from medic.settings import get_settings
-
     path = path or get_settings().inventory
     if path is None:
         raise InventoryError("no inventory configured: start the lab (`medic lab up`) or set MEDIC_INVENTORY")

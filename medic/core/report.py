@@ -6,13 +6,15 @@ UI, the CLI's summary and (later) the Slack thread, so they can never disagree.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, Field
 
 from medic.core.results import CommandResult
+from medic.errors import ExitCode
 
 
 def utcnow() -> datetime:
@@ -20,23 +22,124 @@ def utcnow() -> datetime:
 
 
 class Outcome(StrEnum):
+    """How a run ended — one vocabulary for remediation, failover/rejoin and maintenance.
+
+    Each outcome has one `Ending` (`ENDINGS`): the flow's final Prefect state (Completed or Failed,
+    and its name) and the `medic run` exit code. Every flow and the CLI read it from there.
+    """
+
+    # any kind of run
     NOT_NEEDED = "not needed"
-    RECOVERED = "recovered"
-    NOT_RECOVERED = "not recovered"
-    FAILED = "failed"
     DRY_RUN = "dry run"
+    FAILED = "failed"
+    REFUSED = "refused"
     REJECTED = "rejected"
     APPROVAL_TIMED_OUT = "approval timed out"
     ALREADY_RUNNING = "already running"
+    # remediation
+    RECOVERED = "recovered"
+    NOT_RECOVERED = "not recovered"
+    # failover and rejoin
+    PROMOTED = "promoted"
+    PROMOTED_NOT_ROUTED = "promoted but clients not re-routed"
+    PROMOTED_NOT_VERIFIED = "promoted but not verified"
+    PROMOTE_FAILED = "promote failed"
+    REJOINED = "rejoined"
+    REJOIN_FAILED = "rejoin failed"
+    # maintenance
+    COMPLETED = "completed"
+    STOPPED = "stopped at error threshold"
+    SKIPPED = "skipped: outside the maintenance window"
+
+    @property
+    def ending(self) -> "Ending":
+        return ENDINGS[self]
 
     @property
     def success(self) -> bool:
-        """Outcomes that end the flow Completed and the CLI with exit code 0."""
-        return self in (Outcome.NOT_NEEDED, Outcome.RECOVERED, Outcome.DRY_RUN)
+        """The run did what it was for (or found nothing to do): exit code 0."""
+        return self.ending.exit_code is ExitCode.OK
+
+    @property
+    def completed(self) -> bool:
+        """The flow ends in a Completed state (else Failed)."""
+        return self.ending.completed
 
     @property
     def state_name(self) -> str:
-        return self.value.title().replace(" ", "")
+        return self.ending.state_name
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return self.ending.exit_code
+
+    @property
+    def restored(self) -> bool:
+        """Service was restored by this run (what `medic_time_to_recover_seconds` measures)."""
+        return self in (Outcome.RECOVERED, Outcome.PROMOTED)
+
+
+class Ending(NamedTuple):
+    """Where an outcome leads: the flow's final state and the CLI's exit code."""
+
+    completed: bool  # Prefect state type: Completed (True) or Failed
+    state_name: str  # the final state's name in the Prefect UI
+    exit_code: ExitCode
+
+
+_OK, _FAILED = ExitCode.OK, ExitCode.FAILED
+ENDINGS: dict[Outcome, Ending] = {
+    Outcome.NOT_NEEDED: Ending(True, "NotNeeded", _OK),
+    Outcome.DRY_RUN: Ending(True, "DryRun", _OK),
+    Outcome.RECOVERED: Ending(True, "Recovered", _OK),
+    Outcome.PROMOTED: Ending(True, "Promoted", _OK),
+    Outcome.REJOINED: Ending(True, "Rejoined", _OK),
+    Outcome.COMPLETED: Ending(True, "Completed", _OK),
+    Outcome.SKIPPED: Ending(True, "Skipped", _OK),
+    # another run is on it: nothing wrong with this one, but the caller did not get a run
+    Outcome.ALREADY_RUNNING: Ending(True, "AlreadyRunning", ExitCode.ALREADY_RUNNING),
+    Outcome.REJECTED: Ending(False, "Rejected", ExitCode.NOT_APPROVED),
+    Outcome.APPROVAL_TIMED_OUT: Ending(False, "ApprovalTimedOut", ExitCode.NOT_APPROVED),
+    Outcome.FAILED: Ending(False, "Failed", _FAILED),
+    Outcome.REFUSED: Ending(False, "Refused", _FAILED),
+    Outcome.NOT_RECOVERED: Ending(False, "NotRecovered", _FAILED),
+    Outcome.PROMOTED_NOT_ROUTED: Ending(False, "PromotedNotRouted", _FAILED),
+    Outcome.PROMOTED_NOT_VERIFIED: Ending(False, "PromotedNotVerified", _FAILED),
+    Outcome.PROMOTE_FAILED: Ending(False, "PromoteFailed", _FAILED),
+    Outcome.REJOIN_FAILED: Ending(False, "RejoinFailed", _FAILED),
+    Outcome.STOPPED: Ending(False, "StoppedAtErrorThreshold", _FAILED),
+}
+
+
+def artifact_key(*parts: str) -> str:
+    """A Prefect artifact key from free text: lowercase letters, digits and dashes only, ≤ 100 chars."""
+    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")[:100].rstrip("-")
+
+
+class ApprovalDecision(StrEnum):
+    """What became of an approval request (`ApprovalRecord.decision`)."""
+
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    TIMED_OUT = "timed out"
+    WITHDRAWN = "withdrawn"  # the alert resolved while a human was being asked
+    NOT_NEEDED = "not needed"
+    NOT_NEEDED_DRY_RUN = "not needed (dry run)"
+
+
+class ActionStatus(StrEnum):
+    """What a recovery action did on one host (`HostAction.status`)."""
+
+    CHANGED = "changed"
+    OK = "ok"  # nothing to do: already in the desired state
+    FAILED = "failed"
+    UNREACHABLE = "unreachable"
+    SKIPPED = "skipped"
+    WOULD_CHANGE = "would change"  # check mode
+
+    @property
+    def failed(self) -> bool:
+        return self in (ActionStatus.FAILED, ActionStatus.UNREACHABLE)
 
 
 class TimelineEntry(BaseModel):
@@ -86,13 +189,13 @@ class Diagnosis(BaseModel):
 
 class HostAction(BaseModel):
     host: str
-    status: str = Field(description="changed, ok (nothing to do), failed, unreachable, skipped, would change")
+    status: ActionStatus = Field(description="changed, ok (nothing to do), failed, unreachable, skipped, would change")
     detail: str = ""
     return_values: dict[str, Any] = Field(default_factory=dict)
 
     @property
     def failed(self) -> bool:
-        return self.status in ("failed", "unreachable")
+        return self.status.failed
 
 
 class RecoveryResult(BaseModel):
@@ -112,7 +215,7 @@ class ApprovalRecord(BaseModel):
     """Who decided what, when and how (filled by the approval step)."""
 
     required: bool
-    decision: str = Field(description="approved, rejected, timed out, not needed")
+    decision: ApprovalDecision = Field(description="approved, rejected, timed out, withdrawn, not needed")
     approvers: list[str] = Field(default_factory=list)
     comment: str | None = None
     channel: str | None = Field(None, description="slack, ui, cli")

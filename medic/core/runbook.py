@@ -1,9 +1,10 @@
-"""Runbook specs: pydantic models of `runbooks/*.yaml` and the loader that validates them.
+"""Runbook specs: pydantic models of `runbooks/*.yaml`, and loading them by file or by name.
 
 A spec says, for one kind of incident: how to confirm it (detect), what evidence to gather
 (diagnose), how to repair (recover), whether a human must agree (approval) and how to know the
 repair worked (verify). One flow executes any spec, so a new runbook is YAML plus maybe a playbook.
-Every error names the file, the line, the field, what was expected and what was found.
+Every error names the file, the line, the field, what was expected and what was found (see
+`medic.core.spec_file`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -26,8 +26,9 @@ from pydantic import (
     model_validator,
 )
 
-from medic.errors import RunbookError
+from medic.core.spec_file import line_of, read_mapping, validation_error
 from medic.core.templates import placeholders
+from medic.errors import RunbookError
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
@@ -246,104 +247,16 @@ class Runbook(_Spec):
 # --- loading ---------------------------------------------------------------------------------
 
 
-# libyaml's loader is ~10x faster; the pure-Python composer is only needed to point at a line.
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-def _parse(text: str) -> Any:
-    """Fast path with libyaml; on an error, the pure-Python parser gives the more precise message."""
-    try:
-        return yaml.load(text, Loader=_LOADER)
-    except yaml.YAMLError:
-        return yaml.safe_load(text)
-
-
-def _line_index(text: str) -> dict[tuple[Any, ...], int]:
-    """Map each key path in the YAML document to its 1-based line number."""
-    index: dict[tuple[Any, ...], int] = {}
-
-    def walk(node: yaml.Node, path: tuple[Any, ...]) -> None:
-        index[path] = node.start_mark.line + 1
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                index[(*path, key.value)] = key.start_mark.line + 1
-                walk(value, (*path, key.value))
-                index[(*path, key.value)] = key.start_mark.line + 1
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                walk(item, (*path, i))
-
-    root = yaml.compose(text)
-    if root is not None:
-        walk(root, ())
-    return index
-
-
-def _line_for(index: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int | None:
-    path = tuple(p for p in loc if not (isinstance(p, str) and p.startswith("function-")))
-    while path:
-        if path in index:
-            return index[path]
-        path = path[:-1]
-    return index.get(())
-
-
-_EXPECTED = {
-    "missing": "this field to be present",
-    "extra_forbidden": "only the documented fields",
-}
-
-
-def _field_names(model: type[BaseModel]) -> list[str]:
-    return [f.alias or name for name, f in model.model_fields.items() if name != "source"]
-
-
 def load_runbook(path: Path) -> Runbook:
     """Read and validate one spec; raises RunbookError pointing at the offending line."""
-    file = str(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise RunbookError(f"cannot read runbook: {exc.strerror}", file=file) from exc
-    try:
-        data = _parse(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
-        message = f"not valid YAML: {getattr(exc, 'problem', None) or exc}"
-        if context and context_mark:
-            message += f" ({context} that starts at line {context_mark.line + 1})"
-        if context == "while scanning a quoted scalar" and context_mark:
-            mark = context_mark  # the quote that never closes, not the end of the file
-        raise RunbookError(message, file=file, line=mark.line + 1 if mark else None,
-                           expected="a YAML mapping") from exc
-    if not isinstance(data, dict):
-        raise RunbookError("a runbook must be a YAML mapping", file=file, line=1,
-                           expected=f"fields: {', '.join(_field_names(Runbook))}",
-                           found="an empty file" if data is None else f"a YAML {type(data).__name__}")
+    text, data = read_mapping(path, Runbook)
     try:
         runbook = Runbook.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = tuple(err["loc"])
-        field = ".".join(str(p) for p in loc if not (isinstance(p, str) and p.startswith("function-")))
-        kind = err["type"]
-        if kind == "extra_forbidden":
-            message = f"unknown field {loc[-1]!r}"
-        elif kind == "missing":
-            message = f"missing field {loc[-1]!r}"
-        else:
-            message = f"invalid value for {field!r}"
-        found = None if kind == "missing" else repr(err.get("input"))[:200]
-        expected = _EXPECTED.get(kind) or str(err["msg"]).removeprefix("Value error, ")
-        if kind == "extra_forbidden":
-            expected = f"one of the documented fields of {'.'.join(str(p) for p in loc[:-1]) or 'a runbook'}"
-        more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
-        raise RunbookError(message + more, file=file, line=_line_for(_line_index(text), loc), field=field,
-                           expected=expected, found=found) from None
+        raise validation_error(exc, text=text, file=str(path)) from None
     if runbook.name != path.stem:
-        raise RunbookError("the runbook's name must match its file name", file=file, line=_line_index(text).get(("name",)),
-                           field="name", expected=path.stem, found=runbook.name)
+        raise RunbookError("the runbook's name must match its file name", file=str(path),
+                           line=line_of(text, ("name",)), field="name", expected=path.stem, found=runbook.name)
     runbook.source = path
     return runbook
 

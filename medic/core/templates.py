@@ -8,13 +8,16 @@ Values other than ``host`` come from the host's inventory variable ``medic_<name
 
 from __future__ import annotations
 
+import re
 import shlex
 from string import Template
 from typing import Any
 
-from medic.errors import RunbookError
 from medic.core.inventory import Host
-from medic.clients.prometheus import promql_string
+from medic.errors import RunbookError, UnsafeValueError
+
+#: Prometheus's own rule for label names.
+LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 
 def placeholders(text: str) -> set[str]:
@@ -29,6 +32,23 @@ def placeholders(text: str) -> set[str]:
         if name:
             names.add(name)
     return names
+
+
+def promql_string(value: str) -> str:
+    """A double-quoted PromQL string literal for ``value``: the value can only ever be data."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+    return f'"{escaped}"'
+
+
+def label_matcher(name: str, value: str, *, op: str = "=") -> str:
+    """``name="value"`` for a selector; the name is checked, the value is quoted."""
+    if not isinstance(name, str) or not LABEL_NAME.fullmatch(name):
+        raise UnsafeValueError(
+            f"label name {name!r} is refused: PromQL label names match [a-zA-Z_][a-zA-Z0-9_]*; nothing was queried"
+        )
+    if op not in ("=", "!=", "=~", "!~"):
+        raise UnsafeValueError(f"label matcher operator {op!r} is refused: use one of = != =~ !~")
+    return f"{name}{op}{promql_string(value)}"
 
 
 def host_values(host: Host, extra: dict[str, Any] | None = None) -> dict[str, str]:

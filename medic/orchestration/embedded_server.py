@@ -6,11 +6,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
-
+from medic.core.net import wait_healthy
 from medic.errors import PrefectError
 
 
@@ -30,21 +28,6 @@ def server_env(home: Path, port: int) -> dict[str, str]:
     }
 
 
-def wait_healthy(api_url: str, *, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> float:
-    began = time.monotonic()
-    with httpx.Client(timeout=2) as client:
-        while time.monotonic() - began < timeout:
-            if proc is not None and proc.poll() is not None:
-                raise PrefectError(f"the Prefect server exited with code {proc.returncode} before answering")
-            try:
-                if client.get(f"{api_url}/health").status_code == 200:
-                    return time.monotonic() - began
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-    raise PrefectError(f"the Prefect server at {api_url} did not answer within {timeout:.0f} s")
-
-
 class EmbeddedPrefect:
     """Start `prefect server start` in its own session; stop it (and its children) on exit."""
 
@@ -61,7 +44,8 @@ class EmbeddedPrefect:
                                      start_new_session=True, cwd=self.home)
         log.close()
         try:
-            wait_healthy(self.api_url, timeout=120, proc=self.proc)
+            wait_healthy(f"{self.api_url}/health", what="the Prefect server", timeout=120, proc=self.proc,
+                         error=PrefectError)
         except BaseException:
             self.stop()
             raise

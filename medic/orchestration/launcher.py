@@ -5,7 +5,8 @@ under its deployment (so the Prefect UI shows it there) in state Pending, which 
 for, and executed immediately in a thread of medic serve. Dedupe is an in-memory reservation taken
 before the first `await`, so an alert storm cannot race it; the flow also holds a Prefect
 concurrency slot, so a `medic run` elsewhere cannot collide with it either. The flap guard
-remembers recent remediations on disk and, past K in a window, asks a human instead.
+remembers recent remediations on disk — runs that really acted, not alerts that found nothing to do —
+and, past K in a window, asks a human instead (and says so in the run's reason).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from pydantic import BaseModel
 
 from typing import TYPE_CHECKING
 
+from medic.core.polling import backoff, retry_async
+from medic.core.report import RemediationReport
 from medic.errors import PrefectError
 from medic.service.metrics import Metrics
 
@@ -54,7 +57,12 @@ class Launch(BaseModel):
 
 
 class FlapGuard:
-    """How often each (runbook, target) was remediated recently; survives restarts (JSON on disk)."""
+    """How often each (runbook, target) was remediated recently; survives restarts (JSON on disk).
+
+    Only runs that acted count (`acted`): a run that found the target healthy, a dry run, a rejected
+    or timed-out approval changed nothing, so a storm of false alerts never makes the next real
+    incident wait for a human.
+    """
 
     def __init__(self, path: Path, *, max_runs: int, window_s: float) -> None:
         self.path, self.max_runs, self.window_s = path, max_runs, window_s
@@ -77,6 +85,16 @@ class FlapGuard:
 
     def tripped(self, key: Key) -> bool:
         return self.recent(key) >= self.max_runs
+
+    @staticmethod
+    def acted(result: object) -> bool:
+        """Whether a finished run was a remediation: its recovery really ran (not in check mode)."""
+        return isinstance(result, RemediationReport) and result.recovery is not None and not result.recovery.check_mode
+
+    def explain(self, key: Key) -> str:
+        """Why the guard asks a human — carried in the run's `reason`, so its logs, card and report say so."""
+        return (f"flap guard: {key[0]} on {key[1]} was remediated {self.recent(key)} time(s) within the last "
+                f"{self.window_s:g} s (limit {self.max_runs}), so a human decides before it acts again")
 
     def record(self, key: Key, at: float | None = None) -> None:
         now = at or time.time()
@@ -118,6 +136,8 @@ class RunLauncher:
                               flow_run_id=self._active[key], detail="a remediation is already running")
             self._active[key] = None
         require_approval = self.flap.tripped(key) and spec.kind == "remediation"
+        if require_approval:
+            reason = f"{reason} — {self.flap.explain(key)}"
         choice = choose(spec, target, reason=reason, require_approval=require_approval)
         try:
             return await self._create_and_start(key, choice, idempotency_key)
@@ -139,7 +159,7 @@ class RunLauncher:
                                 *, on_done: Callable[[Any], None] | None = None, extra_tags: tuple[str, ...] = (),
                                 record_flap: bool = True) -> Launch:
         from medic.orchestration.flow_kinds import load_flow
-        from medic.orchestration.runtime import create_deployment_run
+        from medic.orchestration.runs import create_deployment_run
 
         runbook, target = key
         params = choice.parameters
@@ -153,40 +173,34 @@ class RunLauncher:
         with self._lock:
             self._active[key] = str(run.id)
         require_approval = bool(params.get("require_approval"))
-        if record_flap:
-            self.flap.record(key)
         if require_approval:
             self.metrics.flap_guard.labels(runbook).inc()
-        self._execute(key, run, on_done, flow=load_flow(choice.entrypoint))
-        detail = (f"flap guard: {self.flap.recent(key)} remediations within {self.flap.window_s:g} s — "
-                  f"asking a human" if require_approval else "")
+        self._execute(key, run, on_done, flow=load_flow(choice.entrypoint), record_flap=record_flap)
+        detail = self.flap.explain(key) if require_approval else ""
         return Launch(status=LaunchStatus.STARTED, runbook=runbook, target=target, flow_run_id=str(run.id),
                       require_approval=require_approval, detail=detail)
 
     async def _retry_create(self, key: Key, choice: "FlowChoice", idempotency_key: str) -> None:
-        deadline = time.monotonic() + self.create_retry_s
-        delay = 0.5
-        while True:
-            await asyncio.sleep(delay)
-            try:
-                launch = await self._create_and_start(key, choice, idempotency_key)
-                log.info("queued run for %s on %s: %s %s", *key, launch.status.value, launch.flow_run_id)
-                return
-            except Exception as exc:  # noqa: BLE001 - keep trying until the deadline
-                if time.monotonic() > deadline:
-                    self._release(key)
-                    log.error("gave up creating the run for %s on %s after %.0f s: %s", *key, self.create_retry_s, exc)
-                    return
-                delay = min(delay * 2, 5.0)
+        delays = backoff(0.5, factor=2.0, cap=5.0)
+        await asyncio.sleep(next(delays))  # the first attempt has just failed
+        try:
+            launch = await retry_async(lambda: self._create_and_start(key, choice, idempotency_key), delays=delays,
+                                       retry_on=Exception, timeout=self.create_retry_s)
+        except Exception as exc:  # noqa: BLE001 - tried until the deadline
+            self._release(key)
+            log.error("gave up creating the run for %s on %s after %.0f s: %s", *key, self.create_retry_s, exc)
+            return
+        log.info("queued run for %s on %s: %s %s", *key, launch.status.value, launch.flow_run_id)
 
     def _release(self, key: Key) -> None:
         with self._lock:
             self._active.pop(key, None)
 
     def _execute(self, key: Key | None, run: Any, on_done: Callable[[Any], None] | None = None, *,
-                 flow: Any = None) -> None:
-        """Run the flow in its own thread and event loop, so slow stages never block the HTTP server."""
-        from medic.orchestration.runtime import run_flow_now
+                 flow: Any = None, record_flap: bool = True) -> None:
+        """Run the flow in its own thread and event loop, so slow stages never block the HTTP server.
+        A run that acted is counted by the flap guard once it has finished."""
+        from medic.orchestration.runs import run_flow_now
 
         def target() -> None:
             self._slots.acquire()
@@ -194,6 +208,8 @@ class RunLauncher:
             outcome = None
             try:
                 outcome = asyncio.run(run_flow_now(flow or self.flow, flow_run=run))
+                if record_flap and key is not None and FlapGuard.acted(outcome.result):
+                    self.flap.record(key)
                 self.metrics.finished(outcome.result)
                 log.info("run %s ended %s: %s", run.id, outcome.state_name, outcome.message)
             except Exception:  # noqa: BLE001 - a crashed run must not take the server down
@@ -232,7 +248,7 @@ class RunLauncher:
 
     async def withdraw(self, runbook: str, target: str, *, why: str) -> str | None:
         """The alert resolved: end a run still waiting for approval as 'no longer needed'."""
-        from medic.orchestration.runtime import ResumeStatus, resume_with_input
+        from medic.orchestration.pause import ResumeStatus, resume_with_input
 
         run_id = self.active().get((runbook, target))
         if not run_id:
@@ -258,6 +274,8 @@ class RunLauncher:
         from prefect.client.schemas.sorting import FlowRunSort
         from prefect.states import Crashed, Pending
 
+        from medic.orchestration.prefect_compat import force_flow_run_state
+
         adopted: list[str] = []
         async with get_client() as client:
             runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
@@ -268,13 +286,11 @@ class RunLauncher:
             for run in runs:
                 if any(t.startswith("kind:") and t != "kind:remediation" for t in run.tags):
                     # A failover is not safe to replay from the top half-way through: say so, loudly.
-                    await client.set_flow_run_state(run.id, Crashed(
-                        message="medic serve restarted during this run; check the cluster, then start it again"),
-                        force=True)
+                    await force_flow_run_state(client, run.id, Crashed(
+                        message="medic serve restarted during this run; check the cluster, then start it again"))
                     log.error("run %s (%s) was interrupted by a medic serve restart; not replayed", run.id, run.name)
                     continue
-                await client.set_flow_run_state(run.id, Pending(message="adopted after a medic serve restart"),
-                                                force=True)
+                await force_flow_run_state(client, run.id, Pending(message="adopted after a medic serve restart"))
                 fresh = await client.read_flow_run(run.id)
                 params = fresh.parameters or {}
                 key = (str(params.get("runbook")), str(params.get("target")))
@@ -301,13 +317,12 @@ async def _free_orphan_slot(client: Any, runbook: str, target: str) -> None:
     old lease lapses later, Prefect decrements the count again (not below 0): for the rest of the run a
     `medic run` elsewhere could then take the slot; medic serve's own dedupe still holds.
     """
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
     from prefect.exceptions import ObjectNotFound
 
-    from medic.orchestration.runtime import remediation_lock_name
+    from medic.orchestration.locks import remediation_lock_name
+    from medic.orchestration.prefect_compat import reset_concurrency_slots
 
     try:
-        name = remediation_lock_name(runbook, target)
-        await client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=0))
+        await reset_concurrency_slots(client, remediation_lock_name(runbook, target))
     except (ObjectNotFound, PrefectError) as exc:  # no lock yet / unusable names: nothing to free
         log.info("no remediation slot to free for %s on %s: %s", runbook, target, exc)

@@ -18,16 +18,18 @@ from __future__ import annotations
 import math
 import re
 from datetime import datetime, time, timedelta, timezone
+from enum import StrEnum
 from typing import Literal, TypeVar
 
 from pydantic import BaseModel, Field
 
-from medic.errors import ConfigError
+from medic.errors import MaintenanceConfigError
 
 __all__ = [
     "MaintenanceConfigError",
     "MaintenanceWindow",
     "WindowCheck",
+    "WindowDecision",
     "WindowSpan",
     "check_window",
     "parse_batch_size",
@@ -39,10 +41,6 @@ DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _SPAN = re.compile(r"^(?:(?P<days>[A-Za-z,\-]+)\s+)?(?P<start>\d{1,2}:\d{2})\s*-\s*(?P<end>\d{1,2}:\d{2})$")
 _EXAMPLE = "e.g. 'Sat,Sun 02:00-04:00', 'Mon-Fri 22:00-02:00' or '03:00-03:30' (UTC)"
 T = TypeVar("T")
-
-
-class MaintenanceConfigError(ConfigError):
-    """A maintenance window or batch size that cannot be understood."""
 
 
 class WindowSpan(BaseModel):
@@ -126,10 +124,18 @@ def parse_window(text: str) -> MaintenanceWindow | None:
     return MaintenanceWindow(text=text.strip(), spans=spans)
 
 
+class WindowDecision(StrEnum):
+    """Run now, wait until the window opens, or skip this run."""
+
+    RUN = "run"
+    WAIT = "wait"
+    SKIP = "skip"
+
+
 class WindowCheck(BaseModel):
     """What the window says about running now."""
 
-    decision: Literal["run", "wait", "skip"]
+    decision: WindowDecision
     window: str = Field("", description="the window's text; empty = always allowed")
     opens_at: datetime | None = None
     reason: str
@@ -140,18 +146,18 @@ def check_window(window_text: str, *, now: datetime, ignore_window: bool, outsid
     """Run now, wait until `opens_at`, or skip — and say why."""
     window = parse_window(window_text)
     if window is None:
-        return WindowCheck(decision="run", reason="no maintenance window configured: always allowed")
+        return WindowCheck(decision=WindowDecision.RUN, reason="no maintenance window configured: always allowed")
     if ignore_window:
-        return WindowCheck(decision="run", window=window.text, reason=f"window {window.text!r} ignored on request")
+        return WindowCheck(decision=WindowDecision.RUN, window=window.text, reason=f"window {window.text!r} ignored on request")
     if window.contains(now):
-        return WindowCheck(decision="run", window=window.text, reason=f"inside the window {window.text!r}")
+        return WindowCheck(decision=WindowDecision.RUN, window=window.text, reason=f"inside the window {window.text!r}")
     opens = window.next_open(now)
     when = opens.strftime("%a %Y-%m-%d %H:%M UTC")
     if outside == "wait" and opens - now <= max_wait:
-        return WindowCheck(decision="wait", window=window.text, opens_at=opens,
+        return WindowCheck(decision=WindowDecision.WAIT, window=window.text, opens_at=opens,
                            reason=f"outside the window {window.text!r}: waiting until it opens {when}")
     extra = f" (more than the {max_wait} wait allowed)" if outside == "wait" else ""
-    return WindowCheck(decision="skip", window=window.text, opens_at=opens,
+    return WindowCheck(decision=WindowDecision.SKIP, window=window.text, opens_at=opens,
                        reason=f"outside the maintenance window {window.text!r}; it opens {when}{extra}")
 
 

@@ -8,37 +8,32 @@ from enum import StrEnum
 from pydantic import BaseModel, Field
 
 from medic.procedures.maintenance import WindowCheck
-from medic.core.report import TimelineEntry
+from medic.core.report import Outcome, TimelineEntry
 from medic.procedures.rolling import BatchResult, HostStep
 
 
-class MaintenanceOutcome(StrEnum):
-    COMPLETED = "completed"
-    STOPPED = "stopped at error threshold"
-    DRY_RUN = "dry run"
-    SKIPPED = "skipped: outside the maintenance window"
+class CleanupStatus(StrEnum):
+    """What the clean-up did on one host (`CleanupHost.status`)."""
+
+    CLEANED = "cleaned"
+    NOTHING_TO_DO = "nothing to do"
+    WOULD_CLEAN = "would clean"
     FAILED = "failed"
-
-    @property
-    def success(self) -> bool:
-        return self in (MaintenanceOutcome.COMPLETED, MaintenanceOutcome.DRY_RUN, MaintenanceOutcome.SKIPPED)
-
-    @property
-    def state_name(self) -> str:
-        return self.value.split(":")[0].title().replace(" ", "")
+    UNREACHABLE = "unreachable"
+    NOT_STARTED = "not started"
 
 
 class CleanupHost(BaseModel):
     host: str
     batch: int
-    status: str = Field(description="cleaned, nothing to do, would clean, failed, unreachable, not started")
+    status: CleanupStatus = Field(description="cleaned, nothing to do, would clean, failed, unreachable, not started")
     files_deleted: int = 0
     bytes_freed: int = 0
     detail: str = ""
 
     @property
     def failed(self) -> bool:
-        return self.status in ("failed", "unreachable")
+        return self.status in (CleanupStatus.FAILED, CleanupStatus.UNREACHABLE)
 
 
 class MaintenanceReport(BaseModel):
@@ -48,7 +43,7 @@ class MaintenanceReport(BaseModel):
     max_errors: int
     dry_run: bool
     reason: str
-    outcome: MaintenanceOutcome
+    outcome: Outcome
     summary: str
     window: WindowCheck | None = None
     started_at: datetime

@@ -20,7 +20,7 @@ import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from typing import Literal
+from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
@@ -37,7 +37,14 @@ RESTART_COMMAND = "${servicectl} restart"
 HEALTH_COMMAND = "curl -fsS -m 2 http://127.0.0.1:${service_port}/healthz"
 _PID = re.compile(r"\(pid (\d+)\)")
 
-HostStatus = Literal["pending", "restarted", "failed", "not started", "would restart"]
+class HostStatus(StrEnum):
+    """Where one host of a rolling restart stands (`HostStep.status`)."""
+
+    PENDING = "pending"
+    RESTARTED = "restarted"
+    FAILED = "failed"
+    NOT_STARTED = "not started"
+    WOULD_RESTART = "would restart"
 
 
 class LBTarget(BaseModel):
@@ -65,7 +72,7 @@ class HostStep(BaseModel):
 
     host: str
     batch: int
-    status: HostStatus = "pending"
+    status: HostStatus = HostStatus.PENDING
     detail: str = ""
     lb: LBTarget | None = None
     lb_before: str | None = Field(None, description="admin state before medic touched it")
@@ -79,7 +86,7 @@ class HostStep(BaseModel):
 
     @property
     def failed(self) -> bool:
-        return self.status == "failed"
+        return self.status is HostStatus.FAILED
 
 
 class StepTimes(BaseModel):
@@ -150,23 +157,23 @@ def restart(steps: list[HostStep], hosts: dict[str, Host], ssh: SSHSession, *, t
             found = _PID.findall(r.stdout)
             s.pid_after = int(found[-1]) if found else None
         else:
-            s.status, s.healthy = "failed", False
+            s.status, s.healthy = HostStatus.FAILED, False
             s.detail = f"restart failed: {r.error or f'exit {r.exit_code}'}: {(r.stderr or r.stdout).strip()[:200]}"
 
 
 def health(steps: list[HostStep], hosts: dict[str, Host], ssh: SSHSession, *, timeout: float) -> None:
     """Poll each restarted host's /healthz (on the host, over SSH) until it answers or `timeout` passes."""
-    pending = [s for s in steps if s.status == "pending"]
+    pending = [s for s in steps if s.status is HostStatus.PENDING]
     deadline = time.monotonic() + timeout
     while pending:
         results = ssh.fan_out([hosts[s.host] for s in pending], lambda h: render_shell(HEALTH_COMMAND, h), timeout=5)
         for s, r in zip(pending, results):
             if r.ok:
-                s.healthy, s.status = True, "restarted"
-        pending = [s for s in pending if s.status == "pending"]
+                s.healthy, s.status = True, HostStatus.RESTARTED
+        pending = [s for s in pending if s.status is HostStatus.PENDING]
         if pending and time.monotonic() >= deadline:
             for s in pending:
-                s.status, s.healthy = "failed", False
+                s.status, s.healthy = HostStatus.FAILED, False
                 s.detail = f"restarted but /healthz did not answer within {timeout:g} s"
             break
         if pending:
@@ -185,7 +192,7 @@ def ready(steps: list[HostStep], *, timeout: float) -> None:
             time.sleep(0.05)
     for s in waiting:
         if s.healthy:
-            s.status, s.detail = "failed", f"healthy on the host but HAProxy did not report it UP within {timeout:g} s"
+            s.status, s.detail = HostStatus.FAILED, f"healthy on the host but HAProxy did not report it UP within {timeout:g} s"
     describe_lb(steps)
 
 

@@ -18,6 +18,7 @@ from medic.errors import PromQLError, RunbookError, UnknownTargetError
 from medic.core.inventory import Host, Inventory
 from medic.clients.prometheus import PrometheusClient, Series
 from medic.core.report import (
+    ActionStatus,
     CheckResult,
     CommandEvidence,
     Diagnosis,
@@ -145,6 +146,15 @@ def detect(p: Plan, prom: PrometheusClient, *, sleep: Sleep = time.sleep) -> Che
         sleep(POLL_INTERVAL_S)
 
 
+def recheck(p: Plan, hosts: list[Host], prom: PrometheusClient) -> CheckResult:
+    """After a human's decision (minutes may have passed): is the problem still there? One look at
+    the current values — no `for`, no settle — so a problem fixed meanwhile is not "fixed" again."""
+    spec, began = p.runbook.detect, time.monotonic()
+    values = evaluate(spec, hosts, prom, hold=0, every_series=False)
+    return CheckResult(query=spec.query, condition=str(spec.condition), values=values,
+                       matching=[v.host for v in values if v.matches], waited_s=time.monotonic() - began)
+
+
 def verify(p: Plan, hosts: list[Host], prom: PrometheusClient, *, sleep: Sleep = time.sleep) -> CheckResult:
     """Wait until every repaired host is healthy for `for` seconds, or the timeout passes."""
     spec, began = p.runbook.verify, time.monotonic()
@@ -203,21 +213,21 @@ def _playbook_actions(result: PlaybookResult, batch: list[Host], check: bool) ->
     for h in batch:
         r = result.hosts.get(h.name)
         if r is None:
-            actions.append(HostAction(host=h.name, status="failed", detail=result.error or f"no result (rc {result.rc})"))
+            actions.append(HostAction(host=h.name, status=ActionStatus.FAILED, detail=result.error or f"no result (rc {result.rc})"))
             continue
-        failed_task = next((t for t in r.tasks if t.status in ("failed", "unreachable")), None)
+        failed_task = next((t for t in r.tasks if t.failed), None)
         # Ansible reports nothing about tasks skipped in check mode, so a playbook states its plan
         # itself: medic_result.action = what it does (or would do); "none" = nothing to do.
         planned = str(r.return_values.get("action", "none"))
         would_run = [planned] if check and planned != "none" else []
         if r.unreachable:
-            status = "unreachable"
+            status = ActionStatus.UNREACHABLE
         elif r.failed:
-            status = "failed"
+            status = ActionStatus.FAILED
         elif r.changed or would_run:
-            status = "would change" if check else "changed"
+            status = ActionStatus.WOULD_CHANGE if check else ActionStatus.CHANGED
         else:
-            status = "ok"
+            status = ActionStatus.OK
         if failed_task:
             detail = f"{failed_task.task}: {failed_task.msg}"
         elif would_run:
@@ -232,9 +242,10 @@ def _command_actions(results: list[CommandResult]) -> list[HostAction]:
     actions = []
     for r in results:
         if r.ok:
-            actions.append(HostAction(host=r.host, status="changed", detail=(r.stdout or r.stderr).strip()[:300]))
+            actions.append(HostAction(host=r.host, status=ActionStatus.CHANGED, detail=(r.stdout or r.stderr).strip()[:300]))
         else:
-            status = "unreachable" if r.exit_code is None and r.error and "unreachable" in r.error else "failed"
+            status = (ActionStatus.UNREACHABLE if r.exit_code is None and r.error and "unreachable" in r.error
+                      else ActionStatus.FAILED)
             actions.append(HostAction(host=r.host, status=status,
                                       detail=r.error or f"exit {r.exit_code}: {(r.stderr or r.stdout).strip()[:300]}"))
     return actions
@@ -250,7 +261,7 @@ def recover(p: Plan, hosts: list[Host], *, dry_run: bool, ssh: SSHSession, playb
     done = 0
     for batch in batches:
         if sum(1 for a in actions if a.failed) > limits.max_errors:
-            actions += [HostAction(host=h.name, status="skipped",
+            actions += [HostAction(host=h.name, status=ActionStatus.SKIPPED,
                                    detail=f"not attempted: more than {limits.max_errors} host(s) failed")
                         for b in batches[done:] for h in b]
             break
@@ -260,7 +271,7 @@ def recover(p: Plan, hosts: list[Host], *, dry_run: bool, ssh: SSHSession, playb
                                   extravars=dict(spec.vars), check=dry_run, timeout=spec.timeout)
             actions += _playbook_actions(result, batch, dry_run)
         elif dry_run:
-            actions += [HostAction(host=h.name, status="would change",
+            actions += [HostAction(host=h.name, status=ActionStatus.WOULD_CHANGE,
                                    detail=f"would run: {render_shell(spec.command or '', h, where='recover command')}")
                         for h in batch]
         else:

@@ -7,8 +7,6 @@ Handlers answer fast and never block on a remediation: runs execute in their own
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,43 +15,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from medic.service.intake import Action, IntakeRefused, decide, parse_webhook
-from medic.core.inventory import Inventory, load_inventory
-from medic.orchestration.launcher import LaunchStatus, RunLauncher
-from medic.service.metrics import Metrics
+from medic.errors import IntakeRefused
+from medic.orchestration.launcher import LaunchStatus
+from medic.service.intake import Action, decide, parse_webhook
 from medic.service.run_stream import start_run
-from medic.core.runbook import Runbook, load_runbooks
-from medic.settings import Settings
+from medic.service.slack_endpoint import slack_actions, slack_not_configured
+from medic.service.state import ServiceState, service_state
+
+__all__ = ["create_app"]
 
 log = logging.getLogger("medic.service.app")
 
 
-@dataclass
-class ServerState:
-    settings: Settings
-    launcher: RunLauncher
-    metrics: Metrics
-    runbooks: dict[str, Runbook]
-    _inventory: Inventory | None = None
-    _inventory_mtime: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def inventory(self) -> Inventory:
-        """The inventory, re-read when its file changes (a lab restart regenerates it)."""
-        path = self.settings.inventory or Path("/nonexistent")
-        mtime = path.stat().st_mtime if path.exists() else 0.0
-        if self._inventory is None or mtime != self._inventory_mtime:
-            self._inventory = load_inventory(path)
-            self._inventory_mtime = mtime
-        return self._inventory
-
-
-def _state(request: Request) -> ServerState:
-    return request.app.state.medic
-
-
 async def healthz(request: Request) -> Response:
-    state = _state(request)
+    state = service_state(request)
     prefect_ok = False
     try:
         async with httpx.AsyncClient(timeout=2) as client:
@@ -68,7 +43,7 @@ async def healthz(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    state = _state(request)
+    state = service_state(request)
     try:
         async with httpx.AsyncClient(timeout=2) as client:
             paused = await client.post(f"{state.settings.prefect_api_url}/flow_runs/count", json={
@@ -80,7 +55,7 @@ async def metrics(request: Request) -> Response:
 
 
 async def alertmanager(request: Request) -> Response:
-    state = _state(request)
+    state = service_state(request)
     body = await request.body()
     try:
         payload = parse_webhook(body, request.headers.get("content-type"))
@@ -113,41 +88,15 @@ def _starts_at(payload: Any, fingerprint: str) -> str:
     return next((a.startsAt.isoformat() for a in payload.alerts if a.fingerprint == fingerprint), "")
 
 
-async def slack_not_configured(request: Request) -> Response:
-    return JSONResponse({"error": "Slack is not configured on this medic (set MEDIC_SLACK_SIGNING_SECRET)"},
-                        status_code=404)
-
-
-def create_app(state: ServerState) -> Starlette:
-    routes = [
+def create_app(state: ServiceState) -> Starlette:
+    """medic serve's routes over `state` (built by `medic.service.state.build_state`)."""
+    slack = slack_actions if state.settings.slack_signing_secret is not None else slack_not_configured
+    app = Starlette(routes=[
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/alertmanager", alertmanager, methods=["POST"]),
         Route("/runs", start_run, methods=["POST"]),
-    ]
-    if state.settings.slack_signing_secret is not None:
-        from medic.service.slack_endpoint import slack_actions
-
-        routes.append(Route("/slack/actions", slack_actions, methods=["POST"]))
-    else:
-        routes.append(Route("/slack/actions", slack_not_configured, methods=["POST"]))
-    app = Starlette(routes=routes)
+        Route("/slack/actions", slack, methods=["POST"]),
+    ])
     app.state.medic = state
-    if state.settings.slack_socket_mode:  # clicks over Slack's websocket, into the same handler
-        import asyncio
-
-        from medic.service.socket_mode import start_socket_mode
-
-        state.extra["socket_mode"] = start_socket_mode(state, asyncio.get_running_loop())
     return app
-
-
-def build_state(settings: Settings, flow: Any) -> ServerState:
-    from medic.orchestration.launcher import FlapGuard
-
-    metrics_ = Metrics()
-    flap = FlapGuard(settings.state_dir / "flap-guard.json", max_runs=settings.flap_max_runs,
-                     window_s=settings.flap_window_s)
-    launcher = RunLauncher(flow=flow, flap=flap, metrics=metrics_, max_concurrent=settings.max_concurrent_runs)
-    return ServerState(settings=settings, launcher=launcher,
-                       metrics=metrics_, runbooks=load_runbooks(settings.runbooks_dir))

@@ -12,21 +12,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from medic.errors import InventoryError, MedicError, UnsafeValueError
+from medic.errors import IntakeRefused, InventoryError, UnsafeValueError
 from medic.core.inventory import Inventory
 from medic.core.runbook import Runbook
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_ALERTS = 5000
-
-
-class IntakeRefused(MedicError):
-    """The webhook request itself is unusable; `status` is the HTTP status to answer."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        self.status = status
-        self.reason = reason
-        super().__init__(reason)
 
 
 class AMAlert(BaseModel):

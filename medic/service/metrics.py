@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from typing import Any
+from medic.core.report import Outcome
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.runs = Counter("medic_runs_total", "Remediation runs finished, by runbook and outcome",
+        self.runs = Counter("medic_runs_total", "Runs finished (remediation, failover, rejoin), by runbook and outcome",
                             ["runbook", "outcome"], registry=self.registry)
         self.time_to_recover = Histogram(
             "medic_time_to_recover_seconds", "From run start to verified recovery", ["runbook"],
@@ -27,13 +29,14 @@ class Metrics:
                                   ["runbook"], registry=self.registry)
 
     def finished(self, report: Any) -> None:
-        """Count a finished run from its report (a remediation's or a failover's)."""
+        """Count a finished run by its report's runbook and outcome (remediation, failover and rejoin
+        reports carry both); time to recover when the run restored service."""
         runbook, outcome = getattr(report, "runbook", None), getattr(report, "outcome", None)
-        if runbook is None or outcome is None:
-            return
-        self.runs.labels(runbook, str(getattr(outcome, "value", outcome))).inc()
+        if not isinstance(runbook, str) or not isinstance(outcome, Outcome):
+            return  # no report (the run crashed) or one that is not a run of a runbook
+        self.runs.labels(runbook, outcome.value).inc()
         duration = getattr(report, "duration_s", None)
-        if str(getattr(outcome, "value", outcome)) in ("recovered", "promoted") and duration is not None:
+        if outcome.restored and duration is not None:
             self.time_to_recover.labels(runbook).observe(duration)
 
     def render(self) -> bytes:

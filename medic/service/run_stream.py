@@ -12,6 +12,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+from prefect.context import FlowRunContext
 from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -21,6 +22,7 @@ from medic.core.progress import add_listener
 from medic.core.report import TimelineEntry
 from medic.core.runbook import find_runbook
 from medic.procedures.stages import plan
+from medic.service.state import service_state
 
 
 class RunRequest(BaseModel):
@@ -30,14 +32,12 @@ class RunRequest(BaseModel):
 
 
 def _current_run_id() -> str | None:
-    from prefect.context import FlowRunContext
-
     ctx = FlowRunContext.get()
     return str(ctx.flow_run.id) if ctx and ctx.flow_run else None
 
 
 async def start_run(request: Request) -> Response:
-    state = request.app.state.medic
+    state = service_state(request)
     try:
         asked = RunRequest.model_validate_json(await request.body())
         spec = find_runbook(asked.runbook, state.settings.runbooks_dir)

@@ -1,257 +1,30 @@
-"""`POST /slack/actions`: an Approve / Reject click on an approval card becomes a decision.
+"""`POST /slack/actions`: an Approve / Reject click on an approval card, over HTTP.
 
 The endpoint only verifies and parses (401 / 400 otherwise) and answers 200 at once — Slack wants an
-answer within 3 s — then `ClickHandler.handle` does the slow part in the background. Socket Mode
-(`medic.service.socket_mode`) feeds the same `ClickHandler`, so both ways in obey the same rules:
-
-* only the runbook's approvers (user ids, or members of its Slack user group) may decide; anyone
-  else changes nothing and is told so in an ephemeral message;
-* clicks for one run are handled one at a time, and a click that can no longer count (already
-  decided, same approver again) is answered without resuming: a double click resumes once;
-* a resume is checked: after "accepted" the handler waits until the flow has taken the input; a
-  run that nobody executes any more is marked Crashed instead of being left "Running";
-* a click for a run that no longer waits (finished, timed out, gone) updates the card to say so.
+answer within 3 s — then the process's `ClickHandler` (`medic.service.clicks`, shared with Socket Mode)
+does the slow part in the background.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
-from collections.abc import Callable
-from enum import StrEnum
-from typing import TYPE_CHECKING
-from uuid import UUID
 
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from medic.core import audit
-from medic.approval.gate import is_slack_approver
-from medic.approval.card import APPROVE_ACTION_ID, REJECT_ACTION_ID, escape, mention, slack_date
-from medic.errors import MedicError
-from medic.approval.notify import ApprovalCards, CardRecord
-from medic.orchestration.runtime import ResumeOutcome, ResumeStatus, resume_with_input
-from medic.core.report import utcnow
-from medic.core.runbook import Approval, Runbook, find_runbook
-from medic.settings import Settings
-from medic.clients.slack import BlockAction, Decision, SlackRequestRefused, verify_and_parse
+from medic.clients.slack_interactivity import SlackRequestRefused, verify_and_parse
+from medic.service.clicks import check_click
+from medic.service.state import service_state
 
-if TYPE_CHECKING:
-    from medic.service.app import ServerState
-
-__all__ = ["ClickHandler", "ClickResult", "check_click", "handler_for", "slack_actions"]
+__all__ = ["slack_actions", "slack_not_configured"]
 
 log = logging.getLogger("medic.service.slack_endpoint")
-
-ACK_TIMEOUT_S = 10.0  # an accepted resume must be taken by the flow within this, else nobody runs it
-REPAUSE_WAIT_S = 20.0  # a run between two pauses (N-of-M, or re-executed after a restart) pauses again soon
-_TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
-_DECISIONS = {APPROVE_ACTION_ID: "approve", REJECT_ACTION_ID: "reject"}
-
-
-class ClickResult(StrEnum):
-    """What became of one click (also the `result` of its audit record)."""
-
-    ACCEPTED = "accepted"
-    UNAUTHORIZED = "refused: not an approver"
-    ALREADY_DECIDED = "ignored: already decided"
-    ALREADY_APPROVED = "ignored: this approver already approved"
-    NOT_WAITING = "not waiting any more"
-    TIMED_OUT = "timed out"
-    RUN_GONE = "run gone"
-    ORPHANED = "run had nobody executing it: marked crashed"
-    REJECTED_INPUT = "input rejected"
-    BUSY = "run not paused yet: try again"
-    ERROR = "error"
-
-
-def check_click(action: BlockAction) -> None:
-    """Refuse (400) a click that is not one of medic's approval buttons carrying a flow run id."""
-    if action.action_id not in _DECISIONS:
-        raise SlackRequestRefused(status=400, reason=f"unknown action_id {action.action_id[:40]!r}")
-    try:
-        UUID(action.value)
-    except ValueError:
-        raise SlackRequestRefused(status=400, reason="button value is not a flow run id") from None
-
-
-class ClickHandler:
-    """Turns a verified click into a resume of the paused flow run; one per medic serve process."""
-
-    def __init__(self, *, settings: Settings, runbooks: dict[str, Runbook] | None = None,
-                 is_executing: Callable[[str], bool] | None = None) -> None:
-        self.settings = settings
-        self.cards = ApprovalCards(settings)
-        self.runbooks = runbooks or {}
-        self.is_executing = is_executing or (lambda run_id: False)
-        self._locks: dict[str, asyncio.Lock] = {}
-
-    async def handle(self, action: BlockAction) -> ClickResult:
-        """Handle one click, after any earlier click for the same run; audit what came of it."""
-        run_id = action.value
-        lock = self._locks.setdefault(run_id, asyncio.Lock())
-        async with lock:
-            try:
-                result, runbook, detail = await self._handle(action)
-            except MedicError as exc:  # Prefect unreachable …: tell the clicker, keep serving
-                log.warning("click by %s on run %s failed: %s", action.user_id, run_id, exc)
-                await self._tell(action, f"medic could not act on your click: {exc}")
-                result, runbook, detail = ClickResult.ERROR, None, str(exc)
-        audit.record(audit.AuditRecord(kind="click", flow_run_id=run_id, runbook=runbook, who=action.user_id,
-                                       what=_DECISIONS[action.action_id], where="slack", result=result.value,
-                                       detail=detail), settings=self.settings)
-        return result
-
-    async def _handle(self, action: BlockAction) -> tuple[ClickResult, str | None, str]:
-        run_id, user, decision = action.value, action.user_id, _DECISIONS[action.action_id]
-        found = await _runbook_of(run_id)
-        if found is None:
-            await self._end_card(action, Decision.GONE, "the flow run no longer exists")
-            await self._tell(action, "That run no longer exists; nothing was changed.")
-            return ClickResult.RUN_GONE, None, "no such flow run"
-        name, state = found
-        policy = self._policy(name)
-        if not await asyncio.to_thread(is_slack_approver, user, policy, self.cards.notifier.usergroup_members):
-            who = ", ".join(mention(a) for a in policy.approvers) or f"members of <!subteam^{policy.approver_group}>"
-            await self._tell(action, f"You are not an approver of runbook `{escape(name)}` (approvers: {who}). "
-                                     "Nothing was changed.")
-            return ClickResult.UNAUTHORIZED, name, f"approvers {policy.approvers}, group {policy.approver_group}"
-        record = self.cards.store.get(run_id)
-        if record is not None and not record.waiting:
-            await asyncio.to_thread(self.cards.refresh, record)
-            await self._tell(action, f"Already decided: {record.decision.value if record.decision else ''}.")
-            return ClickResult.ALREADY_DECIDED, name, record.decision.value if record.decision else ""
-        if record is not None and decision == "approve" and user in record.card.approved_by:
-            await self._tell(action, "You have already approved; waiting for another approver.")
-            return ClickResult.ALREADY_APPROVED, name, ""
-        if state in _TERMINAL:
-            await self._end_card(action, Decision.GONE, f"the run had already ended ({state})")
-            await self._tell(action, f"That run has already ended ({state}); nothing was changed.")
-            return ClickResult.NOT_WAITING, name, state
-        return await self._resume(action, name, record)
-
-    async def _resume(self, action: BlockAction, name: str, record: CardRecord | None) -> tuple[ClickResult, str, str]:
-        run_id = action.value
-        payload = {"decision": _DECISIONS[action.action_id], "approver": action.user_id, "via": "slack",
-                   "comment": ""}
-        consumed = record.consumed if record else 0
-        outcome = await _resume_when_paused(run_id, payload)
-        # Paused for REPAUSE_WAIT_S without the input schema a live flow stores right after pausing:
-        # the process that paused it died in between, and the run can never take a decision.
-        half_paused = outcome.status is ResumeStatus.NOT_PAUSED and outcome.state_type == "PAUSED"
-        if outcome.accepted or (half_paused and not self.is_executing(run_id)):
-            if outcome.accepted and await self._taken(run_id, consumed):
-                return ClickResult.ACCEPTED, name, ""
-            if outcome.accepted and self.is_executing(run_id):
-                log.warning("run %s accepted a decision but has not taken it within %.0f s", run_id, ACK_TIMEOUT_S)
-                return ClickResult.ACCEPTED, name, "accepted, not yet taken by the flow"
-            await _mark_crashed(run_id)
-            await self._end_card(action, Decision.GONE, "nobody was executing the run any more (its process is "
-                                                        "gone); marked Crashed — nothing was changed")
-            await self._tell(action, "That run had nobody executing it any more; it is marked Crashed and nothing "
-                                     "was changed. Start it again if it is still needed.")
-            return ClickResult.ORPHANED, name, "no flow took the input"
-        if outcome.status is ResumeStatus.TIMED_OUT:
-            await self._end_card(action, Decision.TIMED_OUT, None)
-            await self._tell(action, "Too late: the approval had timed out; nothing was changed.")
-            return ClickResult.TIMED_OUT, name, outcome.reason
-        if outcome.status is ResumeStatus.NOT_FOUND:
-            await self._end_card(action, Decision.GONE, "the flow run no longer exists")
-            return ClickResult.RUN_GONE, name, outcome.reason
-        if outcome.status is ResumeStatus.REJECTED_INPUT:
-            await self._tell(action, f"Prefect refused the decision: {escape(outcome.reason)}")
-            return ClickResult.REJECTED_INPUT, name, outcome.reason
-        if (outcome.state_type or "") in _TERMINAL:
-            await self._end_card(action, Decision.GONE, f"the run had already ended ({outcome.state_type})")
-            await self._tell(action, f"That run is no longer waiting ({outcome.state_type}); nothing was changed.")
-            return ClickResult.NOT_WAITING, name, outcome.reason
-        await self._tell(action, f"That run is not waiting for a decision right now ({outcome.state_type}); "
-                                 "try again in a moment.")
-        return ClickResult.BUSY, name, outcome.reason
-
-    def _policy(self, runbook: str) -> Approval:
-        spec = self.runbooks.get(runbook) or find_runbook(runbook, self.settings.runbooks_dir)
-        return spec.approval
-
-    async def _taken(self, run_id: str, consumed: int) -> bool:
-        """Wait until the flow has counted one more input (it writes the count to the card store)."""
-        deadline = time.monotonic() + ACK_TIMEOUT_S
-        while time.monotonic() < deadline:
-            record = self.cards.store.get(run_id)
-            if record is None or record.consumed > consumed:
-                return True  # no card record: the flow keeps none (Slack off there); trust the resume
-            await asyncio.sleep(0.02)
-        return False
-
-    async def _end_card(self, action: BlockAction, decision: Decision, note: str | None) -> None:
-        """Show on the card that the run no longer waits (the stored card, else the clicked message)."""
-        record = await asyncio.to_thread(self.cards.decide, action.value, decision, note=note)
-        if record is None or not record.ts:
-            blocks = [b for b in action.message_blocks if b.get("type") != "actions"]
-            line = f"⌛ No longer waiting ({slack_date(utcnow())}): {escape(note or decision.value)}"
-            blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": line}})
-            await asyncio.to_thread(self.cards.notifier.update, action.channel_id, action.message_ts,
-                                    f"No longer waiting: {note or decision.value}", blocks)
-
-    async def _tell(self, action: BlockAction, text: str) -> None:
-        await asyncio.to_thread(self.cards.notifier.post_ephemeral, action.channel_id, action.user_id, text)
-
-
-async def _runbook_of(run_id: str) -> tuple[str, str] | None:
-    """(runbook name, state type) of a flow run, from its parameters in Prefect; None if it is gone."""
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
-
-    from medic.errors import PrefectError
-
-    try:
-        async with get_client() as client:
-            run = await client.read_flow_run(UUID(run_id))
-    except ObjectNotFound:
-        return None
-    except Exception as exc:  # noqa: BLE001 - any client failure is "Prefect cannot answer"
-        raise PrefectError(f"cannot read flow run {run_id} from the Prefect API: {exc}") from exc
-    state = run.state.type.value if run.state else "UNKNOWN"
-    return str((run.parameters or {}).get("runbook", "")), state
-
-
-async def _resume_when_paused(run_id: str, payload: dict[str, str]) -> ResumeOutcome:
-    """Resume; a run that is between pauses (or re-executing after a restart) gets a few seconds to
-    pause again before the answer counts as "not waiting"."""
-    deadline = time.monotonic() + REPAUSE_WAIT_S
-    while True:
-        outcome = await resume_with_input(run_id, payload)
-        busy = outcome.status in (ResumeStatus.ALREADY_RESUMED, ResumeStatus.NOT_PAUSED)
-        if not busy or (outcome.state_type or "") in _TERMINAL or time.monotonic() > deadline:
-            return outcome
-        await asyncio.sleep(0.2)
-
-
-async def _mark_crashed(run_id: str) -> None:
-    from prefect.client.orchestration import get_client
-    from prefect.states import Crashed
-
-    async with get_client() as client:
-        await client.set_flow_run_state(UUID(run_id), Crashed(
-            message="a decision arrived but no process was executing this run any more; nothing was changed"),
-            force=True)
-
-
-def handler_for(state: "ServerState") -> ClickHandler:
-    """The one ClickHandler of a medic serve process (the HTTP endpoint and Socket Mode share it)."""
-    handler = state.extra.get("slack_clicks")
-    if handler is None:
-        handler = state.extra["slack_clicks"] = ClickHandler(
-            settings=state.settings, runbooks=state.runbooks,
-            is_executing=lambda run_id: run_id in state.launcher.active().values())
-    return handler
 
 
 async def slack_actions(request: Request) -> Response:
     """Verify, parse, answer 200 at once; the click is handled in the background."""
-    state = request.app.state.medic
+    state = service_state(request)
     secret = state.settings.slack_signing_secret
     body = await request.body()
     try:
@@ -260,4 +33,10 @@ async def slack_actions(request: Request) -> Response:
     except SlackRequestRefused as exc:
         log.warning("refused a Slack request from %s: %s", request.client.host if request.client else "?", exc.reason)
         return JSONResponse({"error": exc.reason}, status_code=exc.status)
-    return Response(status_code=200, background=BackgroundTask(handler_for(state).handle, action))
+    return Response(status_code=200, background=BackgroundTask(state.clicks.handle, action))
+
+
+async def slack_not_configured(request: Request) -> Response:
+    """What `/slack/actions` answers on a medic serve without a signing secret: say how to configure it."""
+    return JSONResponse({"error": "Slack is not configured on this medic (set MEDIC_SLACK_SIGNING_SECRET)"},
+                        status_code=404)

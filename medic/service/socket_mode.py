@@ -15,20 +15,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
+from slack_sdk import WebClient
 from slack_sdk.errors import SlackClientError
+from slack_sdk.socket_mode import SocketModeClient
 from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.socket_mode.response import SocketModeResponse
 
+from medic.clients.slack_interactivity import SlackRequestRefused, parse_block_actions
 from medic.errors import ConfigError
-from medic.clients.slack import SlackRequestRefused, parse_block_actions
-from medic.service.slack_endpoint import ClickHandler, ClickResult, check_click, handler_for
-
-if TYPE_CHECKING:
-    from slack_sdk.socket_mode import SocketModeClient
-
-    from medic.service.app import ServerState
+from medic.service.clicks import ClickHandler, ClickResult, check_click
+from medic.settings import Settings
 
 __all__ = ["route", "start_socket_mode"]
 
@@ -58,18 +56,13 @@ def route(client: _Acknowledger, request: SocketModeRequest, *, handler: ClickHa
     return asyncio.run_coroutine_threadsafe(handler.handle(action), loop)
 
 
-def start_socket_mode(state: ServerState, loop: asyncio.AbstractEventLoop) -> SocketModeClient:
-    """Connect to Slack over Socket Mode and route clicks into medic serve's `ClickHandler`."""
-    from slack_sdk import WebClient
-    from slack_sdk.socket_mode import SocketModeClient
-
-    settings = state.settings
+def start_socket_mode(settings: Settings, handler: ClickHandler, loop: asyncio.AbstractEventLoop) -> SocketModeClient:
+    """Connect to Slack over Socket Mode and route clicks into medic serve's `ClickHandler` on `loop`."""
     if settings.slack_app_token is None:
         raise ConfigError("MEDIC_SLACK_SOCKET_MODE=true needs MEDIC_SLACK_APP_TOKEN (the app-level xapp- token)")
     bot = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else None
     client = SocketModeClient(app_token=settings.slack_app_token.get_secret_value(),
                               web_client=WebClient(token=bot, base_url=settings.slack_api_url))
-    handler = handler_for(state)
     client.socket_mode_request_listeners.append(
         lambda c, request: route(c, request, handler=handler, loop=loop) and None)
     try:

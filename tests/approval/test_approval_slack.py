@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +26,16 @@ import yaml
 from slack_sdk.socket_mode.request import SocketModeRequest
 
 from medic.core.audit import AuditRecord, read_records
-from medic_lab import faults
 from medic_lab.state import LabState
 from medic.core.paths import RUNBOOKS_DIR
 from medic.settings import Settings
-from medic.service.slack_endpoint import ClickHandler, ClickResult
+from medic.service.clicks import ClickHandler, ClickResult
 from medic.service.socket_mode import route
 from tests.fakes.slack_api import Call, FakeSlack
 from tests.fakes.slack_signing import SIGNING_SECRET, block_action_payload, post_block_action, sign
-from tests.support.server import MedicServer, alert_payload, medic_server
-from tests.support.flows import wait_metric
+from tests.support.lab_health import lab_restored, seen
+from tests.support.server import MedicServer, alert_payload, cancel_leftover_runs, medic_server
+from tests.support.waits import wait_for
 
 ALICE, BOB, CAROL, MALLORY = "U0ALICE", "U0BOB", "U0CAROL", "U0MALLORY"
 CHANNEL, ESCALATION = "C0OPS0001", "C0ESCALATE"
@@ -79,26 +79,23 @@ def serve_env(lab: LabState, slack: FakeSlack, runbooks_dir: Path, tmp_path_fact
 
 
 @pytest.fixture(scope="module")
-def server(serve_env: dict[str, str]) -> Iterator[MedicServer]:
+def server(lab: LabState, serve_env: dict[str, str]) -> Iterator[MedicServer]:
+    cancel_leftover_runs(lab.prefect_api_url)  # a new medic serve adopts them: start from a clean site
     with medic_server(Path(serve_env["MEDIC_STATE_DIR"]), env=serve_env) as running:
         yield running
 
 
 @pytest.fixture
-def disk_full(lab: LabState) -> Iterator[Any]:
-    """Fill a host's data dir; refill nothing afterwards, but always undo the fault."""
-    broken: list[str] = []
+def disk_full(lab: LabState) -> Iterator[Callable[[str], list[str]]]:
+    """`disk_full(host)` fills a host's data dir (seen by Prometheus) and returns its cache listing;
+    after the test, pass or fail, the lab is restored and checked healthy."""
+    with lab_restored(lab) as inject:
+        def fill(host: str) -> list[str]:
+            inject("disk-full", host)
+            seen(lab, "disk-full", host)
+            return _cache(lab, host)
 
-    def inject(host: str) -> list[str]:
-        faults.break_host(lab, "disk-full", host)
-        broken.append(host)
-        wait_metric(lab, f'demo_data_dir_used_bytes{{host="{host}"}} / demo_data_dir_capacity_bytes{{host="{host}"}}',
-                    lambda r: r and r[0][1] > 0.9)
-        return _cache(lab, host)
-
-    yield inject
-    for host in broken:
-        faults.fix_host(lab, "disk-full", host)
+        yield fill
 
 
 # --- helpers ----------------------------------------------------------------------------------------
@@ -133,23 +130,22 @@ def run_state(lab: LabState, run_id: str) -> dict[str, Any]:
 
 
 def wait_state(lab: LabState, run_id: str, types: set[str], timeout: float = 120) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while (state := run_state(lab, run_id))["type"] not in types:
-        assert time.monotonic() < deadline, f"run {run_id} still {state['type']} {state.get('message')}"
-        time.sleep(0.2)
-    return state
+    return wait_for(lambda: run_state(lab, run_id), what=f"run {run_id} to be {'/'.join(sorted(types))}",
+                    timeout=timeout, done=lambda state: state["type"] in types, ignore=httpx.HTTPError)
 
 
 def wait_input_schema(lab: LabState, run_id: str, timeout: float = 60) -> None:
     """Until the paused run's input schema is stored (the flow does that just after setting Paused)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        state = wait_state(lab, run_id, {"PAUSED"})
+    def schema_stored() -> str:
+        state = run_state(lab, run_id)
         key = ((state.get("state_details") or {}).get("run_input_keyset") or {}).get("schema")
-        if key and httpx.get(f"{lab.prefect_api_url}/flow_runs/{run_id}/input/{key}", timeout=10).status_code == 200:
-            return
-        assert time.monotonic() < deadline, f"run {run_id} is Paused but its input schema never appeared"
-        time.sleep(0.1)
+        if state["type"] != "PAUSED" or not key:
+            return f"{state['type']}, input keyset {key!r}"
+        status = httpx.get(f"{lab.prefect_api_url}/flow_runs/{run_id}/input/{key}", timeout=10).status_code
+        return "stored" if status == 200 else f"PAUSED, schema {key!r} answers {status}"
+
+    wait_for(schema_stored, what=f"run {run_id} to be Paused with its input schema stored", timeout=timeout,
+             done=lambda said: said == "stored", interval=0.1, ignore=httpx.HTTPError)
 
 
 def final_state(lab: LabState, run_id: str) -> dict[str, Any]:
@@ -172,12 +168,11 @@ def audit_of(serve_env: dict[str, str], run_id: str) -> list[AuditRecord]:
     return read_records(settings=Settings(state_dir=Path(serve_env["MEDIC_STATE_DIR"])), flow_run_id=run_id)
 
 
-def wait_audit(serve_env: dict[str, str], run_id: str, kind: str, count: int = 1, timeout: float = 20) -> list[AuditRecord]:
-    deadline = time.monotonic() + timeout
-    while len(found := [r for r in audit_of(serve_env, run_id) if r.kind == kind]) < count:
-        assert time.monotonic() < deadline, f"{len(found)} {kind} record(s) of {run_id}: {audit_of(serve_env, run_id)}"
-        time.sleep(0.1)
-    return found
+def wait_audit(serve_env: dict[str, str], run_id: str, kind: str, count: int = 1, timeout: float = 30) -> list[AuditRecord]:
+    found = wait_for(lambda: audit_of(serve_env, run_id), what=f"{count} {kind} audit record(s) of {run_id}",
+                     timeout=timeout, done=lambda records: len([r for r in records if r.kind == kind]) >= count,
+                     interval=0.1)
+    return [r for r in found if r.kind == kind]
 
 
 def ephemeral_to(slack: FakeSlack, user: str, contains: str, timeout: float = 20) -> Call:
@@ -258,7 +253,7 @@ def test_timeout_escalates_and_changes_nothing(lab: LabState, slack: FakeSlack, 
 
 def test_refused_requests_change_nothing(lab: LabState, slack: FakeSlack, server: MedicServer,
                                          serve_env: dict[str, str], disk_full) -> None:
-    disk_full("web-4")
+    before = disk_full("web-4")
     run_id = start_run(server, "disk-full-slack", "web-4")
     card = card_of(slack, run_id)
     wait_state(lab, run_id, {"PAUSED"})
@@ -279,11 +274,13 @@ def test_refused_requests_change_nothing(lab: LabState, slack: FakeSlack, server
     assert click(server, card, MALLORY).status_code == 200
     ephemeral_to(slack, MALLORY, "not an approver")
     assert wait_audit(serve_env, run_id, "click")[0].result == ClickResult.UNAUTHORIZED.value
-    time.sleep(1)
     assert run_state(lab, run_id)["type"] == "PAUSED", "a refused click must not resume the run"
     assert has_buttons(message_now(slack, card))
+    # The proof that no refused request resumed it: the run still takes this decision, and it is the
+    # one it ends with (an approval slipped through would have ended it Recovered, junk deleted).
     click(server, card, ALICE, action="medic_reject")
     assert final_state(lab, run_id)["name"] == "Rejected"
+    assert _cache(lab, "web-4") == before
 
 
 def test_two_approvers_must_be_distinct(lab: LabState, slack: FakeSlack, server: MedicServer,

@@ -13,7 +13,7 @@ from medic.clients.ansible import PlaybookResult, run_playbook
 from medic.errors import AnsibleError, UnknownTargetError
 from medic.core.inventory import Host, Inventory, load_inventory
 from medic_lab.state import LabState
-from tests.clients.test_ssh import closed_port
+from medic.core.net import free_port as closed_port  # bound, then released: nothing listens
 
 PLAYBOOKS = Path(__file__).parents[1] / "playbooks"
 

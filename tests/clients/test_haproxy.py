@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -13,7 +11,9 @@ from medic.clients.haproxy import HAProxyRuntime, LoadBalancerError, LoadBalance
 from medic.core.inventory import load_inventory
 from medic_lab.state import LabState
 from medic.procedures.rolling import lb_target
-from tests.support.flows import metric
+from tests.support.flows import metric, wait_metric
+from tests.support.lab_health import restored  # noqa: F401 (a fixture)
+from tests.support.waits import wait_for_no_problems
 
 
 @pytest.fixture
@@ -21,36 +21,29 @@ def runtime(lab: LabState) -> HAProxyRuntime:
     return HAProxyRuntime("127.0.0.1", lab.ports.haproxy_admin)
 
 
-@pytest.fixture
-def web6_back_to_ready(runtime: HAProxyRuntime) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        runtime.set_state("web", "web-6", "ready")
-
-
 def _answers(lab: LabState, n: int) -> Counter[str]:
     with httpx.Client(base_url=f"http://127.0.0.1:{lab.ports.haproxy}", timeout=5) as client:
         return Counter(client.get("/").text.strip().removeprefix("hello from ") for _ in range(n))
+
+
+def _not_serving(runtime: HAProxyRuntime) -> list[str]:
+    return [f"{s.name}: {s.admin_state}, {s.status}, {s.check_status}" for s in runtime.servers("web")
+            if not (s.up and s.admin_state == "ready" and s.status == "UP" and s.check_status == "L7OK")]
 
 
 def test_balances_over_every_web_host_and_reports_them_up(lab: LabState, runtime: HAProxyRuntime) -> None:
     web = sorted(h.name for h in lab.hosts if h.group == "web")
     # An earlier test may have restarted a service a moment ago: HAProxy marks it UP after its next
     # passing health checks, so wait for that (bounded) rather than read one instant.
-    deadline = time.monotonic() + 30
-    while True:
-        servers = runtime.servers("web")
-        healthy = [s.up and s.admin_state == "ready" and s.status == "UP" and s.check_status == "L7OK" for s in servers]
-        if all(healthy) or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+    wait_for_no_problems(lambda: _not_serving(runtime), what="every web server ready, UP and L7OK", timeout=30)
+    servers = runtime.servers("web")
     assert sorted(s.name for s in servers) == web
-    assert all(healthy), [(s.name, s.admin_state, s.status, s.check_status) for s in servers]
     assert {s.port for s in servers} == {h.service_port for h in lab.hosts if h.group == "web"}
     assert sorted(_answers(lab, 3 * len(web))) == web
     assert metric(lab, 'up{job="haproxy"}')[0][1] == 1.0
-    assert metric(lab, 'count(haproxy_server_status{proxy="web",state="UP"} == 1)')[0][1] == len(web)
+    # Prometheus scrapes HAProxy once a second: it may still hold the state from before the wait.
+    wait_metric(lab, 'count(haproxy_server_status{proxy="web",state="UP"} == 1)',
+                lambda r: bool(r) and r[0][1] == len(web))
 
 
 def test_inventory_says_where_each_host_sits_in_the_load_balancer(lab: LabState) -> None:
@@ -60,7 +53,7 @@ def test_inventory_says_where_each_host_sits_in_the_load_balancer(lab: LabState)
     assert (target.admin, target.backend, target.server) == (f"127.0.0.1:{lab.ports.haproxy_admin}", "web", "web-2")
 
 
-def test_drain_and_ready_change_what_haproxy_does(lab: LabState, runtime: HAProxyRuntime, web6_back_to_ready) -> None:
+def test_drain_and_ready_change_what_haproxy_does(lab: LabState, runtime: HAProxyRuntime, restored: LabState) -> None:
     runtime.set_state("web", "web-6", "drain")
     drained = runtime.server("web", "web-6")
     assert (drained.admin_state, drained.status) == ("drain", "DRAIN")
@@ -73,7 +66,7 @@ def test_drain_and_ready_change_what_haproxy_does(lab: LabState, runtime: HAProx
     assert "web-6" in _answers(lab, 30)
 
 
-def test_set_address_moves_a_server_and_back(runtime: HAProxyRuntime, lab: LabState, web6_back_to_ready) -> None:
+def test_set_address_moves_a_server_and_back(runtime: HAProxyRuntime, lab: LabState, restored: LabState) -> None:
     port = lab.host("web-6").service_port
     try:
         runtime.set_address("web", "web-6", "127.0.0.1", lab.host("web-5").service_port)

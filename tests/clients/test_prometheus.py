@@ -11,7 +11,7 @@ import pytest
 from medic.errors import PrometheusError, PrometheusUnreachable, PromQLError, UnsafeValueError
 from medic_lab.state import LabState
 from medic.clients.prometheus import PrometheusClient, label_matcher, promql_string
-from tests.clients.test_ssh import closed_port
+from medic.core.net import free_port as closed_port  # bound, then released: nothing listens
 
 
 @pytest.fixture

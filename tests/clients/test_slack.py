@@ -13,15 +13,13 @@ import httpx
 from medic.errors import ApprovalError, ConfigError, SlackError
 from medic.clients.slack import (
     ApprovalCard,
-    BlockAction,
     Decision,
     IncidentThread,
     SlackNotifier,
-    SlackRequestRefused,
     approval_card_blocks,
     decided_card_blocks,
-    verify_and_parse,
 )
+from medic.clients.slack_interactivity import BlockAction, SlackRequestRefused, verify_and_parse
 from medic.settings import Settings
 from tests.fakes.slack_api import FakeSlack, block_kit_errors, fake_slack  # noqa: F401 (fixture)
 from tests.fakes.slack_signing import (

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 import uuid
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from medic.core.net import free_port as closed_port  # bound, then released: nothing listens
 from medic.errors import ConfigError, UnsafeValueError
 from medic.core.inventory import Host, load_inventory
 from medic_lab.state import LabState
@@ -27,13 +27,6 @@ def hosts(lab: LabState) -> list[Host]:
 def ssh(lab: LabState) -> Iterator[SSHSession]:
     with SSHSession() as session:
         yield session
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released); shared by the client tests."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def marker(lab: LabState, name: str) -> Path:

@@ -1,4 +1,8 @@
-"""Maintenance flows against the real lab: HAProxy drains, Alertmanager silences, SSH restarts, Ansible cleanup."""
+"""Maintenance flows against the real lab: HAProxy drains, Alertmanager silences, SSH restarts, Ansible cleanup.
+
+Every test that changes the lab takes `restored` or `broken`: after it, pass or fail, no server is
+left drained, no silence active, no fault in place, and the lab is checked healthy.
+"""
 
 from __future__ import annotations
 
@@ -14,13 +18,14 @@ import pytest
 from medic.clients.alertmanager import AlertmanagerClient, Matcher
 from medic.errors import UnsafeValueError
 from medic.clients.haproxy import HAProxyRuntime
-from medic_lab import faults
 from medic_lab.state import LabState
 from medic.procedures.maintenance import DAYS, MaintenanceConfigError, check_window, parse_batch_size, parse_window
-from medic.procedures.maintenance_report import MaintenanceOutcome, MaintenanceReport
-from medic.orchestration.runtime import FlowRunOutcome, run_flow_now
+from medic.core.report import Outcome
+from medic.procedures.maintenance_report import MaintenanceReport
+from medic.orchestration.runs import FlowRunOutcome, run_flow_now
 from medic.core.progress import add_listener
 from medic.settings import get_settings
+from tests.support.lab_health import Inject, broken, restored  # noqa: F401 (fixtures)
 
 
 def _run(name: str, **params: Any) -> tuple[FlowRunOutcome, MaintenanceReport]:
@@ -42,21 +47,6 @@ def _servers(lab: LabState) -> dict[str, str]:
 def _active_silences(lab: LabState) -> list:
     with AlertmanagerClient(lab.alertmanager_url) as am:
         return am.silences(created_by="medic", state="active")
-
-
-@pytest.fixture
-def broken(lab: LabState) -> Iterator[Any]:
-    done: list[tuple[str, str]] = []
-
-    def inject(fault: str, host: str) -> None:
-        faults.break_host(lab, fault, host)
-        done.append((fault, host))
-
-    try:
-        yield inject
-    finally:
-        for fault, host in done:
-            faults.fix_host(lab, fault, host)
 
 
 @pytest.fixture
@@ -112,7 +102,8 @@ class _SilenceWatch:
             self.drained.append({n for n, st in _servers(self.lab).items() if st == "drain"})
 
 
-def test_rolling_restart_in_batches_of_two_restarts_everything_without_dropping_traffic(lab: LabState) -> None:
+def test_rolling_restart_in_batches_of_two_restarts_everything_without_dropping_traffic(
+        lab: LabState, restored: LabState) -> None:
     before = _pids(lab)
     watch = _SilenceWatch(lab)
     remove = add_listener(watch)
@@ -122,7 +113,7 @@ def test_rolling_restart_in_batches_of_two_restarts_everything_without_dropping_
     finally:
         remove()
     assert outcome.state_name == "Completed", report.summary
-    assert report.outcome is MaintenanceOutcome.COMPLETED
+    assert report.outcome is Outcome.COMPLETED
     after = _pids(lab)
     assert all(after[h] != before[h] for h in before), (before, after)
     assert {s.host: s.pid_after for s in report.hosts} == after
@@ -137,12 +128,12 @@ def test_rolling_restart_in_batches_of_two_restarts_everything_without_dropping_
     assert all(s.lb_after.startswith("ready, UP") for s in report.hosts)
 
 
-def test_a_host_that_will_not_start_stops_the_run_and_leaves_nothing_drained(lab: LabState, broken) -> None:
+def test_a_host_that_will_not_start_stops_the_run_and_leaves_nothing_drained(lab: LabState, broken: Inject) -> None:
     broken("wont-start", "web-3")
     before = _pids(lab)
     outcome, report = _run("rolling_restart", group="web", batch_size="2", max_errors=0, reason="test")
     assert outcome.state_name == "StoppedAtErrorThreshold"
-    assert report.outcome is MaintenanceOutcome.STOPPED
+    assert report.outcome is Outcome.STOPPED
     by_host = {s.host: s for s in report.hosts}
     assert by_host["web-3"].status == "failed" and "restart failed" in by_host["web-3"].detail
     assert by_host["web-3"].lb_after.startswith("ready, DOWN")  # back to ready; its health check keeps it out
@@ -157,7 +148,7 @@ def test_a_host_that_will_not_start_stops_the_run_and_leaves_nothing_drained(lab
     assert "web-3 (HAProxy: ready, DOWN" in report.summary
 
 
-def test_dry_run_changes_nothing(lab: LabState) -> None:
+def test_dry_run_changes_nothing(lab: LabState, restored: LabState) -> None:
     before = _pids(lab)
     with AlertmanagerClient(lab.alertmanager_url) as am:
         silences_before = len(am.silences(created_by="medic"))
@@ -171,7 +162,7 @@ def test_dry_run_changes_nothing(lab: LabState) -> None:
         assert len(am.silences(created_by="medic")) == silences_before
 
 
-def test_cleanup_frees_junk_on_a_disk_full_host(lab: LabState, broken) -> None:
+def test_cleanup_frees_junk_on_a_disk_full_host(lab: LabState, broken: Inject) -> None:
     broken("disk-full", "web-5")
     outcome, report = _run("cleanup", group="web", batch_size="50%", reason="test")
     assert outcome.state_name == "Completed", report.summary
@@ -187,12 +178,13 @@ def _a_window_that_is_closed_now() -> str:
     return f"{tomorrow} 02:00-03:00"
 
 
-def test_a_run_outside_the_window_is_skipped_and_a_manual_override_runs(lab: LabState, window) -> None:
+def test_a_run_outside_the_window_is_skipped_and_a_manual_override_runs(lab: LabState, restored: LabState,
+                                                                         window: Any) -> None:
     window(_a_window_that_is_closed_now())
     before = _pids(lab)
     outcome, report = _run("rolling_restart", group="web-1")
     assert outcome.state_name == "Skipped"
-    assert report.outcome is MaintenanceOutcome.SKIPPED and "outside the maintenance window" in report.summary
+    assert report.outcome is Outcome.SKIPPED and "outside the maintenance window" in report.summary
     assert _pids(lab) == before
     outcome, report = _run("cleanup", group="web-1", ignore_window=True, dry_run=True)
     assert outcome.state_name == "DryRun" and "ignored on request" in report.window.reason
@@ -205,7 +197,7 @@ def test_a_bad_window_fails_the_run_with_a_clear_error(lab: LabState, window) ->
     assert "maintenance window 'weekends 2am-4am': cannot read" in outcome.message
 
 
-def test_bad_parameters_are_refused_before_anything_runs(lab: LabState) -> None:
+def test_bad_parameters_are_refused_before_anything_runs(lab: LabState, restored: LabState) -> None:
     before = _pids(lab)
     outcome = asyncio.run(run_flow_now(__import__("flows.maintenance").maintenance.rolling_restart,
                                        {"group": "web", "batch_size": "0%"}))
@@ -216,7 +208,7 @@ def test_bad_parameters_are_refused_before_anything_runs(lab: LabState) -> None:
     assert _pids(lab) == before
 
 
-def test_silences_are_created_listed_and_expired(lab: LabState) -> None:
+def test_silences_are_created_listed_and_expired(lab: LabState, restored: LabState) -> None:
     with AlertmanagerClient(lab.alertmanager_url) as am:
         sid = am.create_silence([Matcher(name="host", value="web-6")], comment="test", duration=timedelta(minutes=5))
         assert [s.id for s in am.silences(label="host", value="web-6", state="active")] == [sid]

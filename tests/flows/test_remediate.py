@@ -1,7 +1,8 @@
 """The remediation flow end to end against the lab: real faults, real Prometheus, SSH and Ansible.
 
 Each test owns one host so the tests never disturb each other: web-1 disk-full, web-2 service-down,
-web-3 slow, web-4 dry run, web-5 healthy, web-6 unreachable.
+web-3 slow, web-4 dry run, web-5 healthy, web-6 unreachable. Faults go through the `broken` fixture,
+which restores the shared lab after the test, pass or fail, and checks it is healthy again.
 """
 
 from __future__ import annotations
@@ -11,40 +12,22 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from medic_lab import faults
 from medic_lab.state import LabState
 from medic.core.paths import PLAYBOOKS_DIR, RUNBOOKS_DIR
 from medic.core.report import Outcome
 from medic.settings import get_settings
 from tests.support.flows import metric, remediate, remediate_and_decide, wait_metric
+from tests.support.lab_health import Inject, broken, restored, seen  # noqa: F401 (fixtures)
 
 
-def _down(lab: LabState, host: str) -> None:
-    wait_metric(lab, f'up{{job="web",host="{host}"}}', lambda r: r and r[0][1] == 0)
-
-
-@pytest.fixture
-def broken(lab: LabState) -> Iterator[callable]:
-    """Inject faults; whatever the test does, undo them afterwards."""
-    injected: list[tuple[str, str]] = []
-
-    def inject(fault: str, host: str) -> None:
-        faults.break_host(lab, fault, host)
-        injected.append((fault, host))
-
-    yield inject
-    for fault, host in reversed(injected):
-        faults.fix_host(lab, fault, host)
-
-
-def test_service_down_is_recovered_and_confirmed_by_prometheus(lab: LabState, broken) -> None:
+def test_service_down_is_recovered_and_confirmed_by_prometheus(lab: LabState, broken: Inject) -> None:
     broken("service-down", "web-2")
+    seen(lab, "service-down", "web-2")
     run, report = remediate("service-down", "web-2")
     assert report.outcome is Outcome.RECOVERED, report.summary
     assert run.state_type == "COMPLETED" and run.state_name == "Recovered"
@@ -58,7 +41,7 @@ def test_service_down_is_recovered_and_confirmed_by_prometheus(lab: LabState, br
     assert any("recovered" in (a.get("description") or "") and "web-2" in a["data"] for a in artifact)
 
 
-def test_healthy_target_is_not_needed_and_nothing_runs(lab: LabState) -> None:
+def test_healthy_target_is_not_needed_and_nothing_runs(lab: LabState, restored: LabState) -> None:
     pid_before = (lab.host("web-5").root / "run" / "web.pid").read_text()
     run, report = remediate("service-down", "web-5")
     assert report.outcome is Outcome.NOT_NEEDED
@@ -67,24 +50,24 @@ def test_healthy_target_is_not_needed_and_nothing_runs(lab: LabState) -> None:
     assert (lab.host("web-5").root / "run" / "web.pid").read_text() == pid_before
 
 
-def test_dry_run_changes_nothing_on_the_host(lab: LabState, broken) -> None:
+def test_dry_run_changes_nothing_on_the_host(lab: LabState, broken: Inject) -> None:
     broken("service-down", "web-4")
-    _down(lab, "web-4")
+    seen(lab, "service-down", "web-4")
     run, report = remediate("service-down", "web-4", dry_run=True)
     assert report.outcome is Outcome.DRY_RUN, report.summary
     assert report.recovery.check_mode and report.recovery.hosts[0].status == "would change"
     assert report.recovery.hosts[0].detail == "would run: start"
     assert report.verify is None
-    # still down: the check-mode playbook started nothing
-    assert wait_metric(lab, 'up{job="web",host="web-4"}', lambda r: False, timeout=2)[0][1] == 0
+    # still down: the check-mode playbook started nothing (servicectl is the authority, no waiting needed)
     status = subprocess.run([str(lab.host("web-4").root / "bin" / "servicectl"), "status"], capture_output=True, text=True)
     assert status.returncode == 3, status.stdout
 
 
-def test_disk_full_after_approval_frees_junk_only_inside_the_data_dir(lab: LabState, broken) -> None:
+def test_disk_full_after_approval_frees_junk_only_inside_the_data_dir(lab: LabState, broken: Inject) -> None:
     host = lab.host("web-1")
     orders = (host.data_dir / "app" / "orders.db").read_bytes()
     broken("disk-full", "web-1")
+    seen(lab, "disk-full", "web-1")
     junk_bytes = sum(f.stat().st_size for f in (host.data_dir / "cache").glob("junk-*"))
     run, report, statuses = asyncio.run(remediate_and_decide(
         "disk-full", "web-1", [{"decision": "approve", "approver": "test-operator", "via": "cli"}]))
@@ -95,13 +78,15 @@ def test_disk_full_after_approval_frees_junk_only_inside_the_data_dir(lab: LabSt
     assert list((host.data_dir / "cache").glob("junk-*")) == []
     assert (host.data_dir / "cache" / "session.tmp").exists(), "a young cache file must be kept"
     assert (host.data_dir / "app" / "orders.db").read_bytes() == orders
-    ratio = metric(lab, 'demo_data_dir_used_bytes{host="web-1"} / demo_data_dir_capacity_bytes{host="web-1"}')
+    ratio = wait_metric(lab, 'demo_data_dir_used_bytes{host="web-1"} / demo_data_dir_capacity_bytes{host="web-1"}',
+                        lambda r: bool(r) and r[0][1] < 0.8, what="Prometheus to show web-1's data dir below 80 %")
     assert ratio[0][1] < 0.8
 
 
-def test_disk_full_rejected_changes_nothing(lab: LabState, broken) -> None:
+def test_disk_full_rejected_changes_nothing(lab: LabState, broken: Inject) -> None:
     host = lab.host("web-1")
     broken("disk-full", "web-1")
+    seen(lab, "disk-full", "web-1")
     before = sorted(p.name for p in (host.data_dir / "cache").iterdir())
     run, report, _ = asyncio.run(remediate_and_decide(
         "disk-full", "web-1", [{"decision": "reject", "approver": "night-owl", "comment": "not now", "via": "ui"}]))
@@ -112,7 +97,7 @@ def test_disk_full_rejected_changes_nothing(lab: LabState, broken) -> None:
     assert sorted(p.name for p in (host.data_dir / "cache").iterdir()) == before
 
 
-def test_high_latency_on_the_group_restarts_only_the_slow_instance(lab: LabState, broken) -> None:
+def test_high_latency_on_the_group_restarts_only_the_slow_instance(lab: LabState, broken: Inject) -> None:
     pids = {h.name: (h.root / "run" / "web.pid").read_text() for h in lab.hosts}
     broken("slow", "web-3")
     wait_metric(lab, 'ALERTS{alertname="HighLatency",host="web-3",alertstate="firing"}', lambda r: bool(r), timeout=30)
@@ -125,9 +110,9 @@ def test_high_latency_on_the_group_restarts_only_the_slow_instance(lab: LabState
     assert {n: p for n, p in after.items() if n != "web-3"} == {n: p for n, p in pids.items() if n != "web-3"}
 
 
-def test_unreachable_host_gives_a_clear_failed_outcome(lab: LabState, broken) -> None:
+def test_unreachable_host_gives_a_clear_failed_outcome(lab: LabState, broken: Inject) -> None:
     broken("host-down", "web-6")
-    _down(lab, "web-6")
+    seen(lab, "host-down", "web-6")
     run, report = remediate("service-down", "web-6")
     assert report.outcome is Outcome.FAILED
     assert run.state_type == "FAILED"
@@ -155,7 +140,8 @@ def failing_runbooks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     get_settings.cache_clear()
 
 
-def test_failing_playbook_gives_failed_with_the_task_message(lab: LabState, failing_runbooks: Path) -> None:
+def test_failing_playbook_gives_failed_with_the_task_message(lab: LabState, failing_runbooks: Path,
+                                                               restored: LabState) -> None:
     run, report = remediate("broken-repair", "web-5")
     assert report.outcome is Outcome.FAILED
     assert run.state_type == "FAILED" and run.state_name == "Failed"
@@ -169,8 +155,9 @@ def _medic(*args: str) -> subprocess.CompletedProcess[str]:
                           env={**os.environ})
 
 
-def test_cli_run_recovers_and_exits_zero(lab: LabState, broken) -> None:
+def test_cli_run_recovers_and_exits_zero(lab: LabState, broken: Inject) -> None:
     broken("service-down", "web-2")
+    seen(lab, "service-down", "web-2")
     result = _medic("run", "service-down", "--target", "web-2")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "RECOVERED" in result.stdout

@@ -6,7 +6,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -14,8 +14,9 @@ import pytest
 
 from medic_lab import control
 from medic_lab.processes import find_lab_processes
-from medic_lab.state import LabState
-from tests.support.webhook_receiver import alert_in, webhook_receiver
+from medic_lab.state import LabState, public_dir_for
+from tests.support.waits import wait_for
+from tests.support.webhook_receiver import WebhookReceiver, alert_in, webhook_receiver
 
 MEDIC = [sys.executable, "-m", "medic"]
 
@@ -42,28 +43,38 @@ def test_status_reports_every_component_up(lab: LabState) -> None:
         assert any(line.startswith(name) and " up " in line for line in result.stdout.splitlines()), name
 
 
+@pytest.fixture
+def receiver(lab: LabState) -> Iterator[WebhookReceiver]:
+    """Alertmanager posts to a receiver of this test's own; afterwards to wherever it posted before."""
+    before = lab.webhook_url
+    with webhook_receiver() as receiver:
+        control.set_webhook(lab, receiver.url)
+        try:
+            yield receiver
+        finally:
+            control.set_webhook(lab, before)
+
+
 @pytest.mark.parametrize(
     ("fault", "host", "alertname"),
     [("service-down", "web-2", "ServiceDown"), ("disk-full", "web-1", "DiskAlmostFull"), ("slow", "web-3", "HighLatency")],
 )
 def test_fault_fires_alert_delivered_by_alertmanager_and_fix_resolves_it(
-    lab: LabState, fault: str, host: str, alertname: str
+    lab: LabState, receiver: WebhookReceiver, fault: str, host: str, alertname: str
 ) -> None:
-    with webhook_receiver() as receiver:
-        control.set_webhook(lab, receiver.url)
-        broke = medic("lab", "break", fault, host)
-        assert broke.returncode == 0, broke.stderr
-        try:
-            fired = receiver.wait_for(lambda n: alert_in(n, alertname=alertname, host=host, status="firing"), 30)
-            assert fired is not None, f"{alertname} for {host} never reached the webhook"
-            assert fired["version"] == "4"
-            alert = next(a for a in fired["alerts"] if a["labels"]["host"] == host)
-            assert alert["annotations"]["runbook"] == fault.replace("slow", "high-latency")
-        finally:
-            fixed = medic("lab", "fix", fault, host)
-        assert fixed.returncode == 0, fixed.stderr
-        resolved = receiver.wait_for(lambda n: alert_in(n, alertname=alertname, host=host, status="resolved"), 40)
-        assert resolved is not None, f"{alertname} for {host} was never resolved after `fix`"
+    broke = medic("lab", "break", fault, host)
+    assert broke.returncode == 0, broke.stderr
+    try:
+        fired = receiver.wait_for(lambda n: alert_in(n, alertname=alertname, host=host, status="firing"), 30)
+        assert fired is not None, f"{alertname} for {host} never reached the webhook"
+        assert fired["version"] == "4"
+        alert = next(a for a in fired["alerts"] if a["labels"]["host"] == host)
+        assert alert["annotations"]["runbook"] == fault.replace("slow", "high-latency")
+    finally:
+        fixed = medic("lab", "fix", fault, host)
+    assert fixed.returncode == 0, fixed.stderr
+    resolved = receiver.wait_for(lambda n: alert_in(n, alertname=alertname, host=host, status="resolved"), 40)
+    assert resolved is not None, f"{alertname} for {host} was never resolved after `fix`"
 
 
 def _ssh(lab: LabState, port: int, user: str, known_hosts: Path, command: str) -> subprocess.CompletedProcess[str]:
@@ -120,15 +131,15 @@ def test_bad_cli_input_gives_one_line_error(lab: LabState, args: list[str], expe
     assert expected in result.stderr
 
 
-def test_lab_up_on_a_port_in_use_names_the_port(lab: LabState) -> None:
-    other = Path(f"/tmp/medic-other-lab-{os.getpid()}")
+def test_lab_up_on_a_port_in_use_names_the_port(lab: LabState, tmp_path: Path) -> None:
+    other = tmp_path / "other-lab"
     result = medic("lab", "up", "--hosts", "1", "--no-prefect",
                    env={"MEDIC_LAB_DIR": str(other), "MEDIC_LAB_BASE_PORT": str(lab.ports.base)})
     assert result.returncode != 0
     assert result.stderr.count("\n") == 1, result.stderr
     assert f"127.0.0.1:{lab.ports.prometheus}" in result.stderr and "already in use" in result.stderr
     assert not find_lab_processes(other.resolve())
-    subprocess.run(["rm", "-rf", str(other)], check=False)
+    assert not public_dir_for(other.resolve()).exists()
 
 
 def test_hosts_out_of_range_is_refused() -> None:
@@ -137,24 +148,22 @@ def test_hosts_out_of_range_is_refused() -> None:
     assert "--hosts must be between 1 and 50" in result.stderr
 
 
-def test_down_leaves_no_process_even_after_up_was_killed() -> None:
-    lab_dir = Path(f"/tmp/medic-crash-lab-{os.getpid()}")
+def test_down_leaves_no_process_even_after_up_was_killed(tmp_path: Path) -> None:
+    lab_dir = (tmp_path / "crash-lab").resolve()
     base = int(os.environ.get("MEDIC_TEST_LAB_BASE_PORT", "21000")) + 600
     env = {**os.environ, "MEDIC_LAB_DIR": str(lab_dir), "MEDIC_LAB_BASE_PORT": str(base)}
     up = subprocess.Popen([*MEDIC, "lab", "up", "--hosts", "2", "--no-prefect"], env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 30
-        while len(find_lab_processes(lab_dir)) < 4 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert len(find_lab_processes(lab_dir)) >= 4, "up never started its daemons"
+        wait_for(lambda: len(find_lab_processes(lab_dir)), what="`medic lab up` to start 4 daemons",
+                 done=lambda n: n >= 4, timeout=30, interval=0.05)
         up.send_signal(signal.SIGKILL)  # `up` dies before it can record or wait for anything
         up.wait()
     finally:
         result = subprocess.run([*MEDIC, "lab", "down"], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert find_lab_processes(lab_dir) == []
-    subprocess.run(["rm", "-rf", str(lab_dir)], check=False)
+    assert not public_dir_for(lab_dir).exists(), "down left the public dir of a lab whose `up` was killed"
 
 
 def test_an_empty_lab_dir_variable_means_the_default(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,30 +1,40 @@
 """medic serve against the lab: alerts in, remediations out, with nobody touching a key.
 
 A real `medic serve` subprocess (Prefect from the lab, deployments served, HTTP on a free port) and
-the lab's real Alertmanager pointed at it.
+the lab's real Alertmanager pointed at it. Tests that break a host or re-point Alertmanager take the
+`broken`/`restored` fixtures: afterwards, pass or fail, the lab is restored and checked healthy.
+Alert fingerprints are unique per run, so nothing an earlier test (or session) sent is "already handled".
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
+import itertools
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from medic_lab import control, faults
+from medic.core.polling import retry
+from medic_lab import control
 from medic_lab.state import LabState
 from tests.support.flows import metric, wait_metric
+from tests.support.lab_health import Inject, broken, restored, seen  # noqa: F401 (fixtures)
 from tests.support.server import MedicServer, alert_payload, cancel_leftover_runs, medic_server
+from tests.support.waits import wait_for
 
 
 @pytest.fixture(scope="module")
 def server(lab: LabState, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MedicServer]:
     cancel_leftover_runs(lab.prefect_api_url)
-    with medic_server(tmp_path_factory.mktemp("serve"), env={"MEDIC_FLAP_MAX_RUNS": "2"}) as srv:
+    with medic_server(tmp_path_factory.mktemp("serve"), env={"MEDIC_FLAP_MAX_RUNS": "1"}) as srv:
         yield srv
+
+
+def _unique(name: str) -> str:
+    return f"{name}-{uuid.uuid4().hex[:8]}"
 
 
 def _metric(server: MedicServer, name: str, **labels: str) -> float:
@@ -42,21 +52,23 @@ def _runs(lab: LabState, *tags: str) -> list[dict]:
     return httpx.post(f"{lab.prefect_api_url}/flow_runs/filter", json=body).json()
 
 
-def _wait_final(lab: LabState, run_id: str, timeout: float = 90) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        run = httpx.get(f"{lab.prefect_api_url}/flow_runs/{run_id}").json()
-        if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") or time.monotonic() > deadline:
-            return run
-        time.sleep(0.3)
+def _run(lab: LabState, run_id: str) -> dict:
+    return httpx.get(f"{lab.prefect_api_url}/flow_runs/{run_id}", timeout=10).json()
+
+
+def _wait_state(lab: LabState, run_id: str, types: tuple[str, ...], timeout: float = 120) -> dict:
+    return wait_for(lambda: _run(lab, run_id), what=f"run {run_id} to be {'/'.join(types)}", timeout=timeout,
+                    done=lambda run: run["state"]["type"] in types, ignore=httpx.HTTPError)
+
+
+def _wait_final(lab: LabState, run_id: str, timeout: float = 120) -> dict:
+    return _wait_state(lab, run_id, ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"), timeout)
 
 
 def _wait_server_idle(server: MedicServer, target: str, timeout: float = 30) -> None:
     """Prefect shows a run final a moment before the server releases its (runbook, target) slot."""
-    deadline = time.monotonic() + timeout
-    while any(r["target"] == target for r in httpx.get(f"{server.url}/healthz").json()["active_runs"]):
-        assert time.monotonic() < deadline, f"medic serve still holds a run for {target}"
-        time.sleep(0.1)
+    wait_for(lambda: [r for r in httpx.get(f"{server.url}/healthz").json()["active_runs"] if r["target"] == target],
+             what=f"medic serve to release its run for {target}", timeout=timeout, done=lambda held: not held)
 
 
 def _post(server: MedicServer, payload: dict | bytes, **headers: str) -> httpx.Response:
@@ -66,26 +78,27 @@ def _post(server: MedicServer, payload: dict | bytes, **headers: str) -> httpx.R
     return httpx.post(f"{server.url}/alertmanager", json=payload)
 
 
-def test_alert_from_alertmanager_is_remediated_with_no_other_input(lab: LabState, server: MedicServer) -> None:
+def test_alert_from_alertmanager_is_remediated_with_no_other_input(lab: LabState, server: MedicServer,
+                                                                   broken: Inject) -> None:
     before = _metric(server, "medic_runs_total", runbook="service-down", outcome="recovered")
-    control.set_webhook(lab, f"{server.url}/alertmanager")
+    control.set_webhook(lab, f"{server.url}/alertmanager")  # `broken` points it back afterwards
+    broken("service-down", "web-2")
     try:
-        faults.break_host(lab, "service-down", "web-2")
-        deadline = time.monotonic() + 60
-        while _metric(server, "medic_runs_total", runbook="service-down", outcome="recovered") <= before:
-            assert time.monotonic() < deadline, f"no recovery within 60 s:\n{server.logs()[-2000:]}"
-            time.sleep(0.5)
-    finally:
-        control.set_webhook(lab, "http://127.0.0.1:9/unused")
-        faults.fix_host(lab, "service-down", "web-2")
-    assert wait_metric(lab, 'up{job="web",host="web-2"}', lambda r: r and r[0][1] == 1)[0][1] == 1
+        wait_for(lambda: _metric(server, "medic_runs_total", runbook="service-down", outcome="recovered"),
+                 what="medic serve to count a recovered service-down run", timeout=90,
+                 done=lambda recovered: recovered > before, interval=0.5)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nmedic serve's log:\n{server.logs()[-2000:]}") from None
+    assert wait_metric(lab, 'up{job="web",host="web-2"}', lambda r: bool(r) and r[0][1] == 1)[0][1] == 1
     runs = _runs(lab, "medic-serve", "target:web-2", "runbook:service-down")
     assert any(r["state"]["name"] == "Recovered" for r in runs)
     assert all(r["deployment_id"] for r in runs), "alert runs must show under their deployment"
 
 
-def test_fifty_duplicate_notifications_start_exactly_one_run(lab: LabState, server: MedicServer) -> None:
-    payload = alert_payload("ServiceDown", "web-5", fingerprint="storm-web-5", starts_at="2026-11-22T01:00:00Z")
+def test_fifty_duplicate_notifications_start_exactly_one_run(lab: LabState, server: MedicServer,
+                                                             restored: LabState) -> None:
+    fingerprint = _unique("storm-web-5")
+    payload = alert_payload("ServiceDown", "web-5", fingerprint=fingerprint, starts_at="2026-11-22T01:00:00Z")
 
     async def storm() -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=30) as client:
@@ -103,36 +116,43 @@ def test_fifty_duplicate_notifications_start_exactly_one_run(lab: LabState, serv
     # a repeat of the same alert instance after the run ended is not acted on twice
     again = _post(server, payload).json()["alerts"][0]
     assert again["result"] in ("already handled", "duplicate")  # either way: not started again
-    storm_runs = [r for r in _runs(lab, "medic-serve", "target:web-5") if "storm-web-5" in r["parameters"]["reason"]]
+    storm_runs = [r for r in _runs(lab, "medic-serve", "target:web-5") if fingerprint in r["parameters"]["reason"]]
     assert len(storm_runs) == 1
 
 
-def test_flap_guard_asks_a_human_and_a_resolved_alert_ends_the_wait(lab: LabState, server: MedicServer) -> None:
-    for n in (1, 2):  # two remediations within the window (MEDIC_FLAP_MAX_RUNS=2)
-        answer = _post(server, alert_payload("ServiceDown", "web-6", fingerprint=f"flap-{n}",
-                                             starts_at=f"2026-11-22T02:0{n}:00Z")).json()["alerts"][0]
-        assert answer["result"] == "started" and "flap guard" not in answer.get("detail", "")
-        _wait_final(lab, answer["flow_run_id"])
-        _wait_server_idle(server, "web-6")
-    faults.break_host(lab, "service-down", "web-6")
-    try:
-        wait_metric(lab, 'up{job="web",host="web-6"}', lambda r: r and r[0][1] == 0)
-        third = alert_payload("ServiceDown", "web-6", fingerprint="flap-3", starts_at="2026-11-22T02:03:00Z")
-        answer = _post(server, third).json()["alerts"][0]
-        assert answer["result"] == "started" and "flap guard" in answer["detail"], answer
-        run_id = answer["flow_run_id"]
-        deadline = time.monotonic() + 60
-        while httpx.get(f"{lab.prefect_api_url}/flow_runs/{run_id}").json()["state"]["type"] != "PAUSED":
-            assert time.monotonic() < deadline, "the flap-guarded run never asked for approval"
-            time.sleep(0.3)
-        assert metric(lab, 'up{job="web",host="web-6"}')[0][1] == 0, "nothing may be done before a decision"
-        third["status"] = third["alerts"][0]["status"] = "resolved"
-        resolved = _post(server, third).json()["alerts"][0]
-        assert resolved["result"] == "resolved" and run_id in resolved["detail"]
-        run = _wait_final(lab, run_id)
-        assert run["state"]["name"] == "NotNeeded" and "resolved" in run["state"]["message"]
-    finally:
-        faults.fix_host(lab, "service-down", "web-6")
+def test_flap_guard_asks_a_human_and_a_resolved_alert_ends_the_wait(lab: LabState, server: MedicServer,
+                                                                    broken: Inject) -> None:
+    """MEDIC_FLAP_MAX_RUNS=1: after one remediation that acted, the next alert waits for a human. An
+    alert that found nothing to do is no remediation and does not count."""
+    def alert(name: str, status: str = "firing") -> dict:
+        return alert_payload("ServiceDown", "web-6", fingerprint=name, starts_at="2026-11-22T02:00:00Z",
+                             status=status)
+
+    healthy = _post(server, alert(_unique("flap-healthy"))).json()["alerts"][0]
+    assert healthy["result"] == "started" and "flap guard" not in healthy.get("detail", ""), healthy
+    assert _wait_final(lab, healthy["flow_run_id"])["state"]["name"] == "NotNeeded"
+    _wait_server_idle(server, "web-6")
+
+    broken("service-down", "web-6")
+    seen(lab, "service-down", "web-6")
+    acted = _post(server, alert(_unique("flap-acted"))).json()["alerts"][0]
+    assert acted["result"] == "started" and "flap guard" not in acted.get("detail", ""), acted
+    assert _wait_final(lab, acted["flow_run_id"])["state"]["name"] == "Recovered"
+    _wait_server_idle(server, "web-6")
+
+    broken("service-down", "web-6")
+    seen(lab, "service-down", "web-6")
+    third = alert(_unique("flap-third"))
+    answer = _post(server, third).json()["alerts"][0]
+    assert answer["result"] == "started" and "flap guard" in answer["detail"], answer
+    run_id = answer["flow_run_id"]
+    _wait_state(lab, run_id, ("PAUSED",), timeout=90)
+    assert metric(lab, 'up{job="web",host="web-6"}')[0][1] == 0, "nothing may be done before a decision"
+    third["status"] = third["alerts"][0]["status"] = "resolved"
+    resolved = _post(server, third).json()["alerts"][0]
+    assert resolved["result"] == "resolved" and run_id in resolved["detail"]
+    run = _wait_final(lab, run_id)
+    assert run["state"]["name"] == "NotNeeded" and "resolved" in run["state"]["message"]
 
 
 def test_deployments_explain_their_parameters_and_an_api_run_completes(lab: LabState, server: MedicServer) -> None:
@@ -145,11 +165,10 @@ def test_deployments_explain_their_parameters_and_an_api_run_completes(lab: LabS
     assert schema["dry_run"]["type"] == "boolean"
     assert by_name["service-down"]["parameters"]["runbook"] == "service-down"
     url = f"{lab.prefect_api_url}/deployments/{by_name['service-down']['id']}/create_flow_run"
-    for _ in range(20):  # as Prefect's own client does: SQLite answers 503 "database is locked" under load
-        created = httpx.post(url, json={"parameters": {"runbook": "service-down", "target": "web-5"}}, timeout=30)
-        if created.status_code not in (429, 503):
-            break
-        time.sleep(0.5)
+    # As Prefect's own client does: SQLite answers 503 "database is locked" under load, so retry those.
+    created = retry(lambda: httpx.post(url, json={"parameters": {"runbook": "service-down", "target": "web-5"}},
+                                       timeout=30),
+                    retry_if=lambda r: r.status_code in (429, 503), delays=itertools.repeat(0.5), timeout=30)
     assert created.status_code == 201, f"{created.status_code} {created.text[:500]}"
     run = _wait_final(lab, created.json()["id"], timeout=120)
     assert run["state"]["type"] == "COMPLETED", run["state"]
@@ -214,11 +233,12 @@ def _medic_run(server: MedicServer, *args: str) -> "subprocess.CompletedProcess[
 
 
 def test_medic_run_goes_through_a_running_medic_serve(lab: LabState, server: MedicServer) -> None:
+    earlier = {r["id"] for r in _runs(lab, "medic-serve", "manual", "target:web-5")}
     result = _medic_run(server, "service-down", "--target", "web-5")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "CLI via medic serve" in result.stdout and "NOT NEEDED" in result.stdout
-    runs = _runs(lab, "medic-serve", "manual", "target:web-5")
-    assert runs and runs[0]["state"]["name"] == "NotNeeded"
+    runs = [r for r in _runs(lab, "medic-serve", "manual", "target:web-5") if r["id"] not in earlier]
+    assert [r["state"]["name"] for r in runs] == ["NotNeeded"]
 
 
 @pytest.mark.parametrize(("target", "message"), [("web-1; rm -rf /", "is refused"), ("db-9", "unknown target")])

@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 
+from medic.core.net import free_port, wait_healthy
+from medic.errors import WaitTimeout
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+__all__ = ["MedicServer", "alert_payload", "cancel_leftover_runs", "free_port", "medic_server"]
 
 
 class MedicServer:
@@ -50,18 +47,10 @@ def medic_server(state_dir: Path, *, env: dict[str, str] | None = None, port: in
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     server = MedicServer(proc, f"http://127.0.0.1:{port}", log)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"medic serve exited with {proc.returncode}:\n{server.logs()[-3000:]}")
-            try:
-                if httpx.get(f"{server.url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"medic serve did not become healthy:\n{server.logs()[-3000:]}")
-            time.sleep(0.3)
+        try:
+            wait_healthy(f"{server.url}/healthz", what="medic serve", timeout=90, proc=proc, interval=0.3)
+        except WaitTimeout as exc:
+            raise RuntimeError(f"{exc}:\n{server.logs()[-3000:]}") from None
         yield server
     finally:
         server.stop()

@@ -1,0 +1,117 @@
+"""One remediation per (runbook, target) at a time, across processes: Prefect global concurrency limits.
+
+    remediation_lock_name(runbook, target)   the limit name for one (runbook, target) pair
+    ensure_concurrency_limit(name, limit)    create or update a global concurrency limit
+    exclusive_slot(name)                     async context manager yielding True if we hold the slot
+
+Measured: acquire + release ≈0.07 s; a refused attempt ≈0.03 s (docs/prefect-runtime.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+from prefect.concurrency.asyncio import concurrency
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+from medic.errors import PrefectError
+from medic.orchestration.prefect_compat import SlotAcquisitionError, SlotTimeout, slot_refusal
+
+__all__ = ["ensure_concurrency_limit", "exclusive_slot", "remediation_lock_name"]
+
+_LIMIT_NAME_UNSAFE = re.compile(r"[^a-z0-9._-]+")
+_KNOWN_LIMITS: set[tuple[str, int]] = set()
+
+
+def remediation_lock_name(runbook: str, target: str) -> str:
+    """The global-concurrency-limit name guarding remediations of `runbook` on `target`."""
+    parts = [_LIMIT_NAME_UNSAFE.sub("-", p.lower()).strip("-") for p in (runbook, target)]
+    if not all(parts):
+        raise PrefectError(f"cannot build a lock name from runbook={runbook!r} target={target!r}")
+    return f"medic-remediate-{parts[0]}-{parts[1]}"
+
+
+def _missing(name: str) -> str:
+    return f"concurrency limit {name!r} does not exist; call ensure_concurrency_limit() first"
+
+
+async def ensure_concurrency_limit(name: str, limit: int = 1) -> None:
+    """Create the global concurrency limit `name` with `limit` slots, or update its limit.
+
+    Remembered per process: a long-lived medic serve pays the API round trips once per name.
+    """
+    if (name, limit) in _KNOWN_LIMITS:
+        return
+    if limit < 0:
+        raise PrefectError(f"concurrency limit {name!r}: limit must be >= 0, got {limit}")
+    try:
+        async with get_client() as client:
+            try:
+                current = await client.read_global_concurrency_limit_by_name(name)
+            except ObjectNotFound:
+                try:
+                    await client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=limit))
+                    _KNOWN_LIMITS.add((name, limit))
+                    return
+                except ObjectAlreadyExists:  # created concurrently
+                    current = await client.read_global_concurrency_limit_by_name(name)
+            if current.limit != limit or not current.active:
+                await client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=limit, active=True))
+    except Exception as exc:  # noqa: BLE001 - any client failure is "Prefect cannot answer"
+        raise PrefectError(f"cannot create or update concurrency limit {name!r}: {exc}") from exc
+    _KNOWN_LIMITS.add((name, limit))
+
+
+async def _visibly_full(name: str) -> bool:
+    """Whether the limit has no free slot right now (one read, ~30 ms); raises if it does not exist."""
+    try:
+        async with get_client() as client:
+            current = await client.read_global_concurrency_limit_by_name(name)
+    except ObjectNotFound as exc:
+        raise PrefectError(_missing(name)) from exc
+    except Exception as exc:  # noqa: BLE001 - any client failure is "Prefect cannot answer"
+        raise PrefectError(f"cannot read concurrency limit {name!r}: {exc}") from exc
+    return bool(current.active and current.active_slots >= current.limit)
+
+
+@contextlib.asynccontextmanager
+async def exclusive_slot(name: str, *, wait_seconds: float = 0.0) -> AsyncIterator[bool]:
+    """Hold one slot of the existing global limit `name`; yield whether we got it.
+
+    `wait_seconds=0` asks once (~30 ms) and yields False at once when another holder has it, so a
+    second remediation of the same (runbook, target) can report "already in progress" instead of
+    queueing. The limit must exist (`ensure_concurrency_limit`); a missing limit is a PrefectError,
+    not a silent "no limit". The slot is leased (300 s, renewed while held) and released on exit.
+    """
+    # Cheap pre-check: a refused acquisition makes Prefect log an ERROR line, so skip the attempt
+    # when the limit is visibly full. The acquisition below stays the source of truth.
+    if wait_seconds <= 0 and await _visibly_full(name):
+        yield False
+        return
+    kwargs: dict[str, Any] = {"max_retries": 0} if wait_seconds <= 0 else {"timeout_seconds": wait_seconds}
+    holder = concurrency(name, occupy=1, strict=True, **kwargs)
+    try:
+        await holder.__aenter__()
+    except SlotTimeout:
+        yield False
+        return
+    except SlotAcquisitionError as exc:
+        refusal = slot_refusal(exc)
+        if refusal == "missing":
+            raise PrefectError(_missing(name)) from exc
+        if refusal == "busy":  # full, and not allowed to wait
+            yield False
+            return
+        raise PrefectError(f"cannot acquire concurrency slot {name!r}: {exc}") from exc
+    try:
+        yield True
+    except BaseException as exc:
+        if not await holder.__aexit__(type(exc), exc, exc.__traceback__):
+            raise
+    else:
+        await holder.__aexit__(None, None, None)

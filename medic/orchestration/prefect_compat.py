@@ -1,0 +1,243 @@
+"""Every use of a private or undocumented Prefect name or behaviour in medic, in one place.
+
+Pinned: prefect 3.8.8. Each function says which Prefect internal it touches, why medic needs it and
+what breaks if an upgrade changes it; `tests/orchestration/test_prefect_compat.py` has one test per
+item that fails loudly when it changes, and a test that fails if any other module (medic/, flows/,
+medic_lab/, bench/) uses a private Prefect name. Upgrading Prefect = run that file first.
+
+    SlotTimeout, SlotAcquisitionError, slot_refusal()   prefect.concurrency._asyncio + its error texts
+    telemetry_workers(), drain_telemetry()              EventsWorker._instances / QueueService._drain
+    no_flow_heartbeats()                                flows.heartbeat_frequency=None (Python-only)
+    shared_sync_client(), engine_run_flow()             SyncClientContext, prefect.flow_engine.run_flow
+    pause_for_input()                                   apause_flow_run with a float poll_interval
+    pause_keyset(), run_input_model(), load_run_input() the "paused-<key>" keyset, run_input_subclass_from_type
+    is_input_schema_race(), is_expired_pause()          resume-endpoint answers we interpret
+    force_flow_run_state(), reset_concurrency_slots()   forced state changes; slot count reset vs. leases
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+from collections.abc import Awaitable, Iterator
+from typing import Any, Literal, TypeVar
+from uuid import UUID
+
+from pydantic import BaseModel
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+from prefect.client.schemas.objects import FlowRun, State, StateType
+from prefect.client.schemas.responses import OrchestrationResult, SetStateStatus
+from prefect.concurrency._asyncio import AcquireConcurrencySlotTimeoutError, ConcurrencySlotAcquisitionError
+from prefect.context import SyncClientContext
+from prefect.events.worker import EventsWorker
+from prefect.flow_engine import run_flow
+from prefect.flow_runs import apause_flow_run
+from prefect.input.run_input import Keyset, keyset_from_base_key, run_input_subclass_from_type
+from prefect.logging.handlers import APILogWorker
+from prefect.settings import temporary_settings
+
+__all__ = [
+    "SlotAcquisitionError",
+    "SlotTimeout",
+    "drain_telemetry",
+    "engine_run_flow",
+    "force_flow_run_state",
+    "is_expired_pause",
+    "is_input_schema_race",
+    "load_run_input",
+    "no_flow_heartbeats",
+    "pause_for_input",
+    "pause_keyset",
+    "reset_concurrency_slots",
+    "run_input_model",
+    "shared_sync_client",
+    "slot_refusal",
+    "telemetry_workers",
+]
+
+M = TypeVar("M", bound=BaseModel)
+
+# ------------------------------------------------------------------------------- concurrency slots
+
+SlotTimeout = AcquireConcurrencySlotTimeoutError
+"""`prefect.concurrency._asyncio.AcquireConcurrencySlotTimeoutError` (private module): raised by
+`concurrency(..., timeout_seconds=N)` when no slot freed up in time. `locks.exclusive_slot` turns it into
+"not acquired"; if it moves, the import here fails (every lock user fails at import, loudly)."""
+
+SlotAcquisitionError = ConcurrencySlotAcquisitionError
+"""`prefect.concurrency._asyncio.ConcurrencySlotAcquisitionError` (private module): every other refusal
+of `concurrency(..., strict=True)`; `slot_refusal` tells the kinds apart by its text."""
+
+_MISSING_LIMIT_TEXT = "must be created"  # "Concurrency limits [...] must be created before acquiring slots"
+_BUSY_TEXT = "423"  # "Unable to acquire concurrency slots on [...]: 423 Locked" (max_retries=0)
+
+
+def slot_refusal(exc: BaseException) -> Literal["missing", "busy"] | None:
+    """Why `concurrency(name, strict=True, max_retries=0)` refused: the limit does not exist, or it is full.
+
+    Prefect raises one exception class for both and says which only in the message ("... must be
+    created before acquiring slots"; the server's HTTP 423 Locked). If the texts change, a missing
+    limit would read as an unknown error (PrefectError) and a busy one too: a second remediation of
+    the same target would fail instead of reporting "already running".
+    """
+    text = str(exc)
+    if _MISSING_LIMIT_TEXT in text:
+        return "missing"
+    if _BUSY_TEXT in text:
+        return "busy"
+    return None
+
+
+async def reset_concurrency_slots(client: PrefectClient, name: str) -> None:
+    """Set the global limit `name`'s occupied slot count to 0 (the holder that took it is gone).
+
+    Undocumented behaviour relied on: a slot is a *lease* (300 s); resetting `active_slots` does not
+    revoke it, and when the dead holder's lease lapses the server decrements the count again without
+    going below 0. If a lapse could drive it negative, or the update ignored `active_slots`, an
+    adopted run after a medic serve restart would find its own slot taken ("already running").
+    """
+    await client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=0))
+
+
+# -------------------------------------------------------------------------------------- telemetry
+
+
+def telemetry_workers() -> list[EventsWorker | APILogWorker]:
+    """The live events and API-log workers of this process.
+
+    Private: `QueueService._instances` (prefect._internal.concurrency.services), the registry shared by
+    every Prefect queue service. We filter it rather than call `EventsWorker.drain_all()`, which
+    drains *all* services, including the concurrency-slot and lease services a running flow needs.
+    If the attribute is renamed this raises AttributeError (tests fail at once).
+    """
+    return [w for w in list(EventsWorker._instances.values()) if isinstance(w, (EventsWorker, APILogWorker))]
+
+
+def drain_telemetry(timeout: float) -> bool:
+    """Send what the events/log workers hold and stop them; True if all were done within `timeout`.
+
+    Private: `QueueService._drain(at_exit=False)` returns a concurrent future (the public `drain()`
+    blocks, or returns an awaitable inside a loop, without a deadline). A stopped worker is dropped from
+    the registry, so the next event starts a fresh one for the current API URL. If `_drain` changes,
+    medic serve, the lab and the tests could hang for hours at exit sending to a stopped server.
+    """
+    futures = [w._drain(at_exit=False) for w in telemetry_workers()]
+    _done, pending = concurrent.futures.wait(futures, timeout=timeout)
+    return not pending
+
+
+# ------------------------------------------------------------------------------------ running flows
+
+
+@contextlib.contextmanager
+def no_flow_heartbeats() -> Iterator[None]:
+    """Flow-run heartbeats off for the block (a sync flow run then saves the ~1 s heartbeat join at exit).
+
+    Undocumented: `flows.heartbeat_frequency` accepts None only from Python (the env var must be an int
+    >= 30); the sync engine (`prefect.flow_engine._send_heartbeats`) skips its thread when it is None.
+    If the setting is renamed, `temporary_settings` raises; if None stops meaning "off", sync runs
+    get ~1 s slower again (bench/prefect_overhead.py shows it).
+    """
+    with temporary_settings(updates={"flows.heartbeat_frequency": None}):
+        yield
+
+
+def shared_sync_client() -> contextlib.AbstractContextManager[Any]:
+    """One sync Prefect client for everything the block runs (entered with `with`).
+
+    Undocumented: `prefect.context.SyncClientContext.get_or_create()`. Without it every sync task of an
+    async flow builds its own client and loads the CA bundle (~30 ms each). If it goes away, runs still
+    work once this falls back — but today it would raise at import, loudly.
+    """
+    return SyncClientContext.get_or_create()
+
+
+def engine_run_flow(flow: Any, flow_run: FlowRun, parameters: dict[str, Any]) -> State | Awaitable[State]:
+    """Execute an *existing* flow run of `flow` in this process; the final State (awaitable for async flows).
+
+    Undocumented: `prefect.flow_engine.run_flow(flow, flow_run=, parameters=, return_type="state")`, the
+    engine entry point `flow(...)` uses internally. medic needs it to run a run it created itself (under
+    a deployment, Pending, so no runner also picks it up) at once, without a worker's 2-12 s poll. If its
+    signature changes, every in-process run (medic serve, `medic run`) fails with a TypeError.
+    """
+    return run_flow(flow, flow_run=flow_run, parameters=parameters, return_type="state")  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------------- pause and resume
+
+_PAUSED_STATE_NAME = "paused"  # Prefect names a pause's input keys after the state: "paused-<key>-…"
+
+
+async def pause_for_input(model: type[BaseModel], *, timeout: int, poll_interval: float, key: str) -> Any:
+    """Pause the current flow run until it is resumed with input of `model` (a RunInput class).
+
+    Undocumented: `apause_flow_run(poll_interval=)` is typed `int` but sleeps with `anyio.sleep`, so a
+    float works; medic polls every 0.2 s (click → continue ≈0.15 s instead of ≈0.6 s at 1 s). If a
+    future version casts it to int, approvals get slower (bench/approval_latency.py), not wrong.
+    """
+    return await apause_flow_run(wait_for_input=model, timeout=timeout,
+                                 poll_interval=poll_interval, key=key)  # type: ignore[arg-type]
+
+
+def pause_keyset(key: str) -> Keyset:
+    """The flow-run-input keys (`schema`, `response`, `description`) of a pause made with `key`.
+
+    Undocumented naming: `keyset_from_paused_state` uses f"{state.name.lower()}-{pause_key}", i.e.
+    "paused-<key>". medic reads the response under these keys when a resume lands between its own
+    deadline and the flow's next poll. If the naming changes, such a last-moment approval is lost
+    (read as "timed out") — the compat test compares this with where Prefect really stored the input.
+    """
+    return keyset_from_base_key(f"{_PAUSED_STATE_NAME}-{key}")
+
+
+def run_input_model(model: type[M], *, description: str | None = None) -> type[BaseModel]:
+    """The RunInput class Prefect makes from `model`, with `description` (Markdown) shown above the form.
+
+    Undocumented: `prefect.input.run_input.run_input_subclass_from_type` (not exported by prefect.input).
+    `pause_flow_run` calls it too; we call it first to attach the description. If it is renamed, every
+    approval pause fails at import.
+    """
+    return run_input_subclass_from_type(model).with_initial_data(description=description)  # type: ignore[union-attr]
+
+
+async def load_run_input(model: type[M], keyset: Keyset, flow_run_id: UUID) -> Any:
+    """The input a resume stored under `keyset` for `flow_run_id`, as `model`'s RunInput class."""
+    return await run_input_subclass_from_type(model).aload(keyset, flow_run_id=flow_run_id)  # type: ignore[union-attr]
+
+
+_SCHEMA_RACE_TEXT = "schema not found"  # resume endpoint: "Run input schema not found."
+
+
+def is_input_schema_race(result: OrchestrationResult[Any]) -> bool:
+    """A resume refused only because the run is Paused but has not stored its input schema yet.
+
+    Prefect's pause sets Paused first and saves the schema a moment later; a resume in between gets
+    REJECT "Run input schema not found." (prefect/server/api/flow_runs.py), which is transient. If the
+    text changes, a click in that window reads "rejected input" instead of being retried.
+    """
+    reason = getattr(result.details, "reason", None) or ""
+    return result.status is SetStateStatus.REJECT and _SCHEMA_RACE_TEXT in reason.lower()
+
+
+def is_expired_pause(result: OrchestrationResult[Any]) -> bool:
+    """A resume refused because the run's server-side pause timeout has passed.
+
+    Undocumented: the orchestration rule `HandleResumingPausedFlows` answers REJECT *with a Failed
+    state* ("The flow run pause has timed out and can no longer resume."). If it answered otherwise,
+    such a click would read "rejected input" instead of "timed out".
+    """
+    return (result.status is SetStateStatus.REJECT and result.state is not None
+            and result.state.type is StateType.FAILED)
+
+
+async def force_flow_run_state(client: PrefectClient, flow_run_id: UUID | str, state: State) -> None:
+    """Set a flow run's state, skipping orchestration rules (`set_flow_run_state(..., force=True)`).
+
+    Used where the rules would refuse or second-guess the move: Paused/Running → Pending to adopt a run
+    after a medic serve restart (refused: "cannot transition to the PENDING state from the PAUSED
+    state"), → Crashed for a run nobody executes any more, and Paused → Running at medic's own approval
+    deadline. Forcing is a documented flag; what is relied on is that it bypasses *every* rule. If it
+    stops doing so, adopted runs cannot restart and orphaned ones stay "Running" forever.
+    """
+    await client.set_flow_run_state(flow_run_id, state, force=True)

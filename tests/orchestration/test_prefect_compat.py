@@ -1,0 +1,366 @@
+"""Every Prefect internal medic relies on (medic/orchestration/prefect_compat.py), checked for real.
+
+One test per compat item, against the session lab's Prefect server where it is a behaviour. When one
+fails after a Prefect upgrade, the item's docstring says what breaks in medic; fix the compat module,
+not its callers. The last test proves no other module uses a private Prefect name.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import inspect
+import json
+import uuid
+from pathlib import Path
+
+import prefect
+import pytest
+from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    FlowFilter,
+    FlowFilterName,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.responses import SetStateStatus
+from prefect.concurrency.asyncio import concurrency
+from prefect.events.worker import EventsWorker
+from prefect.flow_runs import apause_flow_run
+from prefect.settings import get_current_settings
+from prefect.states import Pending
+
+from medic.core.polling import wait_until_async
+from medic.orchestration import prefect_compat as compat
+from medic.orchestration.locks import ensure_concurrency_limit, exclusive_slot
+from medic.orchestration.pause import resume_with_input
+from medic.orchestration.runs import _create_flow_run, run_flow_now
+from medic.orchestration.telemetry import flush_prefect_telemetry
+from medic_lab.state import LabState
+from tests.orchestration.support import Decision, adder, events_of, forced_pause, start_paused, sync_adder
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_prefect_is_the_pinned_version() -> None:
+    """The compat items were checked against this version; an upgrade must run this file first."""
+    assert prefect.__version__ == "3.8.8", f"prefect {prefect.__version__}: re-check every test in this file"
+
+
+# ------------------------------------------------------------------------------- concurrency slots
+
+
+def test_slot_errors_keep_their_classes_and_texts(lab: LabState) -> None:
+    """A missing limit and a full one raise SlotAcquisitionError with the texts slot_refusal reads;
+    a wait that runs out raises SlotTimeout."""
+    missing, full = f"medic-compat-missing-{uuid.uuid4().hex[:6]}", f"medic-compat-full-{uuid.uuid4().hex[:6]}"
+
+    async def refusal(name: str, **kwargs: object) -> BaseException:
+        try:
+            async with concurrency(name, occupy=1, strict=True, **kwargs):  # type: ignore[arg-type]
+                pass
+        except Exception as exc:  # noqa: BLE001 - the exception is what is under test
+            return exc
+        raise AssertionError(f"concurrency({name!r}) was granted")
+
+    async def go():
+        await ensure_concurrency_limit(full, 1)
+        no_limit = await refusal(missing, max_retries=0)
+        async with exclusive_slot(full) as held:
+            assert held
+            busy = await refusal(full, max_retries=0)
+            late = await refusal(full, timeout_seconds=0.5)
+        return no_limit, busy, late
+
+    no_limit, busy, late = asyncio.run(go())
+    assert isinstance(no_limit, compat.SlotAcquisitionError) and compat.slot_refusal(no_limit) == "missing", no_limit
+    assert isinstance(busy, compat.SlotAcquisitionError) and compat.slot_refusal(busy) == "busy", busy
+    assert isinstance(late, compat.SlotTimeout), repr(late)
+
+
+def test_resetting_slots_frees_them_and_a_later_release_does_not_go_below_zero(lab: LabState) -> None:
+    """What an adopted run relies on: the reset frees the slot a dead holder kept, and when that
+    holder's lease ends (released here; lapsed in real life) the count stays at 0, not -1."""
+    name = f"medic-compat-reset-{uuid.uuid4().hex[:6]}"
+
+    async def active() -> int:
+        async with get_client() as client:
+            return (await client.read_global_concurrency_limit_by_name(name)).active_slots
+
+    async def go():
+        await ensure_concurrency_limit(name, 1)
+        seen = []
+        async with exclusive_slot(name) as dead_holder:
+            seen.append((dead_holder, await active()))
+            async with get_client() as client:
+                await compat.reset_concurrency_slots(client, name)
+            seen.append(await active())
+            async with exclusive_slot(name) as adopted:
+                seen.append((adopted, await active()))
+            seen.append(await active())
+        seen.append(await active())
+        return seen
+
+    assert asyncio.run(go()) == [(True, 1), 0, (True, 1), 0, 0]
+
+
+# -------------------------------------------------------------------------------------- telemetry
+
+
+def test_telemetry_workers_are_found_and_drained_and_other_services_are_left_alone(lab: LabState) -> None:
+    assert isinstance(EventsWorker._instances, dict)
+    assert "at_exit" in inspect.signature(EventsWorker._drain).parameters
+    name = f"medic-compat-services-{uuid.uuid4().hex[:6]}"
+
+    async def go():
+        await ensure_concurrency_limit(name, 1)
+        async with exclusive_slot(name):  # starts Prefect's slot-acquisition service
+            pass
+        return await run_flow_now(adder, {"x": 2})  # queues events
+
+    outcome = asyncio.run(go())
+    assert compat.telemetry_workers(), "a flow run queued events but no events worker was found"
+    others = [s for s in EventsWorker._instances.values() if s not in compat.telemetry_workers()]
+    assert others, "expected Prefect's concurrency services in the shared registry"
+    assert compat.drain_telemetry(timeout=30) is True
+    assert not compat.telemetry_workers()
+    assert all(s in EventsWorker._instances.values() for s in others), "drained a non-telemetry service"
+    assert "prefect.flow-run.Completed" in events_of(lab.prefect_api_url, outcome.flow_run_id,
+                                                     until="prefect.flow-run.Completed")
+
+
+# ------------------------------------------------------------------------------------ running flows
+
+
+def test_no_flow_heartbeats_stops_the_heartbeat_of_a_sync_run(lab: LabState) -> None:
+    """A sync run emits a heartbeat event at start by default; under no_flow_heartbeats it emits none."""
+    assert get_current_settings().flows.heartbeat_frequency is not None
+    with compat.no_flow_heartbeats():
+        assert get_current_settings().flows.heartbeat_frequency is None
+        quiet = sync_adder(1, return_state=True)
+    loud = sync_adder(1, return_state=True)
+    flush_prefect_telemetry()
+    # Events are stored in the order sent: once the later run's heartbeat is in, the quiet run's are too.
+    assert "prefect.flow-run.heartbeat" in events_of(lab.prefect_api_url, loud.state_details.flow_run_id,
+                                                     until="prefect.flow-run.heartbeat")
+    quiet_events = events_of(lab.prefect_api_url, quiet.state_details.flow_run_id, until="prefect.flow-run.Completed")
+    assert "prefect.flow-run.heartbeat" not in quiet_events, quiet_events
+
+
+def test_shared_sync_client_is_shared_within_the_block(lab: LabState) -> None:
+    with compat.shared_sync_client() as outer, compat.shared_sync_client() as inner:
+        assert inner.client is outer.client
+
+
+def test_engine_run_flow_executes_the_given_run_and_returns_its_state(lab: LabState) -> None:
+    """`prefect.flow_engine.run_flow(flow, flow_run=, parameters=, return_type="state")` runs *our* run."""
+
+    async def go():
+        run = await _create_flow_run(adder, {"x": 4}, None)
+        state = await compat.engine_run_flow(adder, run, {"x": 4})  # type: ignore[misc]
+        async with get_client() as client:
+            stored = await client.read_flow_run(run.id)
+        return run, state, await state.result(), stored
+
+    run, state, value, stored = asyncio.run(go())
+    assert state.is_completed() and state.state_details.flow_run_id == run.id
+    assert stored.state is not None and stored.state.is_completed()
+    assert value == 9
+
+
+# ---------------------------------------------------------------------------------- pause and resume
+
+
+def test_pause_takes_a_fractional_poll_interval() -> None:
+    parameters = inspect.signature(apause_flow_run).parameters
+    assert {"wait_for_input", "timeout", "poll_interval", "key"} <= set(parameters)
+    source = inspect.getsource(apause_flow_run)
+    assert "anyio.sleep" in source and "int(poll_interval" not in source
+
+
+def test_the_pause_keyset_is_where_prefect_stores_the_input(lab: LabState) -> None:
+    key = f"approval-{uuid.uuid4().hex[:6]}"
+
+    async def go():
+        run, task = await start_paused(60, key=key, description="why we ask")
+        async with get_client() as client:
+            paused = await client.read_flow_run(run.id)
+            description = await client.read_flow_run_input(run.id, compat.pause_keyset(key)["description"])
+            assert (await resume_with_input(run.id, {"approved": True, "by": "alice"})).accepted
+            response = await client.read_flow_run_input(run.id, compat.pause_keyset(key)["response"])
+        loaded = await compat.load_run_input(Decision, compat.pause_keyset(key), run.id)
+        return paused, description, response, loaded, await task
+
+    paused, description, response, loaded, outcome = asyncio.run(go())
+    assert paused.state is not None and paused.state.state_details.run_input_keyset == compat.pause_keyset(key)
+    assert json.loads(description) == "why we ask"
+    assert '"alice"' in response
+    assert (loaded.approved, loaded.by) == (True, "alice")
+    assert outcome.result == "approved=True by=alice"
+
+
+def test_run_input_model_is_a_run_input_with_the_description() -> None:
+    from prefect.input import RunInput
+
+    made = compat.run_input_model(Decision, description="evidence, plan, deadline")
+    assert issubclass(made, RunInput) and set(made.model_fields) >= {"approved", "by"}
+    assert made._description == "evidence, plan, deadline"  # what asave() stores as the description
+
+
+def test_a_resume_before_the_schema_is_stored_is_refused_with_the_text_we_match(lab: LabState) -> None:
+    async def go():
+        run = await forced_pause(f"approval-{uuid.uuid4().hex[:6]}")
+        async with get_client() as client:
+            return await client.resume_flow_run(run.id, run_input={"approved": True, "by": "alice"})
+
+    result = asyncio.run(go())
+    assert result.status is SetStateStatus.REJECT, result
+    assert compat.is_input_schema_race(result), result.details
+    assert not compat.is_expired_pause(result)
+
+
+def test_a_resume_after_the_pause_expired_is_refused_with_a_failed_state(lab: LabState) -> None:
+    async def go():
+        run = await forced_pause("approval", with_keyset=False, timeout_s=-60)
+        async with get_client() as client:
+            return await client.resume_flow_run(run.id, run_input={})
+
+    result = asyncio.run(go())
+    assert compat.is_expired_pause(result), result
+    assert not compat.is_input_schema_race(result)
+
+
+def test_forcing_a_state_bypasses_the_rule_that_refuses_it(lab: LabState) -> None:
+    """Paused → Pending (how a restart adopts a run) is refused by orchestration, and taken when forced."""
+
+    async def go():
+        run = await forced_pause(f"approval-{uuid.uuid4().hex[:6]}")
+        async with get_client() as client:
+            refused = await client.set_flow_run_state(run.id, Pending(message="adopt"))
+            await compat.force_flow_run_state(client, run.id, Pending(message="adopt"))
+            after = await client.read_flow_run(run.id)
+        return refused, after
+
+    refused, after = asyncio.run(go())
+    assert refused.status is not SetStateStatus.ACCEPT, refused
+    assert after.state is not None and after.state.is_pending()
+
+
+def test_a_pause_key_used_before_returns_at_once_without_the_input(lab: LabState) -> None:
+    """Why medic's approval step pauses under fresh keys after a restart (medic/approval/gate.py):
+    Prefect treats a seen key as "already resumed" and returns at once, without waiting or any input."""
+    name = f"pauses-twice-{uuid.uuid4().hex[:6]}"
+
+    @flow(name=name)
+    async def pauses_twice() -> list[object]:
+        return [await compat.pause_for_input(compat.run_input_model(Decision), timeout=60, poll_interval=0.2,
+                                             key="same") for _ in range(2)]
+
+    async def paused_runs() -> list[FlowRun]:
+        async with get_client() as client:
+            runs = await client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=[name])),
+                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+                    type=FlowRunFilterStateType(any_=[StateType.PAUSED]))))
+        return [r for r in runs if r.state and r.state.state_details.run_input_keyset]
+
+    async def go():
+        running = asyncio.create_task(run_flow_now(pauses_twice))
+        try:
+            runs = await wait_until_async(paused_runs, what=f"{name} paused for input", timeout=30, interval=0.05)
+        except BaseException:
+            running.cancel()
+            raise
+        assert (await resume_with_input(runs[0].id, {"approved": True, "by": "alice"})).accepted
+        return await running
+
+    outcome = asyncio.run(go())
+    first, second = outcome.result
+    assert first is not None and first.by == "alice"
+    assert second is None, "the second pause under the same key should have returned at once, without input"
+
+
+# ------------------------------------------------------------------------------ the grep that proves it
+
+SCANNED = ("medic", "flows", "medic_lab", "bench", "scripts")
+COMPAT = ROOT / "medic" / "orchestration" / "prefect_compat.py"
+# Public-looking names that are not Prefect's documented API (each has its item in prefect_compat).
+UNDOCUMENTED = {
+    ("prefect.flow_engine", "run_flow"), ("prefect.context", "SyncClientContext"),
+    ("prefect.input", "keyset_from_base_key"), ("prefect.input.run_input", "keyset_from_base_key"),
+    ("prefect.input.run_input", "run_input_subclass_from_type"), ("prefect.events.worker", "EventsWorker"),
+    ("prefect.logging.handlers", "APILogWorker"),
+}
+# Private attributes of Prefect objects reached through a variable (`w._drain()`), flagged on any owner.
+PRIVATE_ATTRS = {"_drain", "_instances"}
+# Texts of Prefect's answers, and setting names, that only the compat module may depend on.
+TEXTS = ("schema not found", "must be created", "paused-", "heartbeat_frequency")
+
+
+def _private_prefect_uses(path: Path, root: Path = ROOT) -> list[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    docstrings = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)}
+    from_prefect: set[str] = set()
+    found: list[str] = []
+
+    def private(name: str) -> bool:
+        return any(part.startswith("_") and not part.startswith("__") for part in name.split("."))
+
+    for node in ast.walk(tree):
+        where = f"{path.relative_to(root)}:{getattr(node, 'lineno', '?')}"
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "prefect":
+            module = node.module or ""
+            for alias in node.names:
+                from_prefect.add(alias.asname or alias.name)
+                if private(module) or private(alias.name) or (module, alias.name) in UNDOCUMENTED:
+                    found.append(f"{where} from {module} import {alias.name}")
+                if module.startswith("prefect.server"):
+                    found.append(f"{where} server internals: from {module} import {alias.name}")
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "prefect" and (private(alias.name) or alias.name.startswith("prefect.server")):
+                    found.append(f"{where} import {alias.name}")
+        elif isinstance(node, ast.Attribute) and node.attr in PRIVATE_ATTRS:
+            found.append(f"{where} {ast.unparse(node)}")
+        elif isinstance(node, ast.Attribute) and private(node.attr):
+            owner = node.value
+            while isinstance(owner, ast.Attribute):
+                owner = owner.value
+            if isinstance(owner, ast.Name) and (owner.id in from_prefect or owner.id == "prefect"):
+                found.append(f"{where} {ast.unparse(node)}")
+        elif isinstance(node, ast.Call):
+            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            if name.endswith("set_flow_run_state") and any(k.arg == "force" for k in node.keywords):
+                found.append(f"{where} forced state change: {ast.unparse(node)[:80]}")
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            hits = [t for t in TEXTS if t in node.value.lower()] + (["423"] if node.value.strip() == "423" else [])
+            if hits:
+                found.append(f"{where} matches Prefect's text {hits[0]!r}: {node.value[:60]!r}")
+    return found
+
+
+def test_only_the_compat_module_touches_prefect_internals() -> None:
+    files = [p for d in SCANNED if (ROOT / d).is_dir() for p in sorted((ROOT / d).rglob("*.py")) if p != COMPAT]
+    assert len(files) > 50, f"scanned only {len(files)} files: is ROOT ({ROOT}) right?"
+    found = [hit for p in files for hit in _private_prefect_uses(p)]
+    assert not found, "private or undocumented Prefect names outside prefect_compat.py:\n" + "\n".join(found)
+
+
+def test_the_scan_finds_what_it_is_meant_to_find(tmp_path: Path) -> None:
+    """The scanner itself: each kind of use it must flag."""
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        "from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError\n"
+        "from prefect.flow_engine import run_flow\n"
+        "from prefect.events.worker import EventsWorker\n"
+        "EventsWorker._instances\n"
+        "worker._drain(at_exit=False)\n"
+        "client.set_flow_run_state(run_id, state, force=True)\n"
+        "if 'schema not found' in reason: pass\n"
+        "from prefect.server.database import provide_database_interface\n"
+    )
+    found = _private_prefect_uses(sample, root=tmp_path)
+    assert len(found) == 8, "\n".join(found)  # one per line of the sample
