@@ -58,7 +58,7 @@ def _endpoint_config(lab: LabState, ports: PgPorts) -> str:
     # stays in config-maint, which `set server ... state ready` cannot lift (HAProxy 2.6).
     servers = [f"    server {n} 127.0.0.1:{p}" for n, p in ports.nodes.items()]
     return "\n".join([
-        f"# the lab's PostgreSQL client endpoint (clients connect here, never to a node)",
+        "# the lab's PostgreSQL client endpoint (clients connect here, never to a node)",
         "global",
         f"    stats socket ipv4@127.0.0.1:{ports.endpoint_admin} level admin",
         "    maxconn 500",

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import BaseModel
 from playwright.sync_api import BrowserContext, Page
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import sync_playwright
@@ -55,6 +56,7 @@ DEB_PACKAGES = ["chromium", "fonts-noto-color-emoji"]  # the emoji font: the rep
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 VIEWPORT = {"width": 1400, "height": 900}
+RUN_PAGE_HEIGHT = 1300  # the run page: the graph takes the first 900 px, the stages' log lines follow
 MAX_DIALOG_HEIGHT = 2000  # the approval dialog's page grows to show the whole request, up to this
 RUN_TIMEOUT_S = 180.0  # fault → alert → run → outcome took 7–40 s in the demo; generous for a busy machine
 PAGE_TIMEOUT_MS = 30_000
@@ -100,7 +102,10 @@ def lab_and_serve(lab_dir: Path, *, base_port: int, serve_port: int, reuse: bool
                              progress=lambda m: say(f"lab: {m}"))
             started_lab = True
         healthz = f"http://127.0.0.1:{serve_port}/healthz"
-        if reuse and _answers(healthz):
+        if _answers(healthz):
+            if not reuse:
+                raise SystemExit(f"a medic serve already answers on port {serve_port}: pass --reuse to use it, "
+                                 f"or --serve-port to start another")
             say(f"reusing medic serve on port {serve_port}")
         else:
             serve = spawn("medic-serve-screenshots", [sys.executable, "-m", "medic", "serve", "--port", str(serve_port)],
@@ -127,6 +132,20 @@ def _answers(url: str) -> bool:
 
 # ---- Prefect's API: find the run an incident started --------------------------------------------
 
+class RunSeen(BaseModel):
+    """A flow run as this script needs it: which one, and its state (type, e.g. PAUSED, and name)."""
+
+    id: str
+    state: str
+    name: str
+    message: str = ""
+
+    @classmethod
+    def of(cls, run: dict[str, Any]) -> "RunSeen":
+        return cls(id=run["id"], state=run["state"]["type"], name=run["state"]["name"],
+                   message=run["state"].get("message") or "")
+
+
 class Prefect:
     """The few reads of Prefect's REST API the script needs (the same API the UI reads)."""
 
@@ -134,26 +153,26 @@ class Prefect:
         self.api = api_url
         self.http = httpx.Client(base_url=api_url.rstrip("/") + "/", timeout=10)
 
-    def latest_run(self, runbook: str, target: str, since: datetime) -> dict[str, Any] | None:
+    def latest_run(self, runbook: str, target: str, since: datetime) -> RunSeen | None:
         runs = self.http.post("flow_runs/filter", json={
             "flow_runs": {"tags": {"all_": [f"runbook:{runbook}", f"target:{target}"]},
                           "expected_start_time": {"after_": since.isoformat()}},
             "sort": "EXPECTED_START_TIME_DESC", "limit": 1}).raise_for_status().json()
-        return runs[0] if runs else None
+        return RunSeen.of(runs[0]) if runs else None
 
-    def run(self, run_id: str) -> dict[str, Any]:
-        return self.http.get(f"flow_runs/{run_id}").raise_for_status().json()
+    def run(self, run_id: str) -> RunSeen:
+        return RunSeen.of(self.http.get(f"flow_runs/{run_id}").raise_for_status().json())
 
-    def wait_for_run(self, runbook: str, target: str, since: datetime, *, states: set[str]) -> dict[str, Any]:
+    def wait_for_run(self, runbook: str, target: str, since: datetime, *, states: set[str]) -> RunSeen:
         """The newest run of `runbook` on `target` started after `since`, once its state type is in `states`."""
-        def look() -> Any:
-            run = self.latest_run(runbook, target, since)
-            return run if run is None else {"id": run["id"], "state": run["state"]["type"],
-                                            "name": run["state"]["name"], "message": run["state"].get("message")}
-        run = wait_until(look, what=f"a {runbook} run on {target} in state {'/'.join(sorted(states))}",
-                         timeout=RUN_TIMEOUT_S, interval=0.5, done=lambda r: r is not None and r["state"] in states,
-                         ignore=httpx.HTTPError)
-        return run
+        return wait_until(lambda: self.latest_run(runbook, target, since),
+                          what=f"a {runbook} run on {target} in state {'/'.join(sorted(states))}",
+                          timeout=RUN_TIMEOUT_S, interval=0.5, ignore=httpx.HTTPError,
+                          done=lambda run: run is not None and run.state in states)
+
+    def wait_for_end(self, run_id: str) -> RunSeen:
+        return wait_until(lambda: self.run(run_id), what=f"run {run_id} finishing", timeout=RUN_TIMEOUT_S,
+                          interval=0.5, ignore=httpx.HTTPError, done=lambda run: run.state in TERMINAL)
 
     def artifact_id(self, run_id: str, key_prefix: str) -> str:
         artifacts = self.http.post("artifacts/filter", json={
@@ -169,7 +188,7 @@ class Prefect:
 
 
 def incident(prefect: Prefect, lab: LabState, fault: str, host: str, runbook: str, *,
-             states: set[str]) -> dict[str, Any]:
+             states: set[str]) -> RunSeen:
     """Break `host` and wait for the run medic starts from the alert to reach one of `states`."""
     since = datetime.now(timezone.utc)
     say(f"{fault} on {host}: {faults.break_host(lab, fault, host)}")
@@ -178,7 +197,7 @@ def incident(prefect: Prefect, lab: LabState, fault: str, host: str, runbook: st
     except WaitTimeout:
         say(f"no {runbook} run reached {states}; putting {host} right: {faults.fix_host(lab, fault, host)}")
         raise
-    say(f"{runbook} run {run['id']} is {run['name']}: {run['message'] or ''}")
+    say(f"{runbook} run {run.id} is {run.name}: {run.message}")
     return run
 
 
@@ -219,12 +238,15 @@ def shoot(page: Page, out: Path) -> None:
     say(f"wrote {out.relative_to(PROJECT_ROOT) if out.is_relative_to(PROJECT_ROOT) else out}")
 
 
-def photograph_run(page: Page, ui: str, run: dict[str, Any], out: Path) -> None:
-    page.goto(f"{ui}/runs/flow-run/{run['id']}")
-    expect(page, ".state-badge", what="the run's final state", has_text=run["name"])
+def photograph_run(page: Page, ui: str, run: RunSeen, out: Path) -> None:
+    """The run graph (its stages) and, below it, the first lines of what each stage found."""
+    page.set_viewport_size({"width": VIEWPORT["width"], "height": RUN_PAGE_HEIGHT})
+    page.goto(f"{ui}/runs/flow-run/{run.id}")
+    expect(page, ".state-badge", what="the run's final state", has_text=run.name)
     expect(page, ".flow-run-logs .logs", what="the run's logs", has_text="verify")
     expect(page, ".run-graph__stage canvas", what="the run graph")
     shoot(page, out)
+    page.set_viewport_size(VIEWPORT)
 
 
 def photograph_artifact(page: Page, ui: str, artifact_id: str, out: Path) -> None:
@@ -234,16 +256,18 @@ def photograph_artifact(page: Page, ui: str, artifact_id: str, out: Path) -> Non
     shoot(page, out)
 
 
-def photograph_approval(page: Page, ui: str, prefect: Prefect, run: dict[str, Any], out: Path) -> dict[str, Any]:
+def photograph_approval(page: Page, ui: str, prefect: Prefect, run: RunSeen, out: Path) -> RunSeen:
     """Open the Resume dialog, fill it in as an operator would, photograph it, submit, wait for the outcome."""
-    page.goto(f"{ui}/runs/flow-run/{run['id']}")
+    page.goto(f"{ui}/runs/flow-run/{run.id}")
     expect(page, ".state-badge", what="the paused state", has_text="Paused")
     page.get_by_role("button", name="Resume").first.click()
     dialog = page.locator(".p-modal__card")
     expect(page, ".p-modal__body .markdown-renderer", what="the approval request in the Resume dialog")
-    dialog.locator(".p-select-button__control").first.click()  # Decision
-    expect(page, "[role=option]", what="the decision choices", has_text="approve")
-    page.locator("[role=option]", has_text="approve").first.click()
+    decision = dialog.locator(".p-select-button__control").first
+    decision.press("ArrowDown")  # a click does not open Prefect's select in headless Chromium; the keyboard does
+    expect(page, ".p-select-option", what="the decision choices", has_text="approve")
+    page.locator(".p-select-option", has_text="approve").first.click()
+    expect(page, ".p-modal__card .p-select-button__value", what="the chosen decision", has_text="approve")
     fields = dialog.locator("textarea")
     fields.nth(0).fill("alice (on call)")
     fields.nth(1).fill("only *.tmp junk older than a day, as the check mode shows")
@@ -256,17 +280,16 @@ def photograph_approval(page: Page, ui: str, prefect: Prefect, run: dict[str, An
     }""")
     page.set_viewport_size({"width": VIEWPORT["width"], "height": max(VIEWPORT["height"], min(needed, MAX_DIALOG_HEIGHT))})
     shoot(page, out)
-    page.set_viewport_size(VIEWPORT)
     dialog.get_by_role("button", name="Submit").click()
-    done = _wait_terminal(prefect, run["id"])
-    say(f"after the approval in the UI the run ended {done['state']['name']}: {done['state'].get('message') or ''}")
+    try:  # the dialog closes once Prefect accepted the input; if it stays, it says why (a validation error)
+        dialog.wait_for(state="hidden")
+    except PlaywrightError as exc:
+        raise SystemExit(f"the Resume dialog did not close after Submit; it shows: "
+                         f"{dialog.inner_text()[-400:]!r}") from exc
+    page.set_viewport_size(VIEWPORT)
+    done = prefect.wait_for_end(run.id)
+    say(f"after the approval in the UI the run ended {done.name}: {done.message}")
     return done
-
-
-def _wait_terminal(prefect: Prefect, run_id: str) -> dict[str, Any]:
-    return wait_until(lambda: prefect.run(run_id), what=f"run {run_id} finishing after the approval",
-                      timeout=RUN_TIMEOUT_S, interval=0.5, done=lambda r: r["state"]["type"] in TERMINAL,
-                      ignore=httpx.HTTPError)
 
 
 def photograph_deployment_form(page: Page, ui: str, deployment_id: str, out: Path) -> None:
@@ -306,10 +329,10 @@ def main(argv: list[str] | None = None) -> int:
         with browser() as context:
             page = context.new_page()
             photograph_run(page, ui, recovered, args.out / "1-remediation-run.png")
-            photograph_artifact(page, ui, prefect.artifact_id(recovered["id"], "incident-"),
+            photograph_artifact(page, ui, prefect.artifact_id(recovered.id, "incident-"),
                                 args.out / "2-incident-report.png")
-            if paused["state"] != "PAUSED":
-                raise SystemExit(f"the disk-full run did not wait for a human: it ended {paused['name']}")
+            if paused.state != "PAUSED":
+                raise SystemExit(f"the disk-full run did not wait for a human: it ended {paused.name}")
             photograph_approval(page, ui, prefect, paused, args.out / "3-approval-form.png")
             photograph_deployment_form(page, ui, prefect.deployment_id("remediate", "service-down"),
                                        args.out / "4-deployment-form.png")

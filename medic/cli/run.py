@@ -188,7 +188,10 @@ def _print_outcome(report: Any, run_id: str, state_name: str, seconds: float | N
     took = f" in {seconds:.1f} s" if seconds is not None else ""
     print(f"\n{str(report.outcome.value).upper()}: {report.summary}")
     print(f"flow run {run_id} ({state_name}){took}" + (f" — {ui}/runs/flow-run/{run_id}" if ui else ""))
-    return exit_code(report.outcome)
+    return int(report.outcome.exit_code)
+
+
+_REFUSALS = {409: ExitCode.ALREADY_RUNNING, 400: ExitCode.BAD_INPUT, 503: ExitCode.DEPENDENCY}
 
 
 def _run_via_server(settings: Settings, args: argparse.Namespace) -> int | None:
@@ -209,7 +212,8 @@ def _run_via_server(settings: Settings, args: argparse.Namespace) -> int | None:
                 response.read()
                 error = response.json().get("error", response.text)
                 print(f"medic: error: {error}", file=sys.stderr)
-                return {409: 4, 400: 2}.get(response.status_code, 1)
+                # 409: a run of it is in progress; 400: bad input; 503: medic serve cannot reach Prefect
+                return int(_REFUSALS.get(response.status_code, ExitCode.FAILED))
             with LiveView(interactive=sys.stdin.isatty()) as view:
                 for line in response.iter_lines():
                     item = json.loads(line)
@@ -221,8 +225,8 @@ def _run_via_server(settings: Settings, args: argparse.Namespace) -> int | None:
     if not item.get("report"):
         print(f"medic: error: the run ended {item.get('state_name')} without a report: {item.get('message')}",
               file=sys.stderr)
-        return 1
-    model = RemediationReport if "diagnosis" in item["report"] else _failover_report_model()
+        return int(ExitCode.FAILED)
+    model = _failover_report_model() if "cluster" in item["report"] else RemediationReport
     report = model.model_validate(item["report"])
     return _print_outcome(report, str(getattr(report, "flow_run_id", None) or "?"), item["state_name"],
                           item.get("seconds"), settings, args)
@@ -258,9 +262,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             remove()
     report = outcome.result
     if not hasattr(report, "outcome") or not hasattr(report, "summary"):
+        if isinstance(outcome.error, MedicError):
+            raise outcome.error  # e.g. Prometheus unreachable: main() exits with its code and message
         print(f"medic: error: the flow run ended {outcome.state_name} without a report: {outcome.message}",
               file=sys.stderr)
-        return 1
+        return int(ExitCode.FAILED)
     return _print_outcome(report, str(outcome.flow_run_id), outcome.state_name, outcome.seconds, settings, args)
 
 
@@ -285,7 +291,7 @@ def cmd_approve(args: argparse.Namespace) -> int:
         return 0
     print(f"medic: error: run {args.run_id}: {outcome.status.value}{': ' + outcome.reason if outcome.reason else ''}",
           file=sys.stderr)
-    return 2
+    return int(ExitCode.BAD_INPUT)
 
 
 def cmd_audit(args: argparse.Namespace) -> int:

@@ -283,6 +283,7 @@ _OLD_ORIGIN = re.compile(r"The error appears to be in '(?P<file>[^']+)': line (?
 _ERROR_LINE = re.compile(r"^(?:\[ERROR\]: |ERROR! )(?P<msg>.+)$", re.M)
 _UNDEFINED = re.compile(r"Error processing keyword '\w+': '(?P<name>[A-Za-z_]\w*)' is undefined")
 _MAX_PLACEHOLDERS = 5
+_HOSTS_VARIABLE = re.compile(r"^\s*-?\s*hosts:\s*[\"']?\{\{\s*(?P<name>[A-Za-z_]\w*)", re.M)
 
 
 def _syntax_run(playbooks: list[Path], timeout: float, placeholders: dict[str, str]) -> tuple[str, int]:
@@ -307,7 +308,8 @@ def _syntax_run(playbooks: list[Path], timeout: float, placeholders: dict[str, s
 def _checked(playbooks: list[Path], timeout: float) -> tuple[str, int]:
     """Syntax-check; a play keyword naming a variable medic passes at run time (e.g. `hosts: "{{
     rejoin_host }}"`) gets a placeholder value, so the rest of the playbook is still checked."""
-    placeholders: dict[str, str] = {}
+    placeholders = {m["name"]: "localhost" for p in playbooks if p.is_file()
+                    for m in _HOSTS_VARIABLE.finditer(p.read_text(errors="replace"))}
     for _ in range(_MAX_PLACEHOLDERS + 1):
         output, rc = _syntax_run(playbooks, timeout, placeholders)
         missing = _UNDEFINED.search(output) if rc else None

@@ -16,6 +16,7 @@ operational state and admin-state bit field; ``show stat <backend> 4 -1`` gives 
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import logging
 import socket
 import time
@@ -23,6 +24,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from medic.core.polling import retry
 from medic.errors import LoadBalancerError, LoadBalancerNameError
 from medic.core.inventory import NAME_PATTERN
 
@@ -179,13 +181,10 @@ class HAProxyRuntime:
         error: the caller decides whether to cut them.
         """
         began = time.monotonic()
-        while True:
-            sessions = self.server(backend, server).current_sessions
-            waited = time.monotonic() - began
-            if sessions == 0 or waited >= timeout:
-                return DrainWait(backend=backend, server=server, drained=sessions == 0,
-                                 sessions_left=sessions, waited_s=round(waited, 3))
-            time.sleep(min(poll, max(timeout - waited, 0.01)))
+        sessions = retry(lambda: self.server(backend, server).current_sessions, delays=itertools.repeat(poll),
+                         retry_if=lambda left: left != 0, timeout=timeout)
+        return DrainWait(backend=backend, server=server, drained=sessions == 0, sessions_left=sessions,
+                         waited_s=round(time.monotonic() - began, 3))
 
     # -- wire ------------------------------------------------------------------------------------
 

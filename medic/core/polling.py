@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from medic.errors import MedicError, WaitTimeout
 
-__all__ = ["backoff", "retry", "retry_async", "wait_until", "wait_until_async"]
+__all__ = ["ExcTypes", "backoff", "retry", "retry_async", "wait_until", "wait_until_async"]
 
 T = TypeVar("T")
 ExcTypes = type[BaseException] | tuple[type[BaseException], ...]

@@ -51,6 +51,7 @@ class FlowRunOutcome(BaseModel):
     message: str | None
     result: Any = None  # the flow's return value when it completed (or failed with a report), else None
     seconds: float
+    error: BaseException | None = None  # what a flow that failed without a report raised (e.g. a MedicError)
 
     @property
     def ok(self) -> bool:
@@ -124,11 +125,12 @@ async def run_flow_now(
         else:
             state = await asyncio.to_thread(_in_copied_context(run_sync))
     result: Any = None
+    error: BaseException | None = None
     if state.is_completed() or state.is_failed():
         # A flow may end Failed *with* a result (medic's report of what went wrong); keep it.
         result = await state.result(raise_on_failure=False)
         if isinstance(result, BaseException):
-            result = None
+            result, error = None, result
     return FlowRunOutcome(
         flow_run_id=run.id,
         flow_run_name=run.name,
@@ -137,6 +139,7 @@ async def run_flow_now(
         message=state.message,
         result=result,
         seconds=time.perf_counter() - started,
+        error=error,
     )
 
 

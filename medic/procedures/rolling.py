@@ -15,9 +15,9 @@ prints both.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
-import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from enum import StrEnum
@@ -25,6 +25,7 @@ from enum import StrEnum
 from pydantic import BaseModel, Field
 
 from medic.clients.alertmanager import AlertmanagerClient, Matcher
+from medic.core.polling import retry
 from medic.errors import MedicError
 from medic.clients.haproxy import DrainWait, HAProxyRuntime, LoadBalancerError, parse_address
 from medic.core.inventory import Host
@@ -164,33 +165,32 @@ def restart(steps: list[HostStep], hosts: dict[str, Host], ssh: SSHSession, *, t
 def health(steps: list[HostStep], hosts: dict[str, Host], ssh: SSHSession, *, timeout: float) -> None:
     """Poll each restarted host's /healthz (on the host, over SSH) until it answers or `timeout` passes."""
     pending = [s for s in steps if s.status is HostStatus.PENDING]
-    deadline = time.monotonic() + timeout
-    while pending:
-        results = ssh.fan_out([hosts[s.host] for s in pending], lambda h: render_shell(HEALTH_COMMAND, h), timeout=5)
-        for s, r in zip(pending, results):
-            if r.ok:
-                s.healthy, s.status = True, HostStatus.RESTARTED
-        pending = [s for s in pending if s.status is HostStatus.PENDING]
-        if pending and time.monotonic() >= deadline:
-            for s in pending:
-                s.status, s.healthy = HostStatus.FAILED, False
-                s.detail = f"restarted but /healthz did not answer within {timeout:g} s"
-            break
+
+    def still_pending() -> list[HostStep]:
         if pending:
-            time.sleep(0.1)
+            results = ssh.fan_out([hosts[s.host] for s in pending], lambda h: render_shell(HEALTH_COMMAND, h), timeout=5)
+            for s, r in zip(pending, results):
+                if r.ok:
+                    s.healthy, s.status = True, HostStatus.RESTARTED
+            pending[:] = [s for s in pending if s.status is HostStatus.PENDING]
+        return pending
+
+    for s in retry(still_pending, delays=itertools.repeat(0.1), retry_if=bool, timeout=timeout):
+        s.status, s.healthy = HostStatus.FAILED, False
+        s.detail = f"restarted but /healthz did not answer within {timeout:g} s"
 
 
 def ready(steps: list[HostStep], *, timeout: float) -> None:
     """Give every drained server its old admin state back; wait until HAProxy has the healthy ones UP."""
     restore(steps)
-    deadline = time.monotonic() + timeout
     # Until HAProxy agrees: healthy hosts UP, failed ones out of rotation (so the report is true).
     waiting = [s for s in steps if s.lb is not None]
-    while waiting and time.monotonic() < deadline:
-        waiting = [s for s in waiting if s.lb.runtime().server(s.lb.backend, s.lb.server).up != bool(s.healthy)]
-        if waiting:
-            time.sleep(0.05)
-    for s in waiting:
+
+    def disagreeing() -> list[HostStep]:
+        waiting[:] = [s for s in waiting if s.lb.runtime().server(s.lb.backend, s.lb.server).up != bool(s.healthy)]
+        return waiting
+
+    for s in retry(disagreeing, delays=itertools.repeat(0.05), retry_if=bool, timeout=timeout):
         if s.healthy:
             s.status, s.detail = HostStatus.FAILED, f"healthy on the host but HAProxy did not report it UP within {timeout:g} s"
     describe_lb(steps)

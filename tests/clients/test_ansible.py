@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,15 @@ from medic_lab.state import LabState
 from medic.core.net import free_port as closed_port  # bound, then released: nothing listens
 
 PLAYBOOKS = Path(__file__).parents[1] / "playbooks"
+
+
+@pytest.fixture(autouse=True)
+def no_markers_left(lab: LabState) -> Iterator[None]:
+    """The marker files the playbooks create stay out of the shared lab's data dirs after each test."""
+    yield
+    for host in lab.hosts[:2]:
+        for marker in host.data_dir.glob("medic-test-*"):
+            marker.unlink(missing_ok=True)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from medic_lab.state import LabState
 from medic.procedures.rolling import lb_target
 from tests.support.flows import metric, wait_metric
 from tests.support.lab_health import restored  # noqa: F401 (a fixture)
-from tests.support.waits import wait_for_no_problems
+from tests.support.waits import wait_for, wait_for_no_problems
 
 
 @pytest.fixture
@@ -63,6 +63,9 @@ def test_drain_and_ready_change_what_haproxy_does(lab: LabState, runtime: HAProx
     assert runtime.server("web", "web-6").status == "MAINT"
     runtime.set_state("web", "web-6", "ready")
     assert runtime.server("web", "web-6").admin_state == "ready"
+    # out of maint, HAProxy sends it traffic once a health check (every 250 ms) has passed again
+    wait_for(lambda: runtime.server("web", "web-6").status, what="web-6 UP again after maint", timeout=30,
+             done=lambda status: status == "UP")
     assert "web-6" in _answers(lab, 30)
 
 

@@ -12,6 +12,9 @@ from medic.errors import PrometheusError, PrometheusUnreachable, PromQLError, Un
 from medic_lab.state import LabState
 from medic.clients.prometheus import PrometheusClient, label_matcher, promql_string
 from medic.core.net import free_port as closed_port  # bound, then released: nothing listens
+from tests.support.flows import metric
+from tests.support.lab_health import wait_web_lab_healthy
+from tests.support.waits import wait_for
 
 
 @pytest.fixture
@@ -20,12 +23,23 @@ def prom(lab: LabState) -> Iterator[PrometheusClient]:
         yield client
 
 
+@pytest.fixture
+def steady(lab: LabState) -> LabState:
+    """Every lab target up, and the web hosts up for the last 6 s: an earlier test may have restarted
+    a service a moment ago, and these tests read `up` as it is now and over the last 5 s."""
+    wait_web_lab_healthy(lab)
+    wait_for(lambda: metric(lab, 'up == 0 or min_over_time(up{job="web"}[6s]) < 1'),
+             what="every target up (web hosts: for 6 s)", timeout=30, done=lambda down: not down)
+    return lab
+
+
 def test_client_defaults_to_the_labs_prometheus(lab: LabState, prom: PrometheusClient) -> None:
     assert prom.url == lab.prometheus_url
     assert prom.healthy()
 
 
-def test_instant_query_up_has_every_lab_target(lab: LabState, prom: PrometheusClient) -> None:
+def test_instant_query_up_has_every_lab_target(steady: LabState, prom: PrometheusClient) -> None:
+    lab = steady
     samples = prom.query("up")
     by_job: dict[str, list] = {}
     for s in samples:
@@ -42,14 +56,15 @@ def test_instant_query_at_a_past_time(prom: PrometheusClient) -> None:
     assert sample.value == pytest.approx(at, abs=0.01)
 
 
-def test_scalar_and_string_results(prom: PrometheusClient) -> None:
+def test_scalar_and_string_results(steady: LabState, prom: PrometheusClient) -> None:
     [scalar] = prom.query("scalar(count(up)) * 2")
     assert scalar.labels == {} and scalar.value == 2 * len(prom.query("up"))
     [text] = prom.query('"hello"')
     assert text.text == "hello" and text.labels == {}
 
 
-def test_range_query_returns_points_per_series(lab: LabState, prom: PrometheusClient) -> None:
+def test_range_query_returns_points_per_series(steady: LabState, prom: PrometheusClient) -> None:
+    lab = steady
     end = time.time()
     series = prom.query_range('up{job="web"}', start=end - 5, end=end, step=1)
     assert sorted(s.labels["host"] for s in series) == sorted(h.name for h in lab.hosts)
@@ -59,7 +74,8 @@ def test_range_query_returns_points_per_series(lab: LabState, prom: PrometheusCl
         assert all(v == 1.0 for _, v in s.points)
 
 
-def test_value_single_empty_and_ambiguous(lab: LabState, prom: PrometheusClient) -> None:
+def test_value_single_empty_and_ambiguous(steady: LabState, prom: PrometheusClient) -> None:
+    lab = steady
     assert prom.value('sum(up{job="web"})') == len(lab.hosts)
     assert prom.value('up{job="no-such-job"}') is None
     with pytest.raises(PromQLError, match="returned .* series"):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ from medic.errors import ConfigError, UnsafeValueError
 from medic.core.inventory import Host, load_inventory
 from medic_lab.state import LabState
 from medic.clients.ssh import OUTPUT_LIMIT, SSHSession
+from tests.support.waits import wait_for
 
 
 @pytest.fixture
@@ -35,9 +35,22 @@ def marker(lab: LabState, name: str) -> Path:
 
 
 def live_processes(user: str, needle: str) -> list[str]:
-    """Running (not zombie) processes of a lab user whose command line contains needle."""
+    """Running (not zombie) processes of a lab user whose command line contains needle.
+
+    Lab users are shared by every lab on the machine (other sessions' tests run as them too): make
+    the needle unique to the test (see `unique_seconds`)."""
     out = subprocess.run(["ps", "-u", user, "-o", "stat=,args="], capture_output=True, text=True).stdout
     return [line for line in out.splitlines() if needle in line and not line.lstrip().startswith("Z")]
+
+
+def unique_seconds(whole: int) -> str:
+    """`whole` seconds as a `sleep` argument no other process has: e.g. 4.000123456."""
+    return f"{whole}.000{uuid.uuid4().int % 10**6:06d}"
+
+
+def wait_stopped(user: str, needle: str) -> None:
+    wait_for(lambda: live_processes(user, needle), what=f"{user}'s processes matching {needle!r} to be gone",
+             timeout=10, done=lambda found: not found)
 
 
 def with_known_hosts(hosts: list[Host], path: Path) -> list[Host]:
@@ -138,22 +151,24 @@ def test_output_is_capped_but_the_command_completes(lab: LabState, hosts: list[H
 
 
 def test_timeout_really_stops_the_remote_command(lab: LabState, ssh: SSHSession, hosts: list[Host]) -> None:
-    target = marker(lab, "timeout")
-    started = time.monotonic()
-    r = ssh.run(hosts[0], f"sleep 4; touch {target}", timeout=1)
+    target, seconds = marker(lab, "timeout"), unique_seconds(4)
+    r = ssh.run(hosts[0], f"sleep {seconds}; touch {target}", timeout=1)
     assert r.timed_out and not r.ok and r.exit_code is None
     assert r.error == "timed out after 1 s — command stopped"
-    assert live_processes(lab.hosts[0].user, "sleep 4") == []
-    # the command would have touched the marker 4 s after it started; it must never appear
-    time.sleep(max(0.0, 4.5 - (time.monotonic() - started)))
+    # Stopped means no process is left that could still touch the marker: neither the sleep nor the
+    # shell that would run `touch` after it (its command line names the marker). No waiting 4 s.
+    wait_stopped(lab.hosts[0].user, f"sleep {seconds}")
+    wait_stopped(lab.hosts[0].user, str(target))
     assert not target.exists()
     assert ssh.run(hosts[0], "echo still-usable").stdout == "still-usable\n"  # the connection survives
 
 
 def test_timeout_reaches_background_children_of_the_command(lab: LabState, ssh: SSHSession, hosts: list[Host]) -> None:
-    r = ssh.run(hosts[0], "sleep 31 & sleep 32; wait", timeout=1)
+    first, second = unique_seconds(31), unique_seconds(32)
+    r = ssh.run(hosts[0], f"sleep {first} & sleep {second}; wait", timeout=1)
     assert r.timed_out
-    assert live_processes(lab.hosts[0].user, "sleep 3") == []
+    wait_stopped(lab.hosts[0].user, f"sleep {first}")
+    wait_stopped(lab.hosts[0].user, f"sleep {second}")
 
 
 def test_a_command_killed_by_a_signal_is_not_a_timeout(ssh: SSHSession, hosts: list[Host]) -> None:
@@ -171,16 +186,23 @@ def test_connection_is_reused_within_a_session(ssh: SSHSession, hosts: list[Host
     assert not ssh.is_connected(hosts[0])
 
 
-def test_per_host_concurrency_is_bounded(lab: LabState, ssh: SSHSession, hosts: list[Host], tmp_path: Path) -> None:
-    slots = lab.hosts[0].data_dir / f"slots-{uuid.uuid4().hex[:8]}"
-    ssh.run(hosts[0], f"mkdir {slots}")
-    # each command registers itself, counts who is running at the same time, then leaves
-    command = f"f={slots}/$$; touch $f; sleep 0.3; ls {slots} | wc -l; rm $f"
-    results = ssh.fan_out([hosts[0]] * 8, command, max_per_host=2)
-    assert all(r.ok for r in results), results
-    seen = [int(r.stdout) for r in results]
-    assert max(seen) <= 2 and max(seen) == 2
-    ssh.run(hosts[0], f"rmdir {slots}")
+def test_per_host_concurrency_is_bounded(lab: LabState, ssh: SSHSession, hosts: list[Host]) -> None:
+    base = lab.hosts[0].data_dir / f"slots-{uuid.uuid4().hex[:8]}"
+    running, done = base / "running", base / "done"
+    ssh.run(hosts[0], f"mkdir -p {running} {done}")
+    # Each command registers as running and waits (bounded) until a second one runs too — or it is the
+    # last of the 8 — so the pass does not depend on timing. Then it leaves 0.3 s for any command over
+    # the limit to show up, and reports the most it saw running at once.
+    command = (f"f={running}/$$; touch $f; n=1; for i in $(seq 100); do n=$(ls {running} | wc -l); "
+               f"[ $n -ge 2 ] || [ $(ls {done} | wc -l) -ge 7 ] && break; sleep 0.1; done; "
+               f"sleep 0.3; m=$(ls {running} | wc -l); [ $m -gt $n ] && n=$m; echo $n; rm $f; touch {done}/$$")
+    try:
+        results = ssh.fan_out([hosts[0]] * 8, command, max_per_host=2)
+        assert all(r.ok for r in results), results
+        seen = [int(r.stdout) for r in results]
+        assert max(seen) <= 2 and max(seen) == 2, seen
+    finally:
+        ssh.run(hosts[0], f"rm -r {base}")
 
 
 def test_missing_key_file_is_a_clear_error_before_anything_runs(lab: LabState, ssh: SSHSession, hosts: list[Host]) -> None:

@@ -150,7 +150,7 @@ def test_hosts_out_of_range_is_refused() -> None:
 
 def test_down_leaves_no_process_even_after_up_was_killed(tmp_path: Path) -> None:
     lab_dir = (tmp_path / "crash-lab").resolve()
-    base = int(os.environ.get("MEDIC_TEST_LAB_BASE_PORT", "21000")) + 600
+    base = int(os.environ.get("MEDIC_TEST_LAB_BASE_PORT", "21000")) + 25  # +35..+125, +226, +326: not the session lab's
     env = {**os.environ, "MEDIC_LAB_DIR": str(lab_dir), "MEDIC_LAB_BASE_PORT": str(base)}
     up = subprocess.Popen([*MEDIC, "lab", "up", "--hosts", "2", "--no-prefect"], env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

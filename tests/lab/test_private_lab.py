@@ -22,8 +22,10 @@ from medic_lab.state import LabHost, LabState, public_dir_for
 from tests.support.waits import wait_for
 
 BASE_PORT = int(os.environ.get("MEDIC_TEST_LAB_BASE_PORT", "21000"))
-PRIVATE_LAB_PORT = BASE_PORT + 400  # ports +410..+701: clear of the session lab and the other test labs
-PROBE_LAB_PORT = BASE_PORT + 450  # +460..+751
+# Interleaved with the session lab's ports (+10..+100, +201.., +301..) so that every test lab stays within
+# base..base+400: +40 uses +50, +120..+140, +241, +341; +65 uses +75, +145..+165, +266, +366.
+PRIVATE_LAB_PORT = BASE_PORT + 40
+PROBE_LAB_PORT = BASE_PORT + 65
 PROBE = Path(__file__).with_name("sigterm_probe.py")
 
 

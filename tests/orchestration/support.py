@@ -95,7 +95,7 @@ async def forced_pause(key: str, *, with_keyset: bool = True, timeout_s: float =
 
 def events_of(api_url: str, flow_run_id: uuid.UUID, *, until: str, timeout: float = 30) -> set[str]:
     """The event names Prefect stored for a flow run, once `until` is among them (stored in batches)."""
-    body = {"filter": {"any_resource": {"id": [f"prefect.flow-run.{flow_run_id}"]}}, "limit": 200}
+    body = {"filter": {"any_resource": {"id": [f"prefect.flow-run.{flow_run_id}"]}}, "limit": 50}  # the API's maximum
 
     def names() -> set[str]:
         answer = httpx.post(f"{api_url}/events/filter", json=body, timeout=10)
@@ -103,7 +103,7 @@ def events_of(api_url: str, flow_run_id: uuid.UUID, *, until: str, timeout: floa
         return {e["event"] for e in answer.json()["events"]}
 
     return wait_until(names, what=f"event {until} of flow run {flow_run_id} stored", timeout=timeout,
-                      interval=0.3, done=lambda seen: until in seen, ignore=httpx.HTTPError)
+                      interval=0.3, done=lambda seen: until in seen, ignore=httpx.TransportError)
 
 
 __all__ = ["Decision", "FlowRunOutcome", "adder", "broken", "double", "events_of", "forced_pause", "needs_approval",

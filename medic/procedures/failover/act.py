@@ -15,6 +15,7 @@ from medic.clients.postgres import NodeState, WriteCheck, node_state, write_thro
 from medic.clients.prometheus import PrometheusClient
 from medic.clients.ssh import SSHSession
 from medic.core.inventory import Host, Inventory
+from medic.core.report import CheckResult
 from medic.core.runbook import Runbook
 from medic.procedures import stages
 from medic.procedures.failover.assess import Cluster, Route, read_route
