@@ -197,7 +197,9 @@ async def _failover(spec: Runbook, inventory: Inventory, cluster: fo.Cluster, re
         if approval.decision is not ApprovalDecision.APPROVED:
             outcome = (Outcome.REJECTED if approval.decision is ApprovalDecision.REJECTED
                        else Outcome.APPROVAL_TIMED_OUT)
-            return await _finish(report, timeline, outcome, f"failover {approval.decision}; nothing changed")
+            who = f" by {', '.join(approval.approvers)}" if approval.approvers else ""
+            why = f" ({approval.comment})" if approval.comment else ""
+            return await _finish(report, timeline, outcome, f"failover {approval.decision}{who}{why}; nothing changed")
 
         timeline.announce("fence", f"fencing {old}")
         report.fence = f = fence_task(cluster, old, ssh)

@@ -100,10 +100,11 @@ def follow(incident: Incident, *, prom: str, api: str, ui: str, timeout: float =
                                json={"flow_runs": {"id": {"any_": [run["id"]]}}, "limit": 50}).json()
             for t in sorted(tasks, key=lambda t: t.get("start_time") or ""):
                 stage = t["name"].split("-")[0]
-                if stage in STAGES and t["state"]["type"] == "COMPLETED" and stage not in seen:
+                # a task run just created may have no state yet
+                if stage in STAGES and (t.get("state") or {}).get("type") == "COMPLETED" and stage not in seen:
                     seen.add(stage)
                     say(f"  {time.time() - began:5.1f}s  {stage:<10} done")
-            state = run["state"]
+            state = run.get("state") or {"type": "PENDING", "name": "Pending"}
             if state["type"] == "PAUSED" and not approved:
                 say(f"  {now:5.1f}s  approval   the runbook asks a human (Slack card / Prefect UI / `medic approve "
                     f"{run['id']}`)")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -36,15 +37,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from pydantic import BaseModel
-from playwright.sync_api import BrowserContext, Page
+from playwright.sync_api import BrowserContext, Page, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
-from playwright.sync_api import sync_playwright
+from pydantic import BaseModel
 
 from medic.core.net import wait_healthy
 from medic.core.paths import PROJECT_ROOT
 from medic.core.polling import wait_until
-from medic.errors import WaitTimeout
 from medic.settings import get_settings
 from medic_lab import control, faults
 from medic_lab.processes import spawn, stop_process
@@ -62,6 +61,7 @@ RUN_TIMEOUT_S = 180.0  # fault → alert → run → outcome took 7–40 s in th
 PAGE_TIMEOUT_MS = 30_000
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 SERVE_STOP_GRACE_S = 30.0
+SERVE_NAME = "medic-serve-screenshots"
 
 
 def say(message: str) -> None:
@@ -73,7 +73,7 @@ def ensure_chromium() -> None:
     if CHROMIUM.exists():
         return
     if os.geteuid() != 0:
-        raise SystemExit(f"{CHROMIUM} is missing: run `apt-get install chromium fonts-noto-color-emoji` as root")
+        raise SystemExit(f"{CHROMIUM} is missing: as root, run `apt-get install {' '.join(DEB_PACKAGES)}`")
     say(f"installing {' '.join(DEB_PACKAGES)} from Debian's packages (first use, ~350 MB) …")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
@@ -104,14 +104,19 @@ def lab_and_serve(lab_dir: Path, *, base_port: int, serve_port: int, reuse: bool
         healthz = f"http://127.0.0.1:{serve_port}/healthz"
         if _answers(healthz):
             if not reuse:
-                raise SystemExit(f"a medic serve already answers on port {serve_port}: pass --reuse to use it, "
-                                 f"or --serve-port to start another")
+                raise SystemExit(f"a medic serve already answers on port {serve_port}: pass --reuse to use "
+                                 f"it, or --serve-port to start another")
             say(f"reusing medic serve on port {serve_port}")
         else:
-            serve = spawn("medic-serve-screenshots", [sys.executable, "-m", "medic", "serve", "--port", str(serve_port)],
-                          lab_dir=lab.lab_dir, cwd=PROJECT_ROOT)
+            # As a lab process: `medic lab down` stops it too if this script is killed.
+            # A state dir of its own: the flap guard must not remember earlier runs of this script.
+            state_dir = lab.lab_dir / "screenshots-state"
+            shutil.rmtree(state_dir, ignore_errors=True)
+            serve = spawn(SERVE_NAME, [sys.executable, "-m", "medic", "serve", "--port", str(serve_port)],
+                          lab_dir=lab.lab_dir, cwd=PROJECT_ROOT, env={"MEDIC_STATE_DIR": str(state_dir)})
             waited = wait_healthy(healthz, what="medic serve", timeout=90, proc=serve)
-            say(f"medic serve ready on port {serve_port} ({waited:.1f} s; log {lab.lab_dir}/logs/medic-serve-screenshots.log)")
+            say(f"medic serve ready on port {serve_port} in {waited:.1f} s "
+                f"(log: {lab.lab_dir}/logs/{SERVE_NAME}.log)")
         if lab.webhook_url != webhook:
             control.set_webhook(lab, webhook)
         yield lab
@@ -164,8 +169,15 @@ class Prefect:
         return RunSeen.of(self.http.get(f"flow_runs/{run_id}").raise_for_status().json())
 
     def wait_for_run(self, runbook: str, target: str, since: datetime, *, states: set[str]) -> RunSeen:
-        """The newest run of `runbook` on `target` started after `since`, once its state type is in `states`."""
-        return wait_until(lambda: self.latest_run(runbook, target, since),
+        """The newest run of `runbook` on `target` started after `since`, once its state is in `states`."""
+        def look() -> RunSeen | None:
+            run = self.latest_run(runbook, target, since)
+            if run is not None and run.state == "PAUSED" and "PAUSED" not in states:
+                raise SystemExit(f"{runbook} run {run.id} on {target} waits for a human instead of acting "
+                                 f"(the flap guard, after earlier runs on this lab?); see its logs")
+            return run
+
+        return wait_until(look,
                           what=f"a {runbook} run on {target} in state {'/'.join(sorted(states))}",
                           timeout=RUN_TIMEOUT_S, interval=0.5, ignore=httpx.HTTPError,
                           done=lambda run: run is not None and run.state in states)
@@ -194,8 +206,8 @@ def incident(prefect: Prefect, lab: LabState, fault: str, host: str, runbook: st
     say(f"{fault} on {host}: {faults.break_host(lab, fault, host)}")
     try:
         run = prefect.wait_for_run(runbook, host, since, states=states)
-    except WaitTimeout:
-        say(f"no {runbook} run reached {states}; putting {host} right: {faults.fix_host(lab, fault, host)}")
+    except BaseException:  # a timeout, a run that waits for a human, Ctrl-C: leave a reused lab healthy
+        say(f"putting {host} right: {faults.fix_host(lab, fault, host)}")
         raise
     say(f"{runbook} run {run.id} is {run.name}: {run.message}")
     return run
@@ -257,14 +269,14 @@ def photograph_artifact(page: Page, ui: str, artifact_id: str, out: Path) -> Non
 
 
 def photograph_approval(page: Page, ui: str, prefect: Prefect, run: RunSeen, out: Path) -> RunSeen:
-    """Open the Resume dialog, fill it in as an operator would, photograph it, submit, wait for the outcome."""
+    """Open the Resume dialog, fill it in as an operator would, photograph it, submit it, wait for the end."""
     page.goto(f"{ui}/runs/flow-run/{run.id}")
     expect(page, ".state-badge", what="the paused state", has_text="Paused")
     page.get_by_role("button", name="Resume").first.click()
     dialog = page.locator(".p-modal__card")
     expect(page, ".p-modal__body .markdown-renderer", what="the approval request in the Resume dialog")
     decision = dialog.locator(".p-select-button__control").first
-    decision.press("ArrowDown")  # a click does not open Prefect's select in headless Chromium; the keyboard does
+    decision.press("ArrowDown")  # a click does not open Prefect's select in headless Chromium; a key does
     expect(page, ".p-select-option", what="the decision choices", has_text="approve")
     page.locator(".p-select-option", has_text="approve").first.click()
     expect(page, ".p-modal__card .p-select-button__value", what="the chosen decision", has_text="approve")
@@ -278,7 +290,8 @@ def photograph_approval(page: Page, ui: str, prefect: Prefect, run: RunSeen, out
         const hidden = e => e.scrollHeight - e.clientHeight;
         return Math.ceil(window.innerHeight + hidden(md) + hidden(body));
     }""")
-    page.set_viewport_size({"width": VIEWPORT["width"], "height": max(VIEWPORT["height"], min(needed, MAX_DIALOG_HEIGHT))})
+    height = max(VIEWPORT["height"], min(needed, MAX_DIALOG_HEIGHT))
+    page.set_viewport_size({"width": VIEWPORT["width"], "height": height})
     shoot(page, out)
     dialog.get_by_role("button", name="Submit").click()
     try:  # the dialog closes once Prefect accepted the input; if it stays, it says why (a validation error)
@@ -308,8 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse", action="store_true",
                         help="use the lab (and medic serve, if one answers on --serve-port) already running")
     parser.add_argument("--lab-dir", type=Path, help="default: MEDIC_LAB_DIR or the checkout's .lab")
-    parser.add_argument("--base-port", type=int, help="the lab's base port (default: MEDIC_LAB_BASE_PORT or 19000)")
-    parser.add_argument("--serve-port", type=int, help="medic serve's port (default: MEDIC_SERVER_PORT or 8787)")
+    parser.add_argument("--base-port", type=int, help="the lab's base port (default: $MEDIC_LAB_BASE_PORT)")
+    parser.add_argument("--serve-port", type=int, help="medic serve's port (default: $MEDIC_SERVER_PORT)")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "docs" / "screenshots")
     args = parser.parse_args(argv)
     for flag, var in ((args.lab_dir, "MEDIC_LAB_DIR"), (args.base_port, "MEDIC_LAB_BASE_PORT"),

@@ -38,7 +38,9 @@ def _parse_time(text: str, where: str) -> datetime:
     try:
         return datetime.fromisoformat(text.strip())
     except ValueError as exc:
-        raise DetectError(f"{where}: timestamp {text!r} is not ISO 8601 (NAB writes '2014-04-10 07:15:00')") from exc
+        raise DetectError(
+            f"{where}: timestamp {text!r} is not ISO 8601 (NAB writes '2014-04-10 07:15:00')"
+        ) from exc
 
 
 def read_series(path: Path, name: str, spans: list[list[str]]) -> Series:
@@ -48,7 +50,9 @@ def read_series(path: Path, name: str, spans: list[list[str]]) -> Series:
         reader = csv.reader(fh)
         header = next(reader, None)
         if not header or [h.strip() for h in header[:2]] != ["timestamp", "value"]:
-            raise DetectError(f"{path}: first line must be 'timestamp,value' (NAB's data layout), found {header!r}")
+            raise DetectError(
+                f"{path}: first line must be 'timestamp,value' (NAB's data layout), found {header!r}"
+            )
         for line_no, row in enumerate(reader, start=2):
             if not row:
                 continue
@@ -61,7 +65,9 @@ def read_series(path: Path, name: str, spans: list[list[str]]) -> Series:
     windows = windows_to_rows(
         stamps, [(_parse_time(a, f"{name} window"), _parse_time(b, f"{name} window")) for a, b in spans]
     )
-    return Series(LabelledFile(name, tuple(stamps), windows), tuple(raw), np.asarray(values, dtype=np.float64))
+    return Series(
+        LabelledFile(name, tuple(stamps), windows), tuple(raw), np.asarray(values, dtype=np.float64)
+    )
 
 
 def load_corpus(data_dir: Path) -> list[Series]:

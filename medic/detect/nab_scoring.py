@@ -87,9 +87,9 @@ class LabelledFile:
         return out
 
 
-def windows_to_rows(timestamps: Sequence[datetime], spans: Sequence[tuple[datetime, datetime]]) -> tuple[
-    tuple[int, int], ...
-]:
+def windows_to_rows(
+    timestamps: Sequence[datetime], spans: Sequence[tuple[datetime, datetime]]
+) -> tuple[tuple[int, int], ...]:
     """Map time windows onto row ranges (rows with ``start ≤ t ≤ end``); empty windows are dropped."""
     stamps = np.array(timestamps, dtype="datetime64[us]")
     rows = []
@@ -159,8 +159,14 @@ def score_file(f: LabelledFile, scores: np.ndarray, threshold: float, profile: P
     p = probation_rows(f.n_rows)
     span = (f.timestamps[-1] - f.timestamps[min(p, f.n_rows - 1)]).total_seconds() / 86400.0
     return FileScore(
-        name=f.name, score=total, true_positives=tp, false_negatives=fn, false_positive_rows=int(fp_rows.size),
-        scored_days=span, delays_rows=delays_rows, delays_s=delays_s,
+        name=f.name,
+        score=total,
+        true_positives=tp,
+        false_negatives=fn,
+        false_positive_rows=int(fp_rows.size),
+        scored_days=span,
+        delays_rows=delays_rows,
+        delays_s=delays_s,
     )
 
 

@@ -27,7 +27,9 @@ def run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger] | Non
 
 
 def tell(timeline: Timeline, stage: str, message: str, *, level: int = logging.INFO) -> None:
-    """Record one finding or decision in the timeline and in the run's Prefect logs."""
+    """Record one finding or decision in the timeline and in the run's Prefect logs, as one line
+    (command output and error texts bring tabs and newlines: each run of whitespace becomes a space)."""
+    message = " ".join(message.split())
     timeline.note(stage, message)  # outside a run this is logged to `medic.run` already
     logger = run_logger()
     if logger is not None:

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import httpx
 
-from medic.errors import ApprovalError, ConfigError, SlackError
+from medic.errors import ApprovalError, ConfigError, InputError
 from medic.clients.slack import (
     ApprovalCard,
     Decision,
@@ -349,7 +349,7 @@ def test_unauthentic_requests_are_refused_with_401(options: dict[str, object], r
 
     assert refused.value.status == 401
     assert reason in refused.value.reason
-    assert isinstance(refused.value, SlackError)
+    assert isinstance(refused.value, InputError)  # a refused request is bad input, not Slack failing
 
 
 def test_tampered_body_is_a_signature_mismatch() -> None:

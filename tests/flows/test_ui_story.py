@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import time
+import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -27,26 +27,12 @@ from medic.orchestration.launcher import FlapGuard
 from medic.orchestration.pause import resume_with_input
 from medic.orchestration.runs import FlowRunOutcome, run_flow_now
 from medic.orchestration.telemetry import flush_prefect_telemetry
-from medic_lab import faults
 from medic_lab.state import LabState
-from tests.support.flows import wait_metric
+from tests.support.lab_health import Inject, broken, seen  # noqa: F401 (a fixture)
 from tests.support.server import MedicServer, alert_payload, cancel_leftover_runs, medic_server
+from tests.support.waits import wait_for
 
 DEADLINE = re.compile(r"\*\*Deadline:\*\* (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC")
-
-
-@pytest.fixture
-def broken(lab: LabState) -> Iterator[Any]:
-    """Inject faults; whatever the test does, undo them afterwards."""
-    injected: list[tuple[str, str]] = []
-
-    def inject(fault: str, host: str) -> None:
-        faults.break_host(lab, fault, host)
-        injected.append((fault, host))
-
-    yield inject
-    for fault, host in reversed(injected):
-        faults.fix_host(lab, fault, host)
 
 
 @pytest.fixture
@@ -59,14 +45,10 @@ def logs_to_api() -> Iterator[None]:
 
 def run_logs(api: str, run_id: str, until: str, timeout: float = 30) -> list[str]:
     """The run's log messages (the UI's Logs tab), once one contains `until` (logs arrive in batches)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        body = {"logs": {"flow_run_id": {"any_": [run_id]}}, "sort": "TIMESTAMP_ASC", "limit": 200}
-        messages = [entry["message"] for entry in httpx.post(f"{api}/logs/filter", json=body).json()]
-        if any(until in m for m in messages):
-            return messages
-        assert time.monotonic() < deadline, f"no log line with {until!r} within {timeout:.0f} s; got: {messages}"
-        time.sleep(0.3)
+    body = {"logs": {"flow_run_id": {"any_": [run_id]}}, "sort": "TIMESTAMP_ASC", "limit": 200}
+    return wait_for(lambda: [entry["message"] for entry in httpx.post(f"{api}/logs/filter", json=body).json()],
+                    what=f"a log line of run {run_id} with {until!r}", timeout=timeout,
+                    done=lambda messages: any(until in m for m in messages), interval=0.3, ignore=httpx.HTTPError)
 
 
 def pause_inputs(api: str, run_id: str) -> dict[str, Any]:
@@ -76,13 +58,9 @@ def pause_inputs(api: str, run_id: str) -> dict[str, Any]:
 
 
 def wait_state(api: str, run_id: str, types: set[str], timeout: float = 90) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        state = httpx.get(f"{api}/flow_runs/{run_id}").json()["state"]
-        if state["type"] in types:
-            return state
-        assert time.monotonic() < deadline, f"run {run_id} not in {types} within {timeout:.0f} s: {state}"
-        time.sleep(0.3)
+    return wait_for(lambda: httpx.get(f"{api}/flow_runs/{run_id}").json()["state"],
+                    what=f"run {run_id} to be {'/'.join(sorted(types))}", timeout=timeout,
+                    done=lambda state: state["type"] in types, interval=0.3, ignore=httpx.HTTPError)
 
 
 async def _run_until_paused(params: dict[str, Any]) -> tuple[asyncio.Task[FlowRunOutcome], str]:
@@ -107,7 +85,7 @@ async def _run_until_paused(params: dict[str, Any]) -> tuple[asyncio.Task[FlowRu
         remove()
 
 
-def test_paused_disk_full_run_explains_itself_and_its_outcome(lab: LabState, broken, logs_to_api) -> None:
+def test_paused_disk_full_run_explains_itself_and_its_outcome(lab: LabState, broken: Inject, logs_to_api) -> None:
     api = lab.prefect_api_url
     broken("disk-full", "web-1")
     began = datetime.now(timezone.utc).replace(microsecond=0)
@@ -219,20 +197,19 @@ def flap_server(lab: LabState, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 def _alert(server: MedicServer, host: str, n: int) -> dict:
-    payload = alert_payload("ServiceDown", host, fingerprint=f"ui-story-flap-{n}", starts_at=f"2026-11-23T03:0{n}:00Z")
+    fingerprint = f"ui-story-flap-{n}-{uuid.uuid4().hex[:8]}"  # never "already handled" from an earlier run
+    payload = alert_payload("ServiceDown", host, fingerprint=fingerprint, starts_at=f"2026-11-23T03:0{n}:00Z")
     return httpx.post(f"{server.url}/alertmanager", json=payload).json()["alerts"][0]
 
 
 def _idle(server: MedicServer, host: str, timeout: float = 30) -> None:
     """Prefect shows a run final a moment before medic serve has counted it and freed its slot."""
-    deadline = time.monotonic() + timeout
-    while any(r["target"] == host for r in httpx.get(f"{server.url}/healthz").json()["active_runs"]):
-        assert time.monotonic() < deadline, f"medic serve still holds a run for {host}"
-        time.sleep(0.1)
+    wait_for(lambda: [r for r in httpx.get(f"{server.url}/healthz").json()["active_runs"] if r["target"] == host],
+             what=f"medic serve to release its run for {host}", timeout=timeout, done=lambda held: not held)
 
 
 def test_flap_guard_counts_only_runs_that_acted_and_says_when_it_asks(lab: LabState, flap_server: MedicServer,
-                                                                      broken) -> None:
+                                                                      broken: Inject) -> None:
     api, host = lab.prefect_api_url, "web-4"
     for n in (1, 2):  # a storm of false alerts: the host is healthy, nothing is done, nothing counts
         answer = _alert(flap_server, host, n)
@@ -241,7 +218,7 @@ def test_flap_guard_counts_only_runs_that_acted_and_says_when_it_asks(lab: LabSt
         _idle(flap_server, host)
 
     broken("service-down", host)  # the first real incident: acted on at once, no human needed
-    wait_metric(lab, f'up{{job="web",host="{host}"}}', lambda r: r and r[0][1] == 0)
+    seen(lab, "service-down", host)
     answer = _alert(flap_server, host, 3)
     assert answer["result"] == "started" and "flap guard" not in answer["detail"], answer
     state = wait_state(api, answer["flow_run_id"], {"COMPLETED", "FAILED"})
@@ -250,7 +227,7 @@ def test_flap_guard_counts_only_runs_that_acted_and_says_when_it_asks(lab: LabSt
     _idle(flap_server, host)
 
     broken("service-down", host)  # the same again within the window: now the flap guard asks, and says so
-    wait_metric(lab, f'up{{job="web",host="{host}"}}', lambda r: r and r[0][1] == 0)
+    seen(lab, "service-down", host)
     answer = _alert(flap_server, host, 4)
     assert answer["result"] == "started" and "flap guard: service-down on web-4 was remediated 1 time(s)" in \
         answer["detail"], answer

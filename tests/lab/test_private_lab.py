@@ -98,3 +98,24 @@ def test_sigterm_to_pytest_stops_its_session_lab(tmp_path: Path) -> None:
     assert left == [], f"SIGTERM left the session lab running: {left}\n{output}"
     assert not public_dir_for(lab_dir).exists()
     assert "SIGTERM" in output and pytest_run.returncode == pytest.ExitCode.INTERRUPTED, output
+
+
+class _Interrupted(Exception):
+    """Raised from `up`'s progress callback: a failure after the daemons have started."""
+
+
+def test_an_up_that_fails_after_starting_daemons_leaves_nothing(tmp_path: Path) -> None:
+    lab_dir = tmp_path / "partial"
+    started: list[int] = []
+
+    def fail_once_started(message: str) -> None:
+        started.extend(p.pid for p in find_lab_processes(lab_dir.resolve()))
+        raise _Interrupted(message)
+
+    with pytest.raises(_Interrupted):
+        control.up(lab_dir, hosts=1, base_port=PRIVATE_LAB_PORT, webhook_url="http://127.0.0.1:9/unused",
+                   with_prefect=False, progress=fail_once_started)
+    assert len(started) >= 5, f"the failure should come after the daemons started; found {started}"
+    assert find_lab_processes(lab_dir.resolve()) == []
+    assert not public_dir_for(lab_dir.resolve()).exists(), "a failed `up` left its public dir"
+    assert not (lab_dir / "settings.json").exists(), "a failed `up` must not advertise its endpoints"

@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 
+from flows.remediate import remediate as remediate_flow
 from medic.core.polling import wait_until_async
 from medic.core.progress import add_listener
 from medic_lab.state import LabState
@@ -20,9 +21,7 @@ Samples = list[tuple[dict[str, str], float]]
 
 
 def remediate(runbook: str, target: str | None, **params: Any) -> tuple[FlowRunOutcome, RemediationReport]:
-    from flows.remediate import remediate as flow
-
-    outcome = asyncio.run(run_flow_now(flow, {"runbook": runbook, "target": target, **params}))
+    outcome = asyncio.run(run_flow_now(remediate_flow, {"runbook": runbook, "target": target, **params}))
     assert isinstance(outcome.result, RemediationReport), f"no report: {outcome.state_name} {outcome.message}"
     return outcome, outcome.result
 
@@ -83,9 +82,7 @@ async def run_and_answer(flow: Any, params: dict[str, Any], decisions: list[dict
 async def remediate_and_decide(runbook: str, target: str, decisions: list[dict[str, Any]],
                                **params: Any) -> tuple[FlowRunOutcome, RemediationReport, list[str]]:
     """Run a remediation that pauses for approval, and answer each pause with the next decision."""
-    from flows.remediate import remediate as flow
-
-    outcome, statuses = await run_and_answer(flow, {"runbook": runbook, "target": target, **params}, decisions)
+    outcome, statuses = await run_and_answer(remediate_flow, {"runbook": runbook, "target": target, **params}, decisions)
     assert isinstance(outcome.result, RemediationReport), f"no report: {outcome.state_name} {outcome.message}"
     return outcome, outcome.result, statuses
 

@@ -35,7 +35,10 @@ class WebhookReceiver:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}/alertmanager"
 
-    def wait_for(self, predicate: Callable[[Notification], bool], timeout: float) -> Notification | None:
+    def wait_for(self, predicate: Callable[[Notification], bool], timeout: float) -> Notification:
+        """The first notification matching `predicate`, waiting up to `timeout` s for it to arrive.
+
+        Fails the test (AssertionError) on timeout, listing the alerts of every notification received."""
         deadline = time.monotonic() + timeout
         with self._lock:
             while True:
@@ -44,7 +47,10 @@ class WebhookReceiver:
                         return n
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    return None
+                    seen = [[(a["labels"].get("alertname"), a["labels"].get("host"), a["status"])
+                             for a in n.get("alerts", [])] for n in self.notifications]
+                    raise AssertionError(f"no matching notification within {timeout:g} s at {self.url}; "
+                                         f"received {len(seen)}: {seen}")
                 self._lock.wait(remaining)
 
 
