@@ -94,6 +94,20 @@ class Settings(BaseSettings):
     haproxy_admin: str | None = Field(
         None, description="HAProxy runtime API host:port for every host; default: each host's medic_lb_admin var")
 
+    # Where runs execute (issue 10). "embedded": medic serve executes every run itself (small sites, the
+    # demo). "workers": medic serve is intake only; runs are Scheduled in the work pool and executed by
+    # `medic worker` processes on any machine that reaches Prefect.
+    execution: Literal["embedded", "workers"] = Field(
+        "embedded", description="embedded: medic serve runs everything; workers: runs execute on `medic worker`s")
+    work_pool: str = Field("medic", description="the Prefect work pool medic's deployments and workers use")
+    worker_name: str | None = Field(None, description="this worker's name in the pool; default: medic-<host>-<pid>")
+    worker_poll_s: float = Field(0.5, gt=0, description="how often a worker asks Prefect for Scheduled runs")
+    worker_heartbeat_s: float = Field(5.0, gt=0, description="how often a worker tells Prefect it is alive")
+    worker_max_runs: int = Field(8, ge=1, description="runs one worker executes at once")
+    worker_dead_after_s: float = Field(
+        30.0, gt=0, description="a worker silent this long is dead: its runs are ended Crashed and re-run once")
+    instance: str | None = Field(None, description="this medic serve's name (tags its runs); default: medic-<host>")
+
     server_host: str = "127.0.0.1"
     server_port: int = 8787
     state_dir: Path | None = Field(None, description="audit log and server state; default: <lab_dir>/medic")
