@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: setup demo demo-stop test lab-up lab-down clean
+.PHONY: setup demo demo-stop test lab-up lab-down cluster clean
 
 setup:
 	@scripts/setup.sh
@@ -22,6 +22,12 @@ lab-up: setup
 
 lab-down: setup
 	@.venv/bin/medic lab down
+
+# The production topology in the lab (README "Operate it → production topology"): Prefect on
+# PostgreSQL behind auth, two `medic worker`s as their own users, `medic serve` as intake only.
+# `make lab-down` stops it.
+cluster: setup
+	@.venv/bin/medic lab up --with cluster
 
 clean:
 	-@.venv/bin/medic lab down 2>/dev/null

@@ -16,6 +16,7 @@ measures medic, not the repair.
 from __future__ import annotations
 
 import argparse
+import functools
 import asyncio
 import json
 import os
@@ -33,6 +34,15 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+
+@functools.lru_cache(maxsize=1)
+def _auth() -> dict[str, str]:
+    """The intake credential medic serve wants (issue 11), from the bench lab's settings."""
+    from tests.support.intake import intake_headers
+
+    return intake_headers()
+
 
 LAB_DIR = Path("/tmp/medic-lab-alertbench")
 BASE_PORT = 17000
@@ -61,7 +71,7 @@ def latency(server: str, api: str, n: int) -> list[tuple[float, float]]:
         payload = alert_payload("ServiceDown", host, fingerprint=f"lat-{i}-{time.time_ns()}",
                                 starts_at=datetime.utcnow().isoformat() + "Z")
         sent = time.time()
-        response = httpx.post(f"{server}/alertmanager", json=payload, timeout=30)
+        response = httpx.post(f"{server}/alertmanager", json=payload, timeout=30, headers=_auth())
         answered = time.time()
         entry = response.json()["alerts"][0]
         if entry.get("result") != "started":
@@ -85,8 +95,9 @@ async def _post(pool: asyncio.Queue, where: tuple[str, int], path: str, body: by
     """One POST on a kept-alive connection: about as cheap for the sender as Alertmanager's Go client."""
     reader, writer = await pool.get()
     try:
-        writer.write(b"POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\n\r\n%s" % (path.encode(), where[0].encode(), where[1], len(body), body))
+        auth = _auth().get("authorization", "").encode()  # the intake credential (issue 11)
+        writer.write(b"POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\nAuthorization: %s\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (path.encode(), where[0].encode(), where[1], auth, len(body), body))
         await writer.drain()
         head = await reader.readuntil(b"\r\n\r\n")
         length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
@@ -163,7 +174,8 @@ def main() -> None:
             started_per_target = Counter(r.body["alerts"][0]["target"] for r in answered
                                          if r.body["alerts"][0]["result"] == "started")
             settle = time.monotonic()
-            while httpx.get(f"{srv.url}/healthz").json()["active_runs"] and time.monotonic() - settle < 300:
+            while httpx.get(f"{srv.url}/healthz?verbose=1", headers=_auth()).json()["active_runs"] \
+                    and time.monotonic() - settle < 300:
                 time.sleep(1)  # queued and rate-limited runs finish before we count
             runs = httpx.post(f"{lab.prefect_api_url}/flow_runs/filter", json={
                 "flow_runs": {"tags": {"all_": ["medic-serve"]}, "name": {"like_": "service-down on web-"}},

@@ -40,6 +40,9 @@ def main() -> int:
         os.environ.update(MEDIC_STATE_DIR=str(state_dir), MEDIC_SLACK_API_URL=slack.base_url,
                           MEDIC_SLACK_BOT_TOKEN=slack.token, MEDIC_SLACK_SIGNING_SECRET=SIGNING_SECRET,
                           MEDIC_SLACK_CHANNEL="C0BENCH", MEDIC_PREFECT_API_URL=os.environ["PREFECT_API_URL"])
+        # approvals are verified (issue 11): the clicking user is alice of a bench approver directory
+        (state_dir / "approvers.yaml").write_text("approvers:\n  - {name: alice, slack_id: U0BENCH}\n")
+        os.environ.update(MEDIC_APPROVAL_KEY=os.urandom(16).hex(), MEDIC_APPROVERS_FILE=str(state_dir / "approvers.yaml"))
         return asyncio.run(_bench(args.n, slack))
 
 

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 LAB_DIR = Path("/tmp/medic-lab-h7-bench")
 BASE_PORT = 30000
-APPROVE = {"decision": "approve", "approver": "bench", "via": "cli"}
+APPROVE = {"decision": "approve", "approver": "alice"}  # proven as `medic approve` does
 
 
 def _walsender(host: Any) -> int | None:
@@ -49,32 +49,24 @@ def _walsender(host: Any) -> int | None:
 
 
 async def _failover_with_click() -> Any:
+    """The failover flow, each of its approval pauses answered with a proven "approve" (the click)."""
     from flows.failover import failover
-    from medic.orchestration.pause import resume_with_input
-    from medic.orchestration.runs import run_flow_now
-    from medic.core.progress import add_listener
+    from tests.support.pg_approvals import APPROVE, run_and_decide
 
-    ids: asyncio.Queue[str] = asyncio.Queue()
-    loop = asyncio.get_running_loop()
+    outcome, answered = await run_and_decide(failover, {"reason": "bench"}, [APPROVE, APPROVE])
+    return outcome
 
-    def on_entry(entry: Any, recorded: bool) -> None:
-        if recorded and entry.stage == "approval" and "medic approve " in entry.message:
-            loop.call_soon_threadsafe(ids.put_nowait, entry.message.split("medic approve ", 1)[1].split("`")[0])
 
-    async def click() -> None:
-        run_id = await ids.get()
-        for _ in range(100):
-            if (await resume_with_input(run_id, APPROVE)).status.value != "not_paused":
-                return
-            await asyncio.sleep(0.05)
+def _approvals_verifiable(lab_dir: Path) -> None:
+    """The bench approves like `medic approve`: with the configured approval key, else a bench key."""
+    from medic.core.runbook import find_runbook
+    from medic.settings import get_settings
 
-    remove = add_listener(on_entry)
-    clicking = asyncio.create_task(click())
-    try:
-        return await run_flow_now(failover, {"reason": "bench"})
-    finally:
-        remove()
-        clicking.cancel()
+    if get_settings().approval_key is None:
+        names = find_runbook("postgres-failover", get_settings().runbooks_dir).approval.approvers or ["bench"]
+        (lab_dir / "approvers.yaml").write_text("approvers:\n" + "".join(f"  - name: {n}\n" for n in names))
+        os.environ.update(MEDIC_APPROVAL_KEY="bench-approval-key", MEDIC_APPROVERS_FILE=str(lab_dir / "approvers.yaml"))
+        get_settings.cache_clear()
 
 
 def one(mode: str, stall: float) -> dict[str, Any]:
@@ -85,6 +77,7 @@ def one(mode: str, stall: float) -> dict[str, Any]:
     from write_load import WriteLoad, check
 
     get_settings.cache_clear()
+    _approvals_verifiable(LAB_DIR)
     lab = control.up(LAB_DIR, hosts=1, base_port=BASE_PORT, options={"db-sync" if mode == "sync" else "db": True},
                      webhook_url="http://127.0.0.1:9/unused")
     os.environ["PREFECT_API_URL"] = lab.prefect_api_url
@@ -126,11 +119,11 @@ def one(mode: str, stall: float) -> dict[str, Any]:
 
     detect_at = next(e.at for e in report.timeline if e.stage == "detect")
     detection = (detect_at - t0_wall).total_seconds()
-    human = report.approval.waited_s if report.approval else 0.0
+    human = report.approval.waited_s if report.approval else 0.0  # the last request's wait (one when nothing changed)
     total = (first_new - t0) if first_new else float("nan")
     at_risk = report.diagnosis.at_risk_bytes if report.diagnosis else None
     return {
-        "mode": mode, "outcome": report.outcome.value, "total": total, "detection": detection, "human": human,
+        "mode": mode, "outcome": report.outcome.value, "asks": [a.key for a in report.asks], "total": total, "detection": detection, "human": human,
         "medic": total - detection - human, "acked": loss.acknowledged, "lost": len(loss.lost_ids),
         "lost_ids": loss.lost_ids, "at_risk_bytes": at_risk, "bytes_per_row": bytes_per_row,
         "estimated_rows": None if at_risk is None else at_risk / bytes_per_row,
@@ -153,7 +146,7 @@ def main() -> int:
     LAB_DIR.chmod(0o755)
     rows = [one(mode, args.stall) for mode in args.modes]
     for r in rows:
-        print(f"\n== {r['mode']}hronous replication: {r['outcome']}")
+        print(f"\n== {r['mode']}hronous replication: {r['outcome']} (approvals asked: {', '.join(r['asks'])})")
         for at, stage, msg in r["timeline"]:
             print(f"  +{at:6.2f} s  {stage:9} {msg}")
         print(f"  break → first write on the new primary: {r['total']:.2f} s = detection {r['detection']:.2f} s"

@@ -90,10 +90,15 @@ def run_cli(runbook: str, target: str, *, local: bool = True) -> tuple[dict, flo
 def run_warm(runbook: str, target: str) -> tuple[dict, float]:
     from tests.support.flows import remediate, remediate_and_decide
 
+    os.environ.setdefault("MEDIC_APPROVAL_KEY", f"bench-{os.urandom(16).hex()}")  # approvals are verified (issue 11)
+    from medic.settings import get_settings
+
+    get_settings.cache_clear()
+
     began = time.perf_counter()
     if runbook == "disk-full":
         _, report, _ = asyncio.run(remediate_and_decide(
-            runbook, target, [{"decision": "approve", "approver": "bench", "via": "cli"}]))
+            runbook, target, [{"decision": "approve", "approver": "alice"}]))
     else:
         _, report = remediate(runbook, target)
     return json.loads(report.model_dump_json()), time.perf_counter() - began

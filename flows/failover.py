@@ -6,7 +6,12 @@ host there, is postgres there, every node's LSNs; the writes a promotion would l
 approve (a human sees the potential data loss) → fence (endpoint → maint, stop/kill the old primary)
 → promote (Ansible) → route the endpoint → verify (a write through the endpoint; Prometheus).
 
-rejoin: rebuild the old primary as a standby of the new one (pg_rewind, else a base backup).
+After the approval wait it detects and diagnoses again: not down any more → stop, nothing changed;
+other figures (data loss, lag, candidate, a node answering as primary) → a fresh approval showing them.
+A fence that fails after approval asks again, showing the failure; every node is asked whether it is
+a writable primary right before the promotion. The named `primary` must be the one the endpoint routes.
+
+flows/rejoin.py rebuilds the old primary as a standby of the new one (pg_rewind, else a base backup).
 
 One failover or rejoin per cluster at a time (a Prefect global concurrency limit); a second request
 ends at once as "already running". The order approve → fence is deliberate: a rejection changes
@@ -30,12 +35,11 @@ from pydantic import Field
 from medic.procedures import failover as fo
 from medic.approval.gate import ApprovalRequest, request_decision
 from medic.core.inventory import Inventory, load_inventory
-from medic.clients.postgres import format_lsn
 from medic.orchestration.ending import final_state
 from medic.orchestration.locks import ensure_concurrency_limit, exclusive_slot, remediation_lock_name
 from medic.orchestration.run_log import tell
 from medic.core.progress import Timeline
-from medic.core.report import ApprovalDecision, Outcome, artifact_key, utcnow
+from medic.core.report import ApprovalDecision, ApprovalRecord, Outcome, artifact_key, utcnow
 from medic.clients.prometheus import PrometheusClient
 from medic.core.runbook import Runbook, find_runbook
 from medic.settings import get_settings
@@ -52,6 +56,11 @@ def detect_task(spec: Runbook, cluster: fo.Cluster, primary: str, prom: Promethe
 @task(name="diagnose", timeout_seconds=120, **STAGE)
 def diagnose_task(cluster: fo.Cluster, primary: str, ssh: SSHSession, prom: PrometheusClient) -> fo.FailoverDiagnosis:
     return fo.diagnose(cluster, cluster.member(primary), ssh, prom)
+
+
+@task(name="recheck", timeout_seconds=60, **STAGE)
+def recheck_task(spec: Runbook, cluster: fo.Cluster, primary: str, prom: PrometheusClient) -> fo.Detection:
+    return fo.recheck(spec, cluster, cluster.member(primary), prom)
 
 
 @task(name="fence", timeout_seconds=120, **STAGE)
@@ -74,14 +83,7 @@ def verify_task(spec: Runbook, cluster: fo.Cluster, new_primary: str, prom: Prom
     return fo.verify(spec, cluster, cluster.member(new_primary), prom)
 
 
-@task(name="rejoin", timeout_seconds=900, **STAGE)
-def rejoin_task(spec: Runbook, cluster: fo.Cluster, old: str, source: str, inventory: Inventory,
-                ssh: SSHSession) -> tuple[fo.StepResult, fo.NodeState]:
-    return fo.rejoin(spec, cluster, cluster.member(old), cluster.member(source), inventory,
-                     get_settings().playbooks_dir, ssh)
-
-
-async def _finish(report: fo.FailoverReport, timeline: Timeline, outcome: Outcome, summary: str) -> State:
+async def finish(report: fo.FailoverReport, timeline: Timeline, outcome: Outcome, summary: str) -> State:
     """Record the outcome everywhere at once: timeline, artifact, log, and the flow's final state
     (whose message is the same outcome line)."""
     report.outcome, report.summary = outcome, summary
@@ -95,7 +97,7 @@ async def _finish(report: fo.FailoverReport, timeline: Timeline, outcome: Outcom
 
 
 @contextlib.asynccontextmanager
-async def _one_per_cluster(spec: Runbook, cluster: fo.Cluster) -> AsyncIterator[bool]:
+async def one_per_cluster(spec: Runbook, cluster: fo.Cluster) -> AsyncIterator[bool]:
     """Hold the cluster's one slot (failover and rejoin share it); yield False when it is taken."""
     lock = remediation_lock_name(spec.name, cluster.name)
     await ensure_concurrency_limit(lock, 1)
@@ -103,11 +105,11 @@ async def _one_per_cluster(spec: Runbook, cluster: fo.Cluster) -> AsyncIterator[
         yield got
 
 
-def _already(cluster: fo.Cluster) -> str:
+def already_running(cluster: fo.Cluster) -> str:
     return f"a failover or rejoin of {cluster.name} is already running; nothing was done"
 
 
-def _setup(runbook: str) -> tuple[Runbook, Inventory, fo.Cluster, str, Timeline]:
+def setup(runbook: str) -> tuple[Runbook, Inventory, fo.Cluster, str, Timeline]:
     settings = get_settings()
     spec = find_runbook(runbook, settings.runbooks_dir)
     inventory = load_inventory()
@@ -117,35 +119,75 @@ def _setup(runbook: str) -> tuple[Runbook, Inventory, fo.Cluster, str, Timeline]
 @flow(name="failover", flow_run_name="failover via {runbook}", persist_result=False, log_prints=False)
 async def failover(
     runbook: Annotated[str, Field(description="a kind: failover runbook in runbooks/")] = "postgres-failover",
-    primary: Annotated[str | None, Field(description="the node believed down; empty: the endpoint's current primary")] = None,
+    primary: Annotated[str | None, Field(description="the node believed down — it must be the one the endpoint routes "
+                                                     "writes to; empty: the endpoint's current primary")] = None,
     allow_lag: Annotated[bool, Field(description="OVERRIDE: promote even if the standby is beyond the lag limit")] = False,
     allow_unfenced: Annotated[bool, Field(description="OVERRIDE: promote even if the old primary cannot be fenced "
                                                     "(risk: two primaries)")] = False,
     reason: Annotated[str, Field(description="why this run started — shown in the report")] = "manual run",
 ) -> State:
     """Fail the cluster over from a dead or hung primary to its best standby, with a human's approval."""
-    spec, inventory, cluster, run_id, timeline = _setup(runbook)
+    spec, inventory, cluster, run_id, timeline = setup(runbook)
     report = fo.FailoverReport(runbook=spec.name, cluster=cluster.name, outcome=Outcome.REFUSED, summary="",
                                reason=reason, flow_run_id=run_id)
-    async with _one_per_cluster(spec, cluster) as got:
+    async with one_per_cluster(spec, cluster) as got:
         if not got:
-            return await _finish(report, timeline, Outcome.ALREADY_RUNNING, _already(cluster))
+            return await finish(report, timeline, Outcome.ALREADY_RUNNING, already_running(cluster))
         return await _failover(spec, inventory, cluster, report, timeline, primary=primary, allow_lag=allow_lag,
                                allow_unfenced=allow_unfenced)
+
+
+#: Approvals of fence + promote in one run before it refuses: evidence that keeps changing is a finding.
+MAX_ASKS = 3
+
+
+async def ask_human(report: fo.FailoverReport, spec: Runbook, request: ApprovalRequest, timeline: Timeline,
+               key: str) -> ApprovalRecord:
+    """One approval request (its own pause key: a reused one would hand back the earlier answer)."""
+    ask = fo.Ask(key=key, title=request.title, risk=request.risk or "", why=request.why)
+    report.asks.append(ask)
+    approval = await request_decision(request, spec.approval, timeline=timeline, pause_key=key)
+    ask.decision, ask.approvers = str(approval.decision), list(approval.approvers)
+    report.approval = approval
+    return approval
+
+
+def not_approved(approval: ApprovalRecord, what: str) -> tuple[Outcome, str]:
+    outcome = Outcome.REJECTED if approval.decision is ApprovalDecision.REJECTED else Outcome.APPROVAL_TIMED_OUT
+    who = f" by {', '.join(approval.approvers)}" if approval.approvers else ""
+    why = f" ({approval.comment})" if approval.comment else ""
+    return outcome, f"{what} {approval.decision}{who}{why}"
+
+
+def _assess(spec: Runbook, cluster: fo.Cluster, old: str, ssh: SSHSession, prom: PrometheusClient, timeline: Timeline,
+            *, allow_lag: bool, allow_unfenced: bool) -> tuple[fo.FailoverDiagnosis, fo.Decision]:
+    timeline.announce("diagnose", "every node's state and role, LSNs, writes at risk")
+    diag = diagnose_task(cluster, old, ssh, prom)
+    tell(timeline, "diagnose", f"{old}: ssh {'ok' if diag.primary.ssh_reachable else 'UNREACHABLE'}, "
+                               f"{diag.primary.process}; writable primaries besides it: "
+                               f"{', '.join(diag.writable) or 'none'}; candidate {diag.candidate or 'none'}; {diag.risk()}")
+    decision = fo.decide(diag, max_lag_bytes=spec.failover.max_lag_bytes, allow_lag=allow_lag,
+                         allow_unfenced=allow_unfenced)
+    return diag, decision
 
 
 async def _failover(spec: Runbook, inventory: Inventory, cluster: fo.Cluster, report: fo.FailoverReport,
                     timeline: Timeline, *, primary: str | None, allow_lag: bool, allow_unfenced: bool) -> State:
     settings = get_settings()
+    if not primary or (primary == "primary" and "primary" not in [h.name for h in cluster.members]):
+        primary = None  # the UI's empty field, or `POST /runs` without a target: the routed primary
+    if primary is not None:
+        cluster.member(primary)
     route = fo.read_route(cluster)
-    old = primary or route.primary
-    if old is None:
-        return await _finish(report, timeline, Outcome.REFUSED,
-                             f"the endpoint routes to no single primary ({route.servers or route.error}); "
-                             f"name the failed primary with the `primary` parameter")
-    cluster.member(old)
+    refusal = route.refusal_for(primary)
+    if refusal or route.primary is None:
+        report.old_primary = primary
+        return await finish(report, timeline, Outcome.REFUSED, f"not failing over: {refusal}")
+    old = route.primary
     report.old_primary = old
-    tell(timeline, "start", f"{cluster.name}: primary {old}, endpoint {cluster.endpoint}; why: {report.reason}")
+    report.overrides_asked = asked = fo.asked_overrides(allow_lag=allow_lag, allow_unfenced=allow_unfenced)
+    tell(timeline, "start", f"{cluster.name}: primary {old} (routed by {cluster.endpoint}); why: {report.reason}"
+                            + (f"; {'; '.join(asked)}" if asked else ""))
     with PrometheusClient(settings.prometheus_url) as prom, SSHSession() as ssh:
         timeline.announce("detect", f"is {old} down for {spec.detect.hold:g} s in Prometheus, and silent to a query?")
         report.detection = d = detect_task(spec, cluster, old, prom)
@@ -156,50 +198,59 @@ async def _failover(spec: Runbook, inventory: Inventory, cluster: fo.Cluster, re
         if not d.confirmed:
             why = ("it answered a direct query — a scrape problem, not a dead primary" if prom_down else
                    "Prometheus does not see it down for long enough")
-            return await _finish(report, timeline, Outcome.NOT_NEEDED, f"{old} is not down: {why}; nothing changed")
+            return await finish(report, timeline, Outcome.NOT_NEEDED, f"{old} is not down: {why}; nothing changed")
 
-        timeline.announce("diagnose", "node states, LSNs, writes at risk")
-        report.diagnosis = diag = diagnose_task(cluster, old, ssh, prom)
-        tell(timeline, "diagnose", f"{old}: ssh {'ok' if diag.primary.ssh_reachable else 'UNREACHABLE'}, "
-                                   f"{diag.primary.process}; candidate {diag.candidate or 'none'}; {diag.risk()}")
-        decision = fo.decide(diag, max_lag_bytes=spec.failover.max_lag_bytes, allow_lag=allow_lag,
-                             allow_unfenced=allow_unfenced)
-        report.overrides = decision.overrides
-        tell(timeline, "decide", f"refusing: {decision.refusal}" if decision.refusal else
-             f"promote {diag.candidate}, fence {old}" + (f" ({'; '.join(decision.overrides)})" if decision.overrides
-                                                         else "") + " → asking a human",
-             level=logging.WARNING if decision.refusal or decision.overrides else logging.INFO)
-        if decision.refusal:
-            return await _finish(report, timeline, Outcome.REFUSED, f"not promoting: {decision.refusal}; nothing changed")
+        approved: fo.Evidence | None = None
+        changed: list[str] = []
+        for n in range(1, MAX_ASKS + 2):
+            diag, decision = _assess(spec, cluster, old, ssh, prom, timeline, allow_lag=allow_lag,
+                                     allow_unfenced=allow_unfenced)
+            report.diagnosis, report.new_primary = diag, diag.candidate
+            report.overrides = list(decision.overrides)
+            if diag.primary_back:
+                return await finish(report, timeline, Outcome.NOT_NEEDED,
+                                     f"{old} answers as the primary again; nothing changed")
+            if decision.refusal:
+                return await finish(report, timeline, Outcome.REFUSED,
+                                     f"not promoting: {decision.refusal}; nothing changed")
+            if approved is not None:
+                changed = approved.changes(fo.Evidence.of(diag, decision))
+                tell(timeline, "recheck", "the evidence changed while the human decided: " + "; ".join(changed)
+                     + " → asking again" if changed else "same figures as approved → fencing",
+                     level=logging.WARNING if changed else logging.INFO)
+                if not changed:
+                    break
+                if n > MAX_ASKS:
+                    return await finish(report, timeline, Outcome.REFUSED,
+                                         f"the evidence changed after each of {MAX_ASKS} approvals "
+                                         f"({'; '.join(changed)}); not promoting, nothing changed")
+            tell(timeline, "decide", f"promote {diag.candidate}, fence {old}"
+                 + (f" ({'; '.join(decision.overrides + asked)})" if decision.overrides or asked else "")
+                 + " → asking a human", level=logging.WARNING if decision.overrides or asked else logging.INFO)
+            approval = await ask_human(report, spec, fo.failover_request(
+                spec, cluster, old, d, diag, decision, asked, changed=changed, flow_run_id=report.flow_run_id or ""),
+                timeline, f"failover-{n}")
+            if approval.decision is not ApprovalDecision.APPROVED:
+                outcome, said = not_approved(approval, "failover")
+                return await finish(report, timeline, outcome, f"{said}; nothing changed")
+            approved = fo.Evidence.of(diag, decision)
+            # Minutes may have passed: is the primary still down, still the routed one?
+            report.detection = d = recheck_task(spec, cluster, old, prom)
+            tell(timeline, "recheck", f"{old} after the decision: Prometheus "
+                                      f"{'down' if old in d.prometheus.matching else 'up'}, direct query: "
+                                      f"{d.direct.detail}")
+            if not d.confirmed:
+                return await finish(report, timeline, Outcome.NOT_NEEDED,
+                                     f"{old} is not down any more (direct query: {d.direct.detail}): it came back "
+                                     f"while the human decided; not fenced, nothing changed")
+            if refusal := fo.read_route(cluster).refusal_for(old):
+                return await finish(report, timeline, Outcome.REFUSED,
+                                     f"the endpoint changed while the human decided: {refusal}")
         new = diag.candidate
         assert new is not None
         report.new_primary = new
-
-        report.approval = approval = await request_decision(ApprovalRequest(
-            title=f"PostgreSQL failover of {cluster.name}: promote {new}, fence {old}"
-                  + (" [OVERRIDE]" if decision.overrides else ""),
-            runbook=spec.name, targets=[old, new],
-            evidence=f"{d.prometheus.query} {d.prometheus.condition} held on {old}; direct query to "
-                     f"{cluster.address(cluster.member(old))}: {d.direct.detail}",
-            diagnosis="\n".join(f"{s.host}: ssh {'ok' if s.ssh_reachable else 'unreachable'}, {s.process}, "
-                                f"received {format_lsn(s.received_lsn)}, replayed {format_lsn(s.replayed_lsn)}"
-                                for s in [diag.primary, *diag.standbys]),
-            planned_action=f"fence {old} (endpoint server → maint, stop it over SSH; a hung one is killed), "
-                           f"run {spec.recover.playbook} on {new}, route {cluster.endpoint} → {new}",
-            risk="; ".join([diag.risk(), *decision.overrides]),
-            why=f"runbook {spec.name}: a failover always asks a human — promoting a standby may lose writes"
-                + (" and an OVERRIDE was requested" if decision.overrides else ""),
-            flow_run_id=report.flow_run_id or "",
-        ), spec.approval, timeline=timeline)
-        if decision.overrides and approval.decision is ApprovalDecision.APPROVED:
-            report.approval = approval = approval.model_copy(update={"comment": "; ".join(
-                [c for c in [approval.comment] if c] + [f"approved with {o}" for o in decision.overrides])})
-        if approval.decision is not ApprovalDecision.APPROVED:
-            outcome = (Outcome.REJECTED if approval.decision is ApprovalDecision.REJECTED
-                       else Outcome.APPROVAL_TIMED_OUT)
-            who = f" by {', '.join(approval.approvers)}" if approval.approvers else ""
-            why = f" ({approval.comment})" if approval.comment else ""
-            return await _finish(report, timeline, outcome, f"failover {approval.decision}{who}{why}; nothing changed")
+        if allow_unfenced or allow_lag:
+            report.overrides.append(f"approved with {', '.join(asked)}")
 
         timeline.announce("fence", f"fencing {old}")
         report.fence = f = fence_task(cluster, old, ssh)
@@ -207,76 +258,58 @@ async def _failover(spec: Runbook, inventory: Inventory, cluster: fo.Cluster, re
                                 + ("fenced" if f.confirmed else "NOT confirmed"),
              level=logging.INFO if f.confirmed else logging.ERROR)
         if not f.confirmed:
-            if not allow_unfenced:
-                return await _finish(report, timeline, Outcome.REFUSED,
-                                     f"fencing {old} could not be confirmed ({f.stop_detail}; {f.endpoint_detail}); "
-                                     f"{new} was NOT promoted — clients may have no primary: check {old} by hand")
-            report.overrides.append(f"OVERRIDE allow_unfenced: promoted although fencing failed ({f.stop_detail})")
+            approval = await ask_human(report, spec, fo.fence_failed_request(
+                spec, cluster, old, new, f, diag, asked, flow_run_id=report.flow_run_id or ""), timeline, "fence-failed")
+            if approval.decision is not ApprovalDecision.APPROVED:
+                outcome, said = not_approved(approval, f"promoting {new} after fencing {old} failed:")
+                return await finish(report, timeline, outcome,
+                                     f"{said}; {new} was NOT promoted — {old} is not confirmed stopped "
+                                     f"({f.stop_detail}); clients may have no primary: check {old} by hand")
+            report.overrides.append(f"OVERRIDE promote without fencing: approved by {', '.join(approval.approvers)} "
+                                    f"after fencing failed ({f.stop_detail})")
 
-        timeline.announce("promote", f"promoting {new}")
-        report.promote = p = promote_task(spec, cluster, new, inventory)
-        tell(timeline, "promote", f"{spec.recover.playbook} on {new}: {p.detail} ({p.duration_s:.1f} s) {p.reported}"
-                                  f" → {'promoted' if p.ok else 'FAILED'}",
-             level=logging.INFO if p.ok else logging.ERROR)
-        if not p.ok:
-            return await _finish(report, timeline, Outcome.PROMOTE_FAILED,
-                                 f"promoting {new} failed ({p.detail}); {old} is fenced: the cluster has NO primary")
-
-        report.route = r = route_task(cluster, new)
-        tell(timeline, "route", f"{cluster.endpoint}: {r.detail} → {'routed to ' + new if r.routed else 'NOT routed'}",
-             level=logging.INFO if r.routed else logging.ERROR)
-        if not r.routed:
-            return await _finish(report, timeline, Outcome.PROMOTED_NOT_ROUTED,
-                                 f"{new} is the new primary but the endpoint does NOT route to it ({r.detail}): "
-                                 f"clients cannot write — set {cluster.backend}/{new} ready on {cluster.admin}")
-
-        report.verification = v = verify_task(spec, cluster, new, prom)
-        tell(timeline, "verify", f"write through {cluster.endpoint}: {v.write.detail}; Prometheus sees {new} as "
-                                 f"primary: {'yes' if not v.prometheus.timed_out else 'no'} → "
-                                 f"{'verified' if v.ok else 'NOT verified'}",
-             level=logging.INFO if v.ok else logging.ERROR)
-        if not v.ok:
-            return await _finish(report, timeline, Outcome.PROMOTED_NOT_VERIFIED,
-                                 f"{new} promoted and routed, but verify failed: {v.write.detail}")
-        loss = diag.at_risk_bytes
-        return await _finish(report, timeline, Outcome.PROMOTED,
-                             f"{new} is the primary of {cluster.name}; clients write through {cluster.endpoint}; "
-                             f"{old} fenced; WAL not received from {old}: "
-                             f"{'unknown' if loss is None else f'{loss} bytes'}; rejoin {old} when it is back")
+        found = fo.writable_nodes(fo.writable_check(cluster, exclude={new}))
+        if found:
+            return await finish(report, timeline, Outcome.REFUSED,
+                                 f"{', '.join(found)} answers as a writable primary just before promoting {new}: "
+                                 f"NOT promoted (it would be a second primary); check {', '.join(found)} by hand")
+        return await _promote_route_verify(spec, inventory, cluster, report, timeline, prom, old=old, new=new,
+                                           diag=diag)
 
 
-@flow(name="rejoin", flow_run_name="rejoin {host}", persist_result=False, log_prints=False)
-async def rejoin(
-    host: Annotated[str, Field(description="the old primary to rebuild as a standby of the current primary")],
-    runbook: Annotated[str, Field(description="a kind: failover runbook in runbooks/")] = "postgres-failover",
-    reason: Annotated[str, Field(description="why this run started — shown in the report")] = "manual run",
-) -> State:
-    """Rebuild an old primary as a standby of the endpoint's primary and check that it streams."""
-    spec, inventory, cluster, run_id, timeline = _setup(runbook)
-    report = fo.FailoverReport(flow="rejoin", runbook=spec.name, cluster=cluster.name, outcome=Outcome.REJOIN_FAILED,
-                               summary="", reason=reason, flow_run_id=run_id, old_primary=host)
-    cluster.member(host)
-    async with _one_per_cluster(spec, cluster) as got:
-        if not got:
-            return await _finish(report, timeline, Outcome.ALREADY_RUNNING, _already(cluster))
-        route = fo.read_route(cluster)
-        source = route.primary
-        if source is None or source == host:
-            return await _finish(report, timeline, Outcome.REFUSED,
-                                 f"cannot rejoin {host}: the endpoint's primary is {source or 'nobody'} "
-                                 f"({route.servers or route.error}); nothing changed")
-        report.new_primary = source
-        tell(timeline, "start", f"rebuilding {host} as a standby of {source}; why: {reason}")
-        with SSHSession() as ssh:
-            report.rejoin, report.rejoined_state = step, state = rejoin_task(spec, cluster, host, source, inventory, ssh)
-        tell(timeline, "rejoin", f"{host}: {step.detail}; {step.reported}",
-             level=logging.INFO if step.ok else logging.WARNING)
-        src_port = int(cluster.member(source).vars["medic_pg_port"])
-        streams = state.in_recovery and state.receiver_status == "streaming" and state.sender_port == src_port
-        if step.ok and streams:
-            return await _finish(report, timeline, Outcome.REJOINED,
-                                 f"{host} streams from {source} (method {step.reported.get('method', '?')}, "
-                                 f"received {format_lsn(state.received_lsn)})")
-        return await _finish(report, timeline, Outcome.REJOIN_FAILED,
-                             f"{host} does not stream from {source}: {step.detail}; state {state.status_line} "
-                             f"receiver {state.receiver_status}")
+async def _promote_route_verify(spec: Runbook, inventory: Inventory, cluster: fo.Cluster, report: fo.FailoverReport,
+                                timeline: Timeline, prom: PrometheusClient, *, old: str, new: str,
+                                diag: fo.FailoverDiagnosis) -> State:
+    timeline.announce("promote", f"promoting {new}")
+    report.promote = p = promote_task(spec, cluster, new, inventory)
+    tell(timeline, "promote", f"{spec.recover.playbook} on {new}: {p.detail} ({p.duration_s:.1f} s) {p.reported}"
+                              f" → {'promoted' if p.ok else 'FAILED'}",
+         level=logging.INFO if p.ok else logging.ERROR)
+    if not p.ok:
+        return await finish(report, timeline, Outcome.PROMOTE_FAILED,
+                             f"promoting {new} failed ({p.detail}); {old} is "
+                             f"{'fenced' if report.fence and report.fence.confirmed else 'out of the endpoint'}: "
+                             f"the cluster has NO primary")
+
+    report.route = r = route_task(cluster, new)
+    tell(timeline, "route", f"{cluster.endpoint}: {r.detail} → {'routed to ' + new if r.routed else 'NOT routed'}",
+         level=logging.INFO if r.routed else logging.ERROR)
+    if not r.routed:
+        return await finish(report, timeline, Outcome.PROMOTED_NOT_ROUTED,
+                             f"{new} is the new primary but the endpoint does NOT route to it ({r.detail}): "
+                             f"clients cannot write — set {cluster.backend}/{new} ready on {cluster.admin}")
+
+    report.verification = v = verify_task(spec, cluster, new, prom)
+    tell(timeline, "verify", f"write through {cluster.endpoint}: {v.write.detail}; Prometheus sees {new} as "
+                             f"primary: {'yes' if not v.prometheus.timed_out else 'no'} → "
+                             f"{'verified' if v.ok else 'NOT verified'}",
+         level=logging.INFO if v.ok else logging.ERROR)
+    if not v.ok:
+        return await finish(report, timeline, Outcome.PROMOTED_NOT_VERIFIED,
+                             f"{new} promoted and routed, but verify failed: {v.write.detail}")
+    loss = diag.at_risk_bytes
+    return await finish(report, timeline, Outcome.PROMOTED,
+                         f"{new} is the primary of {cluster.name}; clients write through {cluster.endpoint}; "
+                         f"{old} {'fenced' if report.fence and report.fence.confirmed else 'NOT confirmed fenced (approved)'}; "
+                         f"WAL not received from {old}: "
+                         f"{'unknown' if loss is None else f'{loss} bytes'}; rejoin {old} when it is back")

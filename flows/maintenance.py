@@ -5,6 +5,8 @@ once more hosts than that have failed, no further batch starts. Each batch of a 
 silenced in Alertmanager, drained in HAProxy, restarted, health-checked and put back; whatever goes
 wrong, the `finally` puts every drained server back and expires every silence, and the report says
 what HAProxy shows for each host. Runs outside the maintenance window are skipped (or wait for it).
+Whoever starts a run (schedule, UI, API), its parameters are validated first, and parameters outside
+the reviewed ones ask for an approval (medic.procedures.maintenance_gate).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from medic.clients.ansible import run_playbook
 from medic.errors import ConfigError, MedicError
 from medic.core.inventory import Host, load_inventory
 from medic.procedures.maintenance import WindowCheck, WindowDecision, check_window, parse_batch_size, split_batches
+from medic.procedures import maintenance_gate as gate
 from medic.procedures.maintenance_report import CleanupHost, CleanupStatus, MaintenanceReport
 from medic.core.progress import Timeline
 from medic.orchestration.run_log import tell
@@ -91,7 +94,7 @@ def preview_task(steps: list[HostStep], hosts: dict[str, Host], ssh: SSHSession)
         s.status = HostStatus.WOULD_RESTART
         s.detail = (f"now: {(r.stdout or r.stderr).strip() or r.error}; would silence host={s.host}, "
                     + ("drain, " if s.lb else "")
-                    + f"run `{rolling.render_shell(rolling.RESTART_COMMAND, hosts[s.host])}`, check /healthz"
+                    + f"run `{rolling.render_shell(rolling.RESTART_COMMAND, hosts[s.host]).preview()}`, check /healthz"
                     + (", set ready" if s.lb else ""))
 
 
@@ -161,6 +164,20 @@ def _start(action: str, group: str, batch_size: str, max_errors: int, dry_run: b
                              started_at=now, finished_at=now, flow_run_id=str(get_run_context().flow_run.id))
 
 
+async def _gate(report: MaintenanceReport, flow_obj: object, flow_name: str, asked: dict, timeline: Timeline) -> bool:
+    """Parameters outside the reviewed ones (prefect.yaml's deployment, else the flow's defaults) need
+    an approval through medic's gate; a dry run changes nothing and asks nobody. True: go on."""
+    from prefect.runtime import deployment
+
+    inventory = load_inventory()
+    reviewed = gate.reviewed_parameters(gate.flow_defaults(flow_obj), flow_name, deployment.name)
+    found = gate.deviations(inventory, asked, reviewed)
+    if not found or report.dry_run:
+        return True
+    targets = [h.name for h in inventory.resolve(report.group)]
+    return await gate.approve_deviations(report, found, targets=targets, timeline=timeline)
+
+
 def _plan(group: str, batch_size: str) -> tuple[list[Host], list[list[Host]]]:
     hosts = load_inventory().resolve(group)
     return hosts, split_batches(hosts, parse_batch_size(batch_size, len(hosts)))
@@ -187,7 +204,7 @@ async def rolling_restart(
         batch_size: Hosts per batch: a count like "2" or a share of the group like "25%" (rounded up).
         max_errors: How many hosts may fail before no further batch starts (0: stop at the first failure).
         dry_run: Show the plan and the current state of every host and HAProxy server; change nothing.
-        ignore_window: Run even outside the maintenance window (for manual runs).
+        ignore_window: Run even outside the maintenance window (for manual runs; needs an approval).
         drain_timeout: Seconds to wait for a drained server's in-flight sessions to finish before restarting.
         health_timeout: Seconds a restarted host has to answer /healthz (and HAProxy to see it UP again).
         reason: Why this run started (schedule, ticket, person) — shown in the report.
@@ -195,6 +212,11 @@ async def rolling_restart(
     settings = get_settings()
     timeline = Timeline()
     report = _start("rolling restart", group, batch_size, max_errors, dry_run, reason)
+    gate.check_rolling(load_inventory(), group=group, max_errors=max_errors, drain_timeout=drain_timeout,
+                       health_timeout=health_timeout)
+    if not await _gate(report, rolling_restart, "rolling_restart", {"group": group, "ignore_window": ignore_window},
+                       timeline):
+        return await _finish(report, timeline)
     if not await _window_allows(report, ignore_window, timeline):
         return await _finish(report, timeline)
     hosts, batches = _plan(group, batch_size)
@@ -287,16 +309,22 @@ async def cleanup(
 
     Args:
         group: Inventory group (or single host) to clean; hosts outside it are never touched.
-        patterns: Comma-separated file name patterns that count as junk (e.g. "*.tmp,*.log.[0-9]*").
-        min_age: Only files older than this are deleted (Ansible find age: 1d, 12h, 30m).
+        patterns: Comma-separated file name globs that count as junk (e.g. "*.tmp,*.log.[0-9]*"); no '/' or
+            '..'. Patterns the deployment does not list need an approval (shown on the request).
+        min_age: Only files older than this are deleted (1d, 12h, 30m; 5m to 365d); shorter than the
+            deployment's needs an approval.
         batch_size: Hosts per batch: a count like "2" or a share of the group like "25%" (rounded up).
         max_errors: How many hosts may fail before no further batch starts.
         dry_run: Find the junk and report what would be deleted; delete nothing (Ansible check mode).
-        ignore_window: Run even outside the maintenance window (for manual runs).
+        ignore_window: Run even outside the maintenance window (for manual runs; needs an approval).
         reason: Why this run started (schedule, ticket, person) — shown in the report.
     """
     timeline = Timeline()
     report = _start("cleanup", group, batch_size, max_errors, dry_run, reason)
+    gate.check_cleanup(load_inventory(), group=group, patterns=patterns, min_age=min_age, max_errors=max_errors)
+    asked = {"group": group, "patterns": patterns, "min_age": min_age, "ignore_window": ignore_window}
+    if not await _gate(report, cleanup, "cleanup", asked, timeline):
+        return await _finish(report, timeline)
     if not await _window_allows(report, ignore_window, timeline):
         return await _finish(report, timeline)
     hosts, batches = _plan(group, batch_size)

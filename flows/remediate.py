@@ -20,6 +20,7 @@ from prefect.states import State
 from pydantic import BaseModel, ConfigDict, Field
 
 from medic.core import audit
+from medic.orchestration import audit_store
 from medic.core.inventory import Host, load_inventory
 from medic.approval.gate import approval_step
 from medic.approval.notify import IncidentTimeline
@@ -42,7 +43,10 @@ from medic.core.runbook import Runbook, find_runbook
 from medic.settings import get_settings
 from medic.clients.ssh import SSHSession
 from medic.orchestration.run_log import tell
+from medic.procedures import anomaly as anomaly_procedure
 from medic.procedures import narration, stages
+from medic.detect.chart import png_chart
+from medic.orchestration.charts import apublish_chart
 
 # No task-level timeout_seconds: Prefect cannot interrupt a sync task in a worker thread. Each stage
 # bounds itself instead (SSH/Ansible timeouts, verify's timeout, detect's settle window).
@@ -100,6 +104,21 @@ def _summary(outcome: Outcome, hosts: list[str], recovery: RecoveryResult | None
     return f"Failed: {detail}"
 
 
+async def _anomaly_charts(spec: Runbook, hosts: list[Host], prom: PrometheusClient, limit: int = 3) -> None:
+    """The series and its anomaly score per affected host, as PNG charts beside the report (a chart
+    that cannot be drawn is logged, never a reason to stop the remediation)."""
+    anomaly = spec.detect.anomaly
+    assert anomaly is not None
+    try:
+        for found in anomaly_procedure.score_hosts(anomaly, hosts[:limit], prom):
+            png = png_chart(found.times, found.values, found.scores, threshold=anomaly.threshold,
+                            title=f"{spec.name} on {found.host}: {anomaly.query}", reason=found.reason)
+            await apublish_chart(("anomaly", spec.name, found.host), f"{spec.name}: anomaly score on {found.host}",
+                                 png, found.reason)
+    except Exception as exc:  # noqa: BLE001 - a picture is not worth a failed remediation
+        logging.getLogger("medic.flows.remediate").warning("could not draw the anomaly chart: %s", exc)
+
+
 class Findings(BaseModel):
     """What the stages found and did, handed from the stages to the report."""
 
@@ -129,6 +148,8 @@ async def _stages(spec: Runbook, plan: stages.Plan, *, dry_run: bool, require_ap
         if not affected:
             return Findings(outcome=Outcome.NOT_NEEDED, detect=detect,
                             detail=f"detect {spec.detect.condition} does not hold — {narration.values(detect)}")
+        if spec.detect.anomaly is not None:
+            await _anomaly_charts(spec, [hosts_by_name[n] for n in affected], prom)
         timeline.open_incident(f"detected on {', '.join(affected)}: `{spec.detect.query}` "
                                f"{spec.detect.condition} → {narration.values(detect, affected)}")
         targets = [hosts_by_name[n] for n in affected]
@@ -177,14 +198,19 @@ async def _act(spec: Runbook, plan: stages.Plan, targets: list[Host], found: Fin
     names = [h.name for h in targets]
     approvers = found.approval.approvers if found.approval else []
     timeline.announce("recover", f"{spec.recover.description} on {', '.join(names)}" + (" in check mode" if dry_run else ""))
+    if not dry_run:  # fail closed: nothing changes unless Prefect holds the intent (it raises otherwise)
+        audit_store.record(audit.AuditRecord(
+            kind="intent", flow_run_id=run_id, runbook=spec.name, target=plan.target,
+            who=", ".join(approvers) or "medic", what=spec.recover.description, where=", ".join(names),
+            result="about to act"))
     found.recovery = recovery = recover_task(plan, targets, dry_run, ssh)
     tell(timeline, "recover", narration.recovery_line(recovery),
          level=logging.WARNING if recovery.errors else logging.INFO)
-    audit.record(audit.AuditRecord(
+    audit_store.record(audit.AuditRecord(
         kind="action", flow_run_id=run_id, runbook=spec.name, target=plan.target,
         who=", ".join(approvers) or "medic", what=recovery.action, where=", ".join(names),
         result=", ".join(f"{h.host}: {h.status}" for h in recovery.hosts),
-        detail="check mode" if dry_run else f"took {recovery.duration_s:.1f} s"))
+        detail="check mode" if dry_run else f"took {recovery.duration_s:.1f} s"), fail_closed=False)
     if dry_run:
         found.outcome = Outcome.DRY_RUN
         return found

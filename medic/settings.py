@@ -18,13 +18,14 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from medic.core.paths import DEFAULT_LAB_DIR, PLAYBOOKS_DIR, RUNBOOKS_DIR
+from medic.core.paths import DEFAULT_LAB_DIR, PLAYBOOKS_DIR, PROJECT_ROOT, RUNBOOKS_DIR
 from medic.errors import ConfigError
 
 #: Written by `medic lab up` into the lab dir: the settings the running lab provides, as JSON.
 LAB_SETTINGS_FILE = "settings.json"
 #: The only settings a lab may provide; anything else in the file is ignored.
-LAB_PROVIDED = ("inventory", "ssh_key", "known_hosts", "prometheus_url", "alertmanager_url", "prefect_api_url")
+LAB_PROVIDED = ("inventory", "ssh_key", "known_hosts", "prometheus_url", "alertmanager_url", "prefect_api_url",
+                "intake_token_file")
 
 
 class LabSettingsSource(PydanticBaseSettingsSource):
@@ -81,6 +82,11 @@ class Settings(BaseSettings):
     slack_api_url: str = "https://slack.com/api/"
     slack_socket_mode: bool = False
 
+    # Approver identity (issue 11): one key shared by medic serve and every process running flows; each
+    # approver's credential is derived from it (`medic approvers issue NAME`). Unset: no approval verifies.
+    approval_key: SecretStr | None = Field(None, description="signs and verifies approvals; unset: nothing is approved")
+    approvers_file: Path = Field(PROJECT_ROOT / "approvers.yaml", description="the approver directory (names, Slack ids)")
+
     flap_max_runs: int = Field(3, ge=1, description="remediations of one runbook on one target before asking a human")
     flap_window_s: float = Field(3600.0, gt=0, description="the flap guard's window")
     max_concurrent_runs: int = Field(16, ge=1, description="remediations medic serve executes at once")
@@ -110,6 +116,18 @@ class Settings(BaseSettings):
 
     server_host: str = "127.0.0.1"
     server_port: int = 8787
+    # Who may call /alertmanager and /runs (issue 11; medic.service.credentials). None configured: both
+    # refuse every request, and medic serve will not listen beyond loopback.
+    intake_token: SecretStr | None = Field(None, description="bearer token (Alertmanager http_config.authorization)")
+    intake_token_file: Path | None = Field(None, description="a file holding the bearer token (as credentials_file)")
+    intake_basic_auth: SecretStr | None = Field(None, description="'user:password' (Alertmanager http_config.basic_auth)")
+    intake_tokens: dict[str, SecretStr] = Field(default_factory=dict, description="per-client bearer tokens, name → token")
+    intake_rate_per_s: float = Field(100.0, gt=0, description="requests per second a client may keep up (token bucket)")
+    intake_burst: int = Field(1000, ge=1, description="requests a client may send at once before the rate applies")
+    health_cache_s: float = Field(5.0, ge=0, description="how long /healthz and /metrics reuse Prefect's answers")
+    tls_cert: Path | None = Field(None, description="serve HTTPS with this certificate (PEM, may hold the key)")
+    tls_key: Path | None = Field(None, description="the certificate's private key (PEM)")
+    tls_client_ca: Path | None = Field(None, description="require client certificates signed by this CA (mTLS)")
     state_dir: Path | None = Field(None, description="audit log and server state; default: <lab_dir>/medic")
 
     @classmethod

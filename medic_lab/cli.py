@@ -29,6 +29,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     _say(f"lab: up in {lab.lab_dir} — Prometheus {lab.prometheus_url}, Alertmanager {lab.alertmanager_url}, "
          + (f"Prefect {lab.prefect_api_url.removesuffix('/api')}, " if lab.with_prefect else "")
          + f"inventory {lab.inventory}")
+    if lab.options.get("cluster"):
+        _say(f"lab: cluster — intake {lab.webhook_url}, workers: `medic lab status`; its Prefect asks for the auth "
+             f"string: set -a; . {lab.lab_dir}/cluster/secrets.env; set +a")
     return 0
 
 
@@ -106,7 +109,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--webhook-url", default=DEFAULT_WEBHOOK_URL, help="where Alertmanager posts alerts")
     p.add_argument("--no-prefect", action="store_true", help="do not start a Prefect server")
     p.add_argument("--with", dest="components", action="append", default=[], metavar="COMPONENT",
-                   help="also start an optional component (e.g. db: PostgreSQL primary + replica)")
+                   help="also start an optional component (e.g. db: PostgreSQL primary + replica; "
+                        "db3: primary + 2 standbys; db-sync: synchronous replication; "
+                        "cluster: Prefect on PostgreSQL with auth, 2 workers, intake-only medic serve)")
     p.set_defaults(handler=cmd_up)
     lab.add_parser("down", help="stop every lab process (and a medic serve the demo left running)").set_defaults(
         handler=cmd_down)

@@ -51,6 +51,11 @@ class LabComponent:
     def ports(self, lab: LabState) -> list[tuple[str, int]]:
         return []
 
+    def start_prefect(self, lab: LabState) -> bool:
+        """Start the lab's Prefect server in place of the default SQLite one; True if this did.
+        Called first, before `prepare` (Prefect is the slowest to become ready)."""
+        return False
+
     def prepare(self, lab: LabState) -> None:
         """Write configs and data (all under lab.lab_dir) before anything starts."""
 
@@ -89,4 +94,5 @@ def registered() -> list[LabComponent]:
 
 
 #: (module, class) of each component; components add themselves here.
-_COMPONENTS: list[tuple[str, str]] = [("medic_lab.haproxy", "HAProxy"), ("medic_lab.postgres", "Postgres")]
+_COMPONENTS: list[tuple[str, str]] = [("medic_lab.haproxy", "HAProxy"), ("medic_lab.postgres", "Postgres"),
+                                       ("medic_lab.cluster", "Cluster")]

@@ -107,7 +107,8 @@ def lab_is_running(lab_dir: Path) -> bool:
 
 def _clear_layout(lab_dir: Path) -> None:
     """Remove what an earlier lab in this dir laid out (never anything else in the dir)."""
-    for stale in ("hosts", "prometheus", "alertmanager", "ssh", "logs", "pids", "prefect", "postgres", "haproxy"):
+    for stale in ("hosts", "prometheus", "alertmanager", "ssh", "logs", "pids", "prefect", "postgres", "haproxy",
+                  "cluster"):
         shutil.rmtree(lab_dir / stale, ignore_errors=True)
     LabState.forget(lab_dir)
     shutil.rmtree(public_dir_for(lab_dir), ignore_errors=True)
@@ -231,7 +232,7 @@ def require_lab(lab_dir: Path) -> LabState:
 
 def set_webhook(lab: LabState, url: str) -> None:
     """Point Alertmanager at another webhook receiver (reloaded live, no restart)."""
-    (lab.lab_dir / "alertmanager" / "alertmanager.yml").write_text(alertmanager_config(url))
+    (lab.lab_dir / "alertmanager" / "alertmanager.yml").write_text(alertmanager_config(url, lab.intake_token_file))
     lab.webhook_url = url
     lab.save()
     try:

@@ -12,11 +12,15 @@ import sys
 from medic.core.paths import LAB_TEMPLATES_DIR
 from medic.orchestration.embedded_server import server_command, server_env
 from medic_lab import hosts as lab_hosts
+from medic_lab.components import active_components
 from medic_lab.processes import spawn
 from medic_lab.state import LabHost, LabState
 
 
 def start_prefect(lab: LabState) -> None:
+    """The lab's Prefect server: a component's (e.g. `cluster`: on PostgreSQL, with auth), else SQLite."""
+    if any(component.start_prefect(lab) for component in active_components(lab)):
+        return
     home = lab.lab_dir / "prefect"
     home.mkdir(parents=True, exist_ok=True)
     spawn("prefect", server_command(lab.ports.prefect), lab_dir=lab.lab_dir,

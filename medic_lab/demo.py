@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import secrets
 import subprocess
 import sys
 import time
@@ -31,6 +33,8 @@ from medic_lab.state import LabState
 
 #: How long medic serve may take to finish its runs when the demo stops it.
 SERVE_STOP_GRACE_S = 30.0
+#: Who approves in the demo (an entry of approvers.yaml), with the credential medic derives for them.
+DEMO_APPROVER = "alice"
 
 INCIDENTS = [
     ("service-down", "web-2", "ServiceDown", "service-down"),
@@ -122,13 +126,28 @@ def follow(incident: Incident, *, prom: str, api: str, ui: str, timeout: float =
 
 
 def _approve(run_id: str) -> bool:
-    from medic.orchestration.pause import ResumeStatus, resume_with_input
+    """Approve as `medic approve` does, as alice (approvers.yaml) with the credential medic issues her."""
+    from medic.approval.identity import approver_secret
+    from medic.cli.approvers import send_decision
 
     time.sleep(1.5)
-    outcome = asyncio.run(resume_with_input(run_id, {"decision": "approve", "approver": "demo-operator",
-                                                     "comment": "approved by the demo", "via": "cli"}))
-    say(f"         approval   demo-operator approves → {outcome.status.value}")
-    return outcome.status is ResumeStatus.ACCEPTED
+    key = get_settings().approval_key
+    assert key is not None  # main() sets one
+    outcome, verdict = asyncio.run(send_decision(run_id, decision="approve", name=DEMO_APPROVER,
+                                                 secret=approver_secret(key.get_secret_value(), DEMO_APPROVER),
+                                                 comment="approved by the demo"))
+    say(f"         approval   {DEMO_APPROVER} approves → {outcome.status.value}, {verdict or 'no verdict'}")
+    return outcome.accepted and verdict == "counted"
+
+
+def _approval_key() -> None:
+    """Approvals are verified (issue 11): without MEDIC_APPROVAL_KEY, the demo makes a one-off key for
+    itself and the medic serve it starts (the environment is inherited)."""
+    if get_settings().approval_key is None:
+        os.environ["MEDIC_APPROVAL_KEY"] = secrets.token_urlsafe(32)
+        get_settings.cache_clear()
+        say("demo: MEDIC_APPROVAL_KEY is not set — using a one-off key for this demo (set your own to approve "
+            "runs yourself with `medic approvers issue NAME`)")
 
 
 def _stop_command(lab_dir: Path) -> str:
@@ -184,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         get_settings.cache_clear()
         settings = get_settings()
         use_prefect_api(settings)
+        _approval_key()
         control.set_webhook(lab, f"http://127.0.0.1:{settings.server_port}/alertmanager")
         serve = _start_serve(lab, settings.server_port)
         ui = lab.prefect_api_url.removesuffix("/api")

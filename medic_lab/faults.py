@@ -102,6 +102,24 @@ def _make_fast(host: LabHost, lab: LabState) -> str:
     return f"the web service of {host.name} answers normally again"
 
 
+def _start_leak(host: LabHost, lab: LabState) -> str:
+    os.kill(_require_pid(host), signal.SIGRTMIN)
+    return f"the web service of {host.name} now leaks ~1 MB of memory per second (until restarted)"
+
+
+def _start_drift(host: LabHost, lab: LabState) -> str:
+    os.kill(_require_pid(host), signal.SIGRTMIN + 1)
+    return f"the web service of {host.name} now gets 2 ms slower every second, up to 0.15 s (until restarted)"
+
+
+def _heal(host: LabHost, lab: LabState) -> str:
+    pid = _service_pid(host)
+    if pid is None:
+        return f"web service of {host.name} is not running; nothing to fix"
+    os.kill(pid, signal.SIGRTMIN + 2)
+    return f"the web service of {host.name} no longer leaks or drifts"
+
+
 def _sshd_pid(host: LabHost) -> int | None:
     return _live_pid(host.root / "sshd" / "sshd.pid")
 
@@ -156,6 +174,10 @@ FAULTS: list[Fault] = [
           _fill_disk, _clean_disk),
     Fault("slow", "the web service answers every request in 0.6 s until it is restarted",
           _make_slow, _make_fast),
+    Fault("leak", "the web service leaks ~1 MB/s of memory until restarted (no threshold rule catches it)",
+          _start_leak, _heal),
+    Fault("drift", "the web service gets 2 ms slower every second, up to 0.15 s, until restarted "
+          "(stays under HighLatency's 0.25 s)", _start_drift, _heal),
     Fault("host-down", "the host dies: its sshd (and web service) killed, unreachable over SSH",
           _kill_host, _revive_host),
     Fault("wont-start", "its config names an invalid port: `servicectl start` fails, the running one serves on",

@@ -1,8 +1,8 @@
 """The lab's PostgreSQL cluster: a primary and a streaming replica, metrics, a client endpoint, faults.
 
 Enabled with `medic lab up --with db` (asynchronous replication) or `--with db-sync` (synchronous:
-every commit waits for the standby's flush). Two SSH hosts of group ``db``, ``pg-1`` (primary) and
-``pg-2`` (standby), each run PostgreSQL 15 as the host's own unprivileged user from a data dir under
+every commit waits for the standby's flush); `--with db3` (alone or with `db-sync`) adds a third node.
+Two (three) SSH hosts of group ``db``, ``pg-1`` (primary) and ``pg-2`` (``pg-3``) (standbys), each run PostgreSQL 15 as the host's own unprivileged user from a data dir under
 the host dir, controlled by the host's ``bin/pgctl`` (port and socket dir on the command line:
 pg_rewind copies config files between nodes). Authentication is ``trust`` on 127.0.0.1 and the local
 socket only — the lab has no database password, so none can leak.
@@ -15,7 +15,7 @@ Metrics: one Debian ``prometheus-postgres-exporter`` per node (job ``postgres``,
 the custom queries of ``lab/postgres/queries.yml`` (role, WAL positions, replay backlog/paused,
 per-standby lag in bytes and seconds), and HAProxy's built-in exporter (job ``pg-endpoint``).
 
-Ports: base+150.. (see `PgPorts`); SSH of the db hosts: ``ports.ssh(51)``, ``ports.ssh(52)``.
+Ports: base+150.. (see `PgPorts`); SSH of the db hosts: ``ports.ssh(51)``, ``ports.ssh(52)`` (``ports.ssh(53)``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from medic.errors import LabError
 from medic_lab import postgres_faults
 from medic_lab.components import ComponentStatus, Fault, LabComponent
 from medic_lab.hosts import ensure_user, user_for
-from medic_lab.postgres_nodes import (BACKEND, CLUSTER, EXPORTER, HAPROXY, NODES, PG_BIN, WAL_KEEP, PgPorts, must,
+from medic_lab.postgres_nodes import (BACKEND, CLUSTER, EXPORTER, HAPROXY, PG_BIN, WAL_KEEP, PgPorts, must, nodes,
                                       pg_data, pgctl, psql, route_only, run_as, start_exporter, synchronous)
 from medic_lab.processes import spawn
 from medic_lab.state import LabHost, LabState
@@ -81,13 +81,13 @@ class Postgres(LabComponent):
     name = "db"
 
     def enabled(self, lab: LabState) -> bool:
-        return bool(lab.options.get("db") or lab.options.get("db-sync"))
+        return bool(lab.options.get("db") or lab.options.get("db-sync") or lab.options.get("db3"))
 
     def extra_hosts(self, lab: LabState) -> list[LabHost]:
         ports = PgPorts.of(lab)
         return [LabHost(name=n, group="db", user=user_for(n), ssh_port=lab.ports.ssh(51 + i),
                         service_port=ports.nodes[n], root=lab.hosts_dir / n)
-                for i, n in enumerate(NODES)]
+                for i, n in enumerate(nodes(lab))]
 
     def ports(self, lab: LabState) -> list[tuple[str, int]]:
         p = PgPorts.of(lab)
@@ -125,18 +125,19 @@ class Postgres(LabComponent):
     # -- daemons ---------------------------------------------------------------------------------
 
     def start(self, lab: LabState) -> None:
-        primary, standby = self._hosts(lab)
+        primary, *standbys = self._hosts(lab)
         ports = PgPorts.of(lab)
         must(run_as(primary, str(pgctl(primary)), "start"), "starting PostgreSQL", primary)
         psql(primary, "CREATE TABLE IF NOT EXISTS medic_writes (id bigint PRIMARY KEY, at timestamptz DEFAULT now())")
-        must(run_as(standby, str(PG_BIN / "pg_basebackup"), "-D", str(pg_data(standby)), "-R", "-X", "stream",
-                     "-c", "fast", "-d", f"host=127.0.0.1 port={ports.nodes[primary.name]} user=postgres"),
-              "pg_basebackup", standby)
-        must(run_as(standby, str(pgctl(standby)), "start"), "starting PostgreSQL", standby)
+        for standby in standbys:
+            must(run_as(standby, str(PG_BIN / "pg_basebackup"), "-D", str(pg_data(standby)), "-R", "-X", "stream",
+                         "-c", "fast", "-d", f"host=127.0.0.1 port={ports.nodes[primary.name]} user=postgres"),
+                  "pg_basebackup", standby)
+            must(run_as(standby, str(pgctl(standby)), "start"), "starting PostgreSQL", standby)
         if synchronous(lab):
             psql(primary, "ALTER SYSTEM SET synchronous_standby_names = '*'")
             psql(primary, "SELECT pg_reload_conf()")
-        for host in (primary, standby):
+        for host in (primary, *standbys):
             self.start_exporter(lab, host)
         d = lab.lab_dir / "postgres"
         spawn("pg-endpoint", [str(HAPROXY), "-db", "-f", str(d / "haproxy.cfg")], lab_dir=lab.lab_dir)
@@ -146,17 +147,19 @@ class Postgres(LabComponent):
         start_exporter(lab, host)
 
     def wait(self, lab: LabState, *, timeout: float) -> None:
-        primary, standby = self._hosts(lab)
+        primary, *standbys = self._hosts(lab)
         deadline = time.monotonic() + timeout
         streaming = ""
+        missing = standbys
         while time.monotonic() < deadline:
             streaming = psql(primary, "SELECT string_agg(application_name, ',') FROM pg_stat_replication "
                                       "WHERE state = 'streaming'")
-            if standby.name in streaming.split(","):
+            missing = [s for s in standbys if s.name not in streaming.split(",")]
+            if not missing:
                 return
             time.sleep(0.1)
-        raise LabError(f"{standby.name} is not streaming from {primary.name} after {timeout:.0f} s "
-                       f"(streaming: {streaming or 'none'}); see {standby.root}/log/postgres.log")
+        raise LabError(f"{', '.join(s.name for s in missing)} not streaming from {primary.name} after {timeout:.0f} s "
+                       f"(streaming: {streaming or 'none'}); see {missing[0].root}/log/postgres.log")
 
     def scrape_configs(self, lab: LabState) -> list[dict[str, Any]]:
         p = PgPorts.of(lab)
@@ -198,7 +201,7 @@ class Postgres(LabComponent):
 
     @staticmethod
     def _hosts(lab: LabState) -> list[LabHost]:
-        found = [lab.host(n) for n in NODES]
+        found = [lab.host(n) for n in nodes(lab)]
         if any(h is None for h in found):
-            raise LabError(f"the lab has no db hosts {', '.join(NODES)}; start it with `medic lab up --with db`")
+            raise LabError(f"the lab has no db hosts {', '.join(nodes(lab))}; start it with `medic lab up --with db`")
         return [h for h in found if h is not None]

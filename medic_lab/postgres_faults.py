@@ -96,6 +96,18 @@ def _start_exporter(host: LabHost, lab: LabState) -> str:
     return f"started the postgres exporter of {host.name}"
 
 
+def _block_fence(host: LabHost, lab: LabState) -> str:
+    require_db_host(host)
+    (host.root / "run" / "pg.fence-blocked").touch()
+    return f"fencing {host.name} now fails (its pgctl fence cannot confirm the stop)"
+
+
+def _unblock_fence(host: LabHost, lab: LabState) -> str:
+    require_db_host(host)
+    (host.root / "run" / "pg.fence-blocked").unlink(missing_ok=True)
+    return f"fencing {host.name} works again"
+
+
 FAULTS: list[Fault] = [
     Fault("pg-primary-down", "SIGKILL a node's postmaster and its children (the host stays up)",
           _kill_postgres, _start_postgres),
@@ -105,4 +117,6 @@ FAULTS: list[Fault] = [
           _pause_replay, _resume_replay),
     Fault("pg-exporter-down", "kill a node's postgres exporter: a scrape failure, PostgreSQL is fine",
           _kill_exporter, _start_exporter),
+    Fault("pg-fence-fails", "a node's fence (pgctl fence) cannot confirm the stop: what a failover must not ignore",
+          _block_fence, _unblock_fence),
 ]

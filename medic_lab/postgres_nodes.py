@@ -20,14 +20,24 @@ PG_BIN = Path("/usr/lib/postgresql/15/bin")
 EXPORTER = Path("/usr/bin/prometheus-postgres-exporter")
 HAPROXY = Path("/usr/sbin/haproxy")
 NODES = ("pg-1", "pg-2")
+#: `--with db3`: a third node (primary + 2 standbys), where a failover can go wrong in more ways.
+NODES_3 = (*NODES, "pg-3")
 BACKEND = "pg"
 CLUSTER = "lab-pg"
 #: WAL kept for pg_rewind and slow standbys (the lab writes little; this is days of lab traffic).
 WAL_KEEP = "256MB"
 
 
+def nodes(lab: LabState) -> tuple[str, ...]:
+    """The cluster's node names: two, or three with `--with db3` (pg-1 starts as the primary)."""
+    return NODES_3 if lab.options.get("db3") else NODES
+
+
 class PgPorts(BaseModel):
-    """The cluster's fixed ports, from the lab's base port (base+150..169 belong to this component)."""
+    """The cluster's fixed ports, from the lab's base port (base+150..169 belong to this component).
+
+    pg-1, pg-2 at base+150, 151 (as they always were); pg-3 at base+160; exporters at base+155...
+    """
 
     nodes: dict[str, int]
     exporters: dict[str, int]
@@ -38,8 +48,9 @@ class PgPorts(BaseModel):
     @classmethod
     def of(cls, lab: LabState) -> "PgPorts":
         b = lab.ports.base + 150
-        return cls(nodes={n: b + i for i, n in enumerate(NODES)},
-                   exporters={n: b + 5 + i for i, n in enumerate(NODES)},
+        names = nodes(lab)
+        return cls(nodes={n: b + (i if i < 2 else 8 + i) for i, n in enumerate(names)},
+                   exporters={n: b + 5 + i for i, n in enumerate(names)},
                    endpoint=b + 2, endpoint_admin=b + 3, endpoint_metrics=b + 4)
 
 
@@ -79,7 +90,7 @@ def route_only(ports: PgPorts, primary: str, *, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            for node in NODES:
+            for node in ports.nodes:
                 runtime.set_state(BACKEND, node, "ready" if node == primary else "maint")
             return
         except LoadBalancerError as exc:
@@ -90,7 +101,8 @@ def route_only(ports: PgPorts, primary: str, *, timeout: float = 10) -> None:
 
 def require_db_host(host: LabHost) -> None:
     if host.group != "db":
-        raise LabError(f"{host.name} is not a PostgreSQL host (db hosts: {', '.join(NODES)})")
+        raise LabError(f"{host.name} is not a PostgreSQL host (db hosts: {', '.join(NODES_3)}, "
+                       f"pg-3 with `--with db3`)")
 
 
 def postmaster_pid(host: LabHost) -> int | None:

@@ -117,6 +117,11 @@ class LabState(BaseModel):
         return self.lab_dir / "ssh" / "known_hosts"
 
     @property
+    def intake_token_file(self) -> Path:
+        """medic serve's intake token (0600), sent by the lab's Alertmanager (see `monitoring`)."""
+        return self.lab_dir / "alertmanager" / "medic-intake-token"
+
+    @property
     def hosts_dir(self) -> Path:
         return self.public_dir / "hosts"
 
@@ -132,7 +137,7 @@ class LabState(BaseModel):
         """The MEDIC_ settings this lab provides to every medic command (see `medic.settings`)."""
         provided = {"inventory": str(self.inventory), "ssh_key": str(self.ssh_key),
                     "known_hosts": str(self.known_hosts), "prometheus_url": self.prometheus_url,
-                    "alertmanager_url": self.alertmanager_url}
+                    "alertmanager_url": self.alertmanager_url, "intake_token_file": str(self.intake_token_file)}
         if self.with_prefect:
             provided["prefect_api_url"] = self.prefect_api_url
         return provided

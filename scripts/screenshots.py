@@ -268,6 +268,16 @@ def photograph_artifact(page: Page, ui: str, artifact_id: str, out: Path) -> Non
     shoot(page, out)
 
 
+def _code_of(name: str) -> str:
+    """The code alice's authenticator app would show now (her secret derives from MEDIC_APPROVAL_KEY)."""
+    from medic.approval.identity import STEP_S, approver_secret, totp
+    from medic.settings import get_settings
+
+    key = get_settings().approval_key
+    assert key is not None, "main() sets MEDIC_APPROVAL_KEY"
+    return totp(approver_secret(key.get_secret_value(), name), int(time.time() // STEP_S))
+
+
 def photograph_approval(page: Page, ui: str, prefect: Prefect, run: RunSeen, out: Path) -> RunSeen:
     """Open the Resume dialog, fill it in as an operator would, photograph it, submit it, wait for the end."""
     page.goto(f"{ui}/runs/flow-run/{run.id}")
@@ -280,9 +290,12 @@ def photograph_approval(page: Page, ui: str, prefect: Prefect, run: RunSeen, out
     expect(page, ".p-select-option", what="the decision choices", has_text="approve")
     page.locator(".p-select-option", has_text="approve").first.click()
     expect(page, ".p-modal__card .p-select-button__value", what="the chosen decision", has_text="approve")
-    fields = dialog.locator("textarea")
-    fields.nth(0).fill("alice (on call)")
-    fields.nth(1).fill("only *.tmp junk older than a day, as the check mode shows")
+    def field(label: str) -> Any:  # a form field by the words of its description
+        return dialog.locator(".schema-form-property", has_text=label).first.locator("textarea, input").first
+
+    field("your approver name").fill("alice")  # approvals are verified (issue 11): her name and her code
+    field("6-digit code").fill(_code_of("alice"))
+    field("why").fill("only *.tmp junk older than a day, as the check mode shows")
     # Prefect squeezes a long description into a small scroll box: grow the page so it shows whole.
     needed = page.evaluate("""() => {
         const body = document.querySelector('.p-modal__body');
@@ -325,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serve-port", type=int, help="medic serve's port (default: $MEDIC_SERVER_PORT)")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "docs" / "screenshots")
     args = parser.parse_args(argv)
+    os.environ.setdefault("MEDIC_APPROVAL_KEY", os.urandom(16).hex())  # medic serve inherits it (issue 11)
     for flag, var in ((args.lab_dir, "MEDIC_LAB_DIR"), (args.base_port, "MEDIC_LAB_BASE_PORT"),
                       (args.serve_port, "MEDIC_SERVER_PORT")):
         if flag is not None:  # before the first get_settings(): medic serve reads the same variables

@@ -11,6 +11,7 @@ to run a pytest inside a test).
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import tempfile
@@ -83,12 +84,23 @@ def _point_settings_at(lab_dir: Path, base_port: int) -> None:
     get_settings.cache_clear()
 
 
+def _approvals_for_the_session(lab_dir: Path) -> None:
+    """A fresh approval key and the tests' approver directory (tests/support/approvals.py), in the
+    environment so that every medic process the tests start verifies approvals the same way (issue 11)."""
+    from tests.support.approvals import write_directory
+
+    os.environ["MEDIC_APPROVAL_KEY"] = f"test-approval-key-{secrets.token_hex(16)}"
+    os.environ["MEDIC_APPROVERS_FILE"] = str(write_directory(lab_dir / "approvers-test.yaml"))
+    get_settings.cache_clear()
+
+
 @pytest.fixture(scope="session")
 def lab() -> Iterator[LabState]:
     """The running lab (Prometheus, Alertmanager, Prefect, TEST_HOSTS web hosts)."""
     base_port = int(os.environ.get("MEDIC_TEST_LAB_BASE_PORT", "21000"))
     lab_dir = Path(tempfile.mkdtemp(prefix="medic-test-lab-", dir="/tmp"))
     _point_settings_at(lab_dir, base_port)
+    _approvals_for_the_session(lab_dir)
     try:
         state = control.up(lab_dir, hosts=TEST_HOSTS, base_port=base_port,
                            webhook_url="http://127.0.0.1:9/unused", with_prefect=TEST_WITH_PREFECT)
@@ -96,5 +108,13 @@ def lab() -> Iterator[LabState]:
             point_prefect_at(state.prefect_api_url)
         yield state
     finally:
-        control.down(lab_dir)
-        shutil.rmtree(lab_dir, ignore_errors=True)
+        from medic_lab.state import public_dir_for
+        from tests.support.secret_scan import session_leaks
+
+        try:  # issue 11: nothing secret on disk — grepped at the end of the session, before the lab goes
+            leaks = session_leaks(lab_dir, public_dir_for(lab_dir))
+        finally:
+            control.down(lab_dir)
+            shutil.rmtree(lab_dir, ignore_errors=True)
+        if leaks:
+            raise AssertionError(leaks)

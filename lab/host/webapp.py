@@ -4,7 +4,10 @@
 Serves `/`, `/healthz` and `/metrics` (Prometheus text format): a request-latency histogram and the
 usage of the host's data dir against its configured capacity. SIGUSR1 puts the process in a degraded
 state where every request is slow (the `slow` fault); only a restart or SIGUSR2 clears it, so
-"restart the slow instance" is a real repair.
+"restart the slow instance" is a real repair. Two slow faults no fixed threshold of lab/rules.yml
+catches, for the anomaly detectors (only a restart or SIGRTMIN+2 clears them):
+SIGRTMIN starts a memory leak (LEAK_BYTES_PER_S, really allocated: the resident size grows);
+SIGRTMIN+1 starts a latency drift (DRIFT_PER_S more per second, never above DRIFT_MAX_S).
 """
 
 from __future__ import annotations
@@ -18,6 +21,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 SLOW_DELAY_S = 0.6
+LEAK_BYTES_PER_S = 1_000_000
+DRIFT_PER_S = 0.002
+DRIFT_MAX_S = 0.15  # p90 stays under HighLatency's 0.25 s: no rule fires
+PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 class State:
@@ -26,6 +33,9 @@ class State:
         self.data_dir = data_dir
         self.capacity = capacity
         self.slow = False
+        self.leaked: list[bytes] = []
+        self.leaking = False
+        self.drift_since: float | None = None
         self.started = time.time()
         self.lock = threading.Lock()
         self.counts = [0] * (len(BUCKETS) + 1)
@@ -40,6 +50,26 @@ class State:
             self.counts[-1] += 1
             self.total += 1
             self.sum += seconds
+
+    def delay(self) -> float:
+        """Seconds every request waits: the `slow` fault, or the drift grown since it started."""
+        if self.slow:
+            return SLOW_DELAY_S
+        if self.drift_since is not None:
+            return min(DRIFT_MAX_S, DRIFT_PER_S * (time.time() - self.drift_since))
+        return 0.0
+
+    def leak(self) -> None:
+        """Allocate and keep LEAK_BYTES_PER_S every second while leaking (written: really resident)."""
+        while True:
+            time.sleep(0.25)
+            if self.leaking:
+                self.leaked.append(b"x" * (LEAK_BYTES_PER_S // 4))
+
+    @staticmethod
+    def resident_bytes() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * PAGE
 
     def data_used(self) -> int:
         used = 0
@@ -70,6 +100,9 @@ class State:
             "# HELP demo_data_dir_capacity_bytes Configured capacity of the host's data dir.",
             "# TYPE demo_data_dir_capacity_bytes gauge",
             f"demo_data_dir_capacity_bytes{{{label}}} {self.capacity}",
+            "# HELP demo_process_resident_bytes Resident memory of the web service process.",
+            "# TYPE demo_process_resident_bytes gauge",
+            f"demo_process_resident_bytes{{{label}}} {self.resident_bytes()}",
             "# HELP demo_degraded 1 while the process is in its slow state.",
             "# TYPE demo_degraded gauge",
             f"demo_degraded{{{label}}} {int(self.slow)}",
@@ -102,8 +135,9 @@ def make_handler(state: State) -> type[BaseHTTPRequestHandler]:
                 self._send(200, "ok\n")
             elif self.path == "/":
                 began = time.perf_counter()
-                if state.slow:
-                    time.sleep(SLOW_DELAY_S)
+                delay = state.delay()
+                if delay:
+                    time.sleep(delay)
                 self._send(200, f"hello from {state.host}\n")
                 state.observe(time.perf_counter() - began)
             else:
@@ -127,7 +161,16 @@ def main() -> None:
 
     signal.signal(signal.SIGUSR1, lambda *_: set_slow(True))
     signal.signal(signal.SIGUSR2, lambda *_: set_slow(False))
+    signal.signal(signal.SIGRTMIN, lambda *_: setattr(state, "leaking", True))
+    signal.signal(signal.SIGRTMIN + 1, lambda *_: setattr(state, "drift_since", state.drift_since or time.time()))
+
+    def heal(*_: object) -> None:
+        state.leaking, state.drift_since = False, None
+        state.leaked.clear()
+
+    signal.signal(signal.SIGRTMIN + 2, heal)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    threading.Thread(target=state.leak, name="leak", daemon=True).start()
     class QuietServer(ThreadingHTTPServer):
         def handle_error(self, request: object, client_address: object) -> None:
             return  # load-balancer health checks reset their connections; that is not an error

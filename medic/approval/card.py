@@ -119,11 +119,12 @@ def deadline_utc(card: ApprovalCard) -> str:
 
 
 def who_may_decide(card: ApprovalCard) -> str:
-    """Who counts: Slack identities are checked against the runbook; UI and CLI users are operators."""
-    slack = [*card.approvers] + ([f"members of {card.approver_group}"] if card.approver_group else [])
+    """Who counts: only approvers medic can verify (approvers.yaml), whichever way they decide."""
+    named = [*card.approvers] + ([f"members of {card.approver_group}"] if card.approver_group else [])
     n = card.approvals_required
-    return (f"{n} approval{'s' if n > 1 else ''}{' from distinct people' if n > 1 else ''} — on Slack: "
-            f"{', '.join(slack) or 'anyone in the channel'}; in the Prefect UI or the CLI: any operator")
+    return (f"{n} approval{'s' if n > 1 else ''}{' from distinct people' if n > 1 else ''} by "
+            f"{', '.join(named) or 'anyone in the approver directory'} — verified: a Slack button, the "
+            f"approver's 6-digit code in the Prefect UI, or `medic approve` with their credential")
 
 
 def waiting_line(card: ApprovalCard) -> str:

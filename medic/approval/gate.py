@@ -13,24 +13,33 @@ How a run ends after its approval point (the flow run's final state, type/name):
     alert resolved       → Completed/NotNeeded (withdrawn); nothing changed
     its process died     → the next click finds nobody takes the input: Crashed, and the card says so
 
+Only verified identities count (`medic.approval.identity`, `medic.approval.verify`): a decision
+carries a proof — a UI code, a CLI proof, or medic serve's proof of a Slack click — bound to this run
+and pause; an unproven one is refused, audited and the run keeps waiting. Without MEDIC_APPROVAL_KEY,
+or with no approver of the policy in the directory, nothing could be verified: the run ends "not
+approved" (Failed/Rejected) at once, saying what to configure.
+
 While Slack is configured the card (`medic.approval.notify.ApprovalCards`) shows the wait and then the outcome;
-every decision is appended to the audit log (`medic.core.audit`).
+every decision is appended to the audit log in Prefect (`medic.orchestration.audit_store`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import getpass
 import logging
 import time
-from collections.abc import Callable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
 from medic.core import audit
+from medic.orchestration import audit_store
 from medic.approval.card import ApprovalCard, Decision, approval_markdown, waiting_line
+from medic.approval.directory import load_directory
+from medic.approval.inputs import ApprovalInput
+from medic.approval.tally import Tally
+from medic.approval.verify import cannot_verify, verify_answer
 from medic.errors import MedicError
 from medic.core.inventory import Host
 from medic.core.progress import Timeline
@@ -49,20 +58,6 @@ log = logging.getLogger("medic.approval.gate")
 PAUSE_POLL_INTERVAL_S = 0.2  # click → flow continues in ~poll/2 + 0.1 s (see docs/prefect-runtime.md)
 
 
-class ApprovalInput(BaseModel):
-    """What a human answers to an approval request (the Prefect UI shows this as a form, under the
-    request's Markdown description: evidence, planned action, who may decide, deadline)."""
-
-    decision: Literal["approve", "reject", "withdraw"] = Field(
-        description="approve: run the planned action shown above; reject: change nothing; "
-                    "withdraw: no longer needed (nothing is changed)")
-    approver: str = Field(min_length=1, max_length=200,
-                          description="who decides: your name (recorded in the report and the audit log)")
-    comment: str = Field("", max_length=2000, description="why — kept in the report and the audit log")
-    via: Literal["ui", "slack", "cli", "alert"] = Field(
-        "ui", description="where the decision was made: keep 'ui' when deciding in the Prefect UI")
-
-
 def _attempt() -> int:
     """How many times this flow run has been started: a run re-executed after a medic restart pauses
     under fresh keys (Prefect refuses a pause key it has seen, and would drop the input)."""
@@ -70,30 +65,6 @@ def _attempt() -> int:
 
     ctx = FlowRunContext.get()
     return ctx.flow_run.run_count if ctx and ctx.flow_run else 1
-
-
-def cli_identity() -> str:
-    return f"cli:{getpass.getuser()}"
-
-
-def is_slack_approver(user_id: str, policy: "Approval",
-                      group_members: Callable[[str], set[str] | None] | None = None) -> bool:
-    """Whether a Slack user may decide for this runbook: listed in `approvers`, or a member of
-    `approver_group` (asked of Slack). A runbook naming neither lets anyone in the channel decide."""
-    if not policy.approvers and not policy.approver_group:
-        return True
-    if user_id in policy.approvers:
-        return True
-    if policy.approver_group and group_members is not None:
-        members = group_members(policy.approver_group)
-        return members is not None and user_id in members
-    return False
-
-
-def may_decide(answer: ApprovalInput, policy: "Approval",
-               group_members: Callable[[str], set[str] | None] | None = None) -> bool:
-    """Slack identities are checked against the runbook's approvers; other paths are trusted operators."""
-    return answer.via != "slack" or is_slack_approver(answer.approver, policy, group_members)
 
 
 class ApprovalRequest(BaseModel):
@@ -117,20 +88,26 @@ async def request_decision(
     *,
     timeline: Timeline,
     settings: Settings | None = None,
+    pause_key: str = "approval",
 ) -> ApprovalRecord:
     """Post the approval card, pause until N distinct approvers approve, someone rejects or time runs
-    out, then show the outcome on the card, audit it, and escalate a timeout."""
+    out, then show the outcome on the card, audit it, and escalate a timeout. A run that asks more than
+    once (a failover re-asking after its re-check) gives each request its own `pause_key`: Prefect
+    hands a reused key's earlier input straight back."""
     from medic.approval.notify import ApprovalCards
 
     cards = ApprovalCards(settings)
+    unverifiable = await asyncio.to_thread(cannot_verify, policy, cards.settings, cards.notifier.usergroup_members)
+    if unverifiable is not None:
+        return _fail_closed(request, unverifiable, timeline, cards.settings)
     card = _card(request, policy, cards.settings)
     await asyncio.to_thread(cards.show, card)
     tell(timeline, "approval", f"found {request.evidence}; planned action: {request.planned_action}"
                                + (f"; risk: {request.risk}" if request.risk else ""))
     tell(timeline, "approval", waiting_line(card))
-    record = await _collect(request, policy, cards, timeline, card)
+    record = await _collect(request, policy, cards, timeline, card, pause_key)
     timed_out = record.decision is ApprovalDecision.TIMED_OUT
-    audit.record(audit.AuditRecord(
+    audit_store.record(audit.AuditRecord(
         kind="decision", flow_run_id=request.flow_run_id, runbook=request.runbook, target=", ".join(request.targets),
         who=", ".join(record.approvers) or "nobody", what=record.decision, where=record.channel or "",
         result="recovery runs" if record.decision is ApprovalDecision.APPROVED else "nothing changed",
@@ -138,12 +115,23 @@ async def request_decision(
     if timed_out:
         await asyncio.to_thread(cards.decide, request.flow_run_id, Decision.TIMED_OUT)
         posted = await asyncio.to_thread(cards.escalate, card, to=policy.escalate_to, waited_s=record.waited_s)
-        audit.record(audit.AuditRecord(
+        audit_store.record(audit.AuditRecord(
             kind="escalation", flow_run_id=request.flow_run_id, runbook=request.runbook,
             target=", ".join(request.targets), who="medic", what="approval timed out: escalated",
             where=policy.escalate_to or cards.settings.slack_escalation_channel or "log",
-            result="posted" if posted else "logged only"), settings=cards.settings)
+            result="posted" if posted else "logged only"), settings=cards.settings, fail_closed=False)
     return record
+
+
+def _fail_closed(request: ApprovalRequest, why: str, timeline: Timeline, settings: Settings) -> ApprovalRecord:
+    """Nothing could prove an approval: not approved, now, and say what to configure."""
+    tell(timeline, "approval", f"{why} → not approved, nothing changed", level=logging.ERROR)
+    audit_store.record(audit.AuditRecord(
+        kind="decision", flow_run_id=request.flow_run_id, runbook=request.runbook, target=", ".join(request.targets),
+        who="medic", what="not approved", where="", result="refused: cannot verify approvals", detail=why),
+        settings=settings, fail_closed=False)
+    return ApprovalRecord(required=True, decision=ApprovalDecision.REJECTED, approvers=[], comment=why,
+                          channel="medic", decided_at=utcnow())
 
 
 _CARD_DECISION = {ApprovalDecision.APPROVED: Decision.APPROVED, ApprovalDecision.REJECTED: Decision.REJECTED,
@@ -165,69 +153,56 @@ def _card(request: ApprovalRequest, policy: "Approval", settings: Settings) -> A
 
 
 async def _collect(request: ApprovalRequest, policy: "Approval", cards: "ApprovalCards",
-                   timeline: Timeline, card: ApprovalCard) -> ApprovalRecord:
+                   timeline: Timeline, card: ApprovalCard, pause_key: str = "approval") -> ApprovalRecord:
     """The waiting itself: one pause per input, until the inputs amount to a decision. Each pause
     carries the card as the Resume dialog's Markdown description."""
     from medic.orchestration.pause import wait_for_approval
 
-    needed = policy.required_approvals
     began = time.monotonic()
     deadline = began + policy.timeout
-    approved: list[str] = []
-    comments: list[str] = []
+    tally = Tally(policy.required_approvals, timeline)
+    pauses = 0
     while True:
         remaining = deadline - time.monotonic()
         answer = None
+        pauses += 1  # every pause its own key: a refused input must not leave its key reusable
+        key = f"{pause_key}-{_attempt()}-{pauses}"
         if remaining > 0:
-            shown = card.model_copy(update={"approved_by": list(approved)})
+            shown = card.model_copy(update={"approved_by": _shown(tally.approved, cards.settings)})
             answer = await wait_for_approval(ApprovalInput, timeout=remaining, poll_interval=PAUSE_POLL_INTERVAL_S,
-                                             key=f"approval-{_attempt()}-{len(approved) + 1}",
-                                             description=approval_markdown(shown))
+                                             key=key, description=approval_markdown(shown))
         if answer is None:
             tell(timeline, "approval", f"no decision within {policy.timeout:g} s — not approved, nothing changed",
                  level=logging.WARNING)
-            return ApprovalRecord(required=True, decision=ApprovalDecision.TIMED_OUT, approvers=approved,
+            return ApprovalRecord(required=True, decision=ApprovalDecision.TIMED_OUT, approvers=list(tally.approved),
                                   waited_s=time.monotonic() - began)
-        record = _judge(answer, policy, cards, approved, comments, timeline)
+        verdict = await verify_answer(answer, run_id=request.flow_run_id, pause_key=key, policy=policy,
+                                      settings=cards.settings, group_members=cards.notifier.usergroup_members,
+                                      approved=tally.approved)
+        record = tally.add(answer, verdict) if verdict.ok else None
+        if not verdict.ok:
+            tally.refused(answer, verdict)
+            audit_store.record(audit.AuditRecord(
+                kind="decision", flow_run_id=request.flow_run_id, runbook=request.runbook,
+                target=", ".join(request.targets), who=f"{answer.approver[:64] or '?'} (unverified)",
+                what=answer.decision, where=verdict.via or "unknown", result=f"refused: {verdict.reason}"),
+                settings=cards.settings, fail_closed=False)
         if record is not None:  # decided: mark the card before counting the input (a click waits on the count)
             record.waited_s = time.monotonic() - began
             await asyncio.to_thread(cards.decide, request.flow_run_id, _CARD_DECISION[record.decision],
-                                    by=record.approvers, note=record.comment)
-        await asyncio.to_thread(cards.consumed, request.flow_run_id, approved_by=approved)
+                                    by=_shown(record.approvers, cards.settings), note=record.comment)
+        await asyncio.to_thread(cards.consumed, request.flow_run_id, approved_by=_shown(tally.approved, cards.settings))
         if record is not None:
             return record
 
 
-def _judge(answer: ApprovalInput, policy: "Approval", cards: "ApprovalCards", approved: list[str],
-           comments: list[str], timeline: Timeline) -> ApprovalRecord | None:
-    """Apply one input: a final record (rejected, withdrawn, approved by N), or None to keep waiting."""
-    if not may_decide(answer, policy, cards.notifier.usergroup_members):
-        tell(timeline, "approval", f"ignored a decision by {answer.approver} via {answer.via}: not an approver",
-             level=logging.WARNING)
-        return None
-    if answer.comment:
-        comments.append(f"{answer.approver}: {answer.comment}")
-    if answer.decision == "withdraw":
-        tell(timeline, "approval", f"withdrawn by {answer.approver} via {answer.via}: "
-                                   f"{answer.comment or 'no longer needed'} → nothing changed")
-        return ApprovalRecord(required=True, decision=ApprovalDecision.WITHDRAWN, approvers=[answer.approver],
-                              comment=answer.comment or None, channel=answer.via, decided_at=utcnow())
-    if answer.decision == "reject":
-        tell(timeline, "approval", f"rejected by {answer.approver} via {answer.via}"
-                                   + (f" ({answer.comment})" if answer.comment else "") + " → nothing changed")
-        return ApprovalRecord(required=True, decision=ApprovalDecision.REJECTED, approvers=[answer.approver],
-                              comment="; ".join(comments) or None, channel=answer.via, decided_at=utcnow())
-    if answer.approver in approved:
-        tell(timeline, "approval", f"{answer.approver} already approved; waiting for another approver")
-        return None
-    approved.append(answer.approver)
-    tell(timeline, "approval", f"approved by {answer.approver} via {answer.via} "
-                               f"({len(approved)}/{policy.required_approvals})"
-                               + (" → proceeding" if len(approved) >= policy.required_approvals else ""))
-    if len(approved) < policy.required_approvals:
-        return None
-    return ApprovalRecord(required=True, decision=ApprovalDecision.APPROVED, approvers=list(approved),
-                          comment="; ".join(comments) or None, channel=answer.via, decided_at=utcnow())
+def _shown(names: list[str], settings: Settings) -> list[str]:
+    """Verified names as the card shows them: the Slack id (a mention) where the directory has one."""
+    try:
+        directory = load_directory(settings.approvers_file)
+    except Exception:  # noqa: BLE001 - a display detail; verification already read the directory
+        return list(names)
+    return [(entry.slack_id if (entry := directory.get(n)) and entry.slack_id else n) for n in names]
 
 
 def why_approval(runbook: "Runbook", *, forced: bool, reason: str = "") -> str:
@@ -243,7 +218,8 @@ def why_approval(runbook: "Runbook", *, forced: bool, reason: str = "") -> str:
 def _evidence(detect: CheckResult, targets: list[str]) -> str:
     values = ", ".join(f"{v.host}={'no data' if v.value is None else f'{v.value:.4g}'}"
                        for v in detect.values if v.host in targets)
-    return f"{detect.query} {detect.condition} → {values}"
+    why = "; ".join(f"{h}: {r}" for h, r in detect.reasons.items() if h in targets)  # an anomaly's reason
+    return f"{detect.query} {detect.condition} → {values}" + (f" — {why}" if why else "")
 
 
 def _diagnosis_summary(diagnosis: Diagnosis) -> str:

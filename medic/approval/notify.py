@@ -1,29 +1,25 @@
 """What medic tells people in Slack: the incident thread of a run, its approval card, escalations.
 
-Slack is a side channel: nothing here raises into a remediation, and without Slack configured
-(MEDIC_SLACK_BOT_TOKEN and MEDIC_SLACK_CHANNEL) every message is logged instead.
+Slack is a side channel: no Slack failure raises into a remediation, and without Slack configured
+(MEDIC_SLACK_BOT_TOKEN and MEDIC_SLACK_CHANNEL) every message is logged instead. The card store is
+Prefect: when Prefect cannot answer it raises PrefectError — the run cannot wait for a decision
+without Prefect anyway, and it then ends not approved, having changed nothing.
 
-The approval card's channel and ts, its content and its state live in a small JSON file per flow run
-under ``<state_dir>/approval-cards/`` (`CardStore`), because three parties touch the card at different
-times and maybe in different processes: the flow (posts it, shows progress, marks it decided), the
-Slack endpoint of medic serve (updates it when a click finds the run no longer waiting), and a medic
-serve restarted while the run waits (the re-executed flow finds and reuses its card).
+The approval card's channel and ts, its content and its state live in Prefect (`CardStore`, a
+Variable per flow run, changed under a Prefect mutex: `medic.approval.card_store`), because three
+parties touch the card at different times, maybe on different machines: the flow (posts it, shows
+progress, marks it decided) on any worker, the Slack endpoint of medic serve (updates it when a click
+finds the run no longer waiting), and a re-executed flow after a restart (finds and reuses its card).
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from datetime import datetime
-from pathlib import Path
-
-from pydantic import BaseModel, ValidationError
 
 from medic.approval.card import escape, slack_date
+from medic.approval.card_store import CardRecord, CardStore
 from medic.core.progress import Timeline
 from medic.core.report import TimelineEntry, utcnow
 from medic.settings import Settings, get_settings
@@ -101,72 +97,13 @@ class IncidentTimeline(Timeline):
 # --- the approval card ----------------------------------------------------------------------------
 
 
-class CardRecord(BaseModel):
-    """The approval card of one flow run: where it is in Slack, what it shows, how the wait ended."""
-
-    flow_run_id: str
-    channel: str | None = None
-    ts: str | None = None
-    card: ApprovalCard
-    consumed: int = 0  # inputs the flow has taken from its pauses; the endpoint waits for this to grow
-    decision: Decision | None = None
-    decided_by: list[str] = []
-    decided_at: datetime | None = None
-    note: str | None = None
-
-    @property
-    def waiting(self) -> bool:
-        return self.decision is None
-
-
-class CardStore:
-    """One JSON file per flow run, read-modify-written under an flock, replaced atomically."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-
-    def _path(self, flow_run_id: str) -> Path:
-        return self.directory / f"{flow_run_id}.json"
-
-    def get(self, flow_run_id: str) -> CardRecord | None:
-        path = self._path(flow_run_id)
-        try:
-            return CardRecord.model_validate_json(path.read_bytes())
-        except FileNotFoundError:
-            return None
-        except ValidationError:
-            log.warning("approval card record %s is unreadable; ignoring it", path)
-            return None
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with open(self.directory / ".lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
-
-    def change(self, flow_run_id: str, edit: Callable[[CardRecord | None], CardRecord | None]) -> CardRecord | None:
-        """Apply `edit` to the stored record (None when there is none) and store what it returns."""
-        with self._locked():
-            record = edit(self.get(flow_run_id))
-            if record is not None:
-                tmp = self._path(flow_run_id).with_suffix(".tmp")
-                tmp.write_text(record.model_dump_json())
-                os.replace(tmp, self._path(flow_run_id))
-            return record
-
-
 class ApprovalCards:
     """Posts and updates approval cards, and remembers them in the `CardStore`."""
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or get_settings()
         self.notifier, self.channel = _slack(self.settings)
-        assert self.settings.state_dir is not None
-        self.store = CardStore(self.settings.state_dir / "approval-cards")
+        self.store = CardStore()
 
     def show(self, card: ApprovalCard) -> CardRecord:
         """Post the card, or — when this run already has an undecided one (the run was re-executed

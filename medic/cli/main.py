@@ -12,7 +12,11 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 
+from medic.cli.deploy_worker import add_commands as add_deploy_worker_commands
+from medic.cli.detect import add_commands as add_detect_commands
+from medic.cli.report import add_commands as add_report_commands
 from medic.cli.run import add_commands as add_run_commands
+from medic.cli.slo import add_commands as add_slo_commands
 from medic.errors import MedicError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -44,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     add_run_commands(sub)
+    add_detect_commands(sub)
+    add_slo_commands(sub)
+    add_report_commands(sub)
+    add_deploy_worker_commands(sub)
     add_plugin_commands(sub)
     p = sub.add_parser("serve", help="run medic as a service: alerts, Slack, deployments, metrics")
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import json
 import os
 import sys
@@ -23,11 +22,11 @@ from typing import Any
 from pydantic import BaseModel, Field
 from rich.console import Console
 
-from medic.core.audit import audit_path, format_record, read_records
+from medic.core.audit import format_record
+from medic.cli.approvers import add_approver_commands, approval_warnings, approve, approver_credentials
 from medic.core.inventory import load_inventory
-from medic.core.polling import retry_async
 from medic.core.progress import add_listener
-from medic.core.report import RemediationReport, TimelineEntry
+from medic.core.report import Outcome, RemediationReport, TimelineEntry
 from medic.core.runbook import Runbook, find_runbook, load_runbook, load_runbooks
 from medic.errors import ExitCode, MedicError, RunbookError
 from medic.orchestration.telemetry import point_prefect_at
@@ -63,12 +62,13 @@ class Validation(BaseModel):
     playbooks: int = 0
     inventory: Path | None = Field(None, description="the inventory the hosts were checked against; None: not checked")
     problems: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list, description="approval set-up that lets nobody (or anyone) approve")
 
     def summary(self) -> str:
         hosts = (f"the hosts they name in {self.inventory}" if self.inventory else
                  "hosts not checked (no inventory configured)")
         return (f"{self.runbooks} runbook(s), {self.playbooks} playbook(s) checked, {hosts}: "
-                f"{len(self.problems)} problem(s)")
+                f"{len(self.problems)} problem(s)" + (f", {len(self.warnings)} warning(s)" if self.warnings else ""))
 
 
 def _named_playbooks(rb: Runbook) -> list[tuple[str, str]]:
@@ -97,6 +97,7 @@ def validate_all(settings: Settings) -> Validation:
         except MedicError as exc:
             found.problems.append(str(exc))
     playbooks = {p.resolve() for p in settings.playbooks_dir.glob("*.yml")} if settings.playbooks_dir.is_dir() else set()
+    loaded: list[Runbook] = []
     for path in sorted(settings.runbooks_dir.glob("*.yaml")):
         found.runbooks += 1
         try:
@@ -104,6 +105,7 @@ def validate_all(settings: Settings) -> Validation:
         except RunbookError as exc:
             found.problems.append(str(exc))
             continue
+        loaded.append(rb)
         for field, name in _named_playbooks(rb):
             playbook = settings.playbooks_dir / name
             if playbook.is_file():
@@ -118,6 +120,7 @@ def validate_all(settings: Settings) -> Validation:
                 found.problems.append(str(RunbookError(str(exc), file=str(path), field=field,
                                                        expected="a host or group of the inventory", found=name)))
     found.playbooks = len(playbooks)
+    found.warnings = approval_warnings(settings, loaded)
     found.problems += [str(problem) for problem in syntax_check(sorted(playbooks))]
     return found
 
@@ -126,6 +129,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     found = validate_all(get_settings())
     for problem in found.problems:
         print(problem, file=sys.stderr)
+    for warning in found.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     print(found.summary())
     return int(ExitCode.BAD_INPUT if found.problems else ExitCode.OK)
 
@@ -164,18 +169,24 @@ class LiveView:
             threading.Thread(target=self._prompt, args=(run_id,), daemon=True).start()
 
     def _prompt(self, run_id: str) -> None:
-        from medic.approval.gate import cli_identity  # Prefect, 2.2 s (see the top): the flow has loaded it
-        from medic.orchestration.pause import resume_with_input
+        """Decide here as a verified approver: name and secret as for `medic approve` (asked if unset)."""
+        from medic.cli.approvers import send_decision
 
         if self.status:
             self.status.stop()
         answer = self.console.input("[bold]Approve this action?[/] [y = approve / n = reject / Enter = wait]: ")
         if answer.strip().lower() not in ("y", "yes", "n", "no"):
             return
-        payload = {"decision": "approve" if answer.strip().lower().startswith("y") else "reject",
-                   "approver": cli_identity(), "via": "cli"}
-        outcome = asyncio.run(resume_with_input(run_id, payload))
-        self.console.print(f"decision sent: {outcome.status.value} {outcome.reason}".rstrip())
+        try:
+            name = os.environ.get("MEDIC_APPROVER") or self.console.input("your approver name: ").strip()
+            name, secret = approver_credentials(name, ask=True)
+        except MedicError as exc:
+            self.console.print(f"not sent: {exc}")
+            return
+        decision = "approve" if answer.strip().lower().startswith("y") else "reject"
+        outcome, verdict = asyncio.run(send_decision(run_id, decision=decision, name=name, secret=secret))
+        self.console.print(f"decision sent: {outcome.status.value} {outcome.reason}".rstrip()
+                           + (f" — {verdict}" if verdict else ""))
         if self.status:
             self.status.start()
 
@@ -198,10 +209,12 @@ def _run_via_server(settings: Settings, args: argparse.Namespace) -> int | None:
     """Let a running `medic serve` (for the same Prefect) run it; None when there is none to ask."""
     import httpx  # 53 ms, see the top
 
+    from medic.service.credentials import client_headers  # the intake credential (issue 11)
+
     base = f"http://{settings.server_host}:{settings.server_port}"
-    with httpx.Client(base_url=base) as http:  # one client: each costs ~55 ms to set up
+    with httpx.Client(base_url=base, headers=client_headers(settings)) as http:  # one client: ~55 ms to set up
         try:
-            health = http.get("/healthz", timeout=httpx.Timeout(2.0, connect=0.3)).json()
+            health = http.get("/healthz?verbose=1", timeout=httpx.Timeout(2.0, connect=0.3)).json()
         except (httpx.HTTPError, ValueError):
             return None
         if health.get("prefect_api") != settings.prefect_api_url:
@@ -222,6 +235,10 @@ def _run_via_server(settings: Settings, args: argparse.Namespace) -> int | None:
                         view(TimelineEntry.model_validate(item), recorded)
                     elif item["type"] == "done":
                         break
+    ending = next((o for o in Outcome if o.state_name == item.get("state_name")), None)
+    if not item.get("report") and ending is not None:  # executed by a worker: its final state says the outcome
+        print(f"\n{ending.value.upper()}: {item.get('message')}")
+        return int(ending.exit_code)
     if not item.get("report"):
         print(f"medic: error: the run ended {item.get('state_name')} without a report: {item.get('message')}",
               file=sys.stderr)
@@ -271,35 +288,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
-    from medic.approval.gate import cli_identity  # Prefect, 2.2 s, see the top
-
-    use_prefect_api(get_settings())
-    from medic.orchestration.pause import ResumeOutcome, ResumeStatus, resume_with_input  # after use_prefect_api
-
-    payload = {"decision": "reject" if args.reject else "approve", "approver": cli_identity(),
-               "comment": args.comment or "", "via": "cli"}
-
-    def not_paused_yet(outcome: "ResumeOutcome") -> bool:
-        # A run announces its approval request a moment before it pauses: wait briefly (≤3 s) for it.
-        return outcome.status is ResumeStatus.NOT_PAUSED and outcome.state_type in ("RUNNING", "PENDING")
-
-    outcome = asyncio.run(retry_async(lambda: resume_with_input(args.run_id, payload),
-                                      delays=itertools.repeat(0.1, 29), retry_if=not_paused_yet))
-    if outcome.status is ResumeStatus.ACCEPTED:
-        verb = {"approve": "approved", "reject": "rejected"}[payload["decision"]]
-        print(f"{verb} run {args.run_id} as {payload['approver']}")
-        return 0
-    print(f"medic: error: run {args.run_id}: {outcome.status.value}{': ' + outcome.reason if outcome.reason else ''}",
-          file=sys.stderr)
-    return int(ExitCode.BAD_INPUT)
+    use_prefect_api(get_settings())  # before Prefect is imported (medic/cli/approvers.py imports it lazily)
+    return approve(args)
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
+    use_prefect_api(get_settings())  # the log is kept in Prefect, reachable from any machine
+    from medic.orchestration.audit_store import read_records, where  # after use_prefect_api
+
     entries = read_records(flow_run_id=args.run, limit=args.limit)
     for entry in entries:
         print(format_record(entry))
     if not entries:
-        print(f"no audit records{' for run ' + args.run if args.run else ''} in {audit_path()}", file=sys.stderr)
+        print(f"no audit records{' for run ' + args.run if args.run else ''} in {where()}", file=sys.stderr)
     return 0
 
 
@@ -315,11 +316,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--local", action="store_true",
                    help="run in this process even when a medic serve is running (default: let it run it)")
     p.set_defaults(handler=cmd_run)
-    p = sub.add_parser("approve", help="approve (or --reject) a run waiting for a decision")
-    p.add_argument("run_id", help="the flow run id (shown by medic run, Slack and the Prefect UI)")
-    p.add_argument("--reject", action="store_true", help="reject instead: nothing will be changed")
-    p.add_argument("--comment", help="why — kept in the report and audit log")
-    p.set_defaults(handler=cmd_approve)
+    add_approver_commands(sub, approve_handler=cmd_approve)  # `medic approve`, `medic approvers`
     p = sub.add_parser("audit", help="show the audit log: every decision and every action")
     p.add_argument("--run", metavar="ID", help="only the records of this flow run")
     p.add_argument("--limit", type=int, default=50, metavar="N", help="the newest N records (default 50; 0 = all)")

@@ -1,4 +1,4 @@
-"""Alertmanager silences through its API v2: create, list, expire.
+"""Alertmanager through its API v2: silences (create, list, expire) and alerts (post).
 
 Maintenance silences a host's alerts while it works on it, so a planned restart pages nobody. A
 silence always carries an ``endsAt`` (it lapses on its own if medic dies mid-run) and medic expires
@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 
 from medic.errors import AlertmanagerError, UnsafeValueError
 
-__all__ = ["AlertmanagerClient", "AlertmanagerError", "Matcher", "Silence"]
+__all__ = ["AlertmanagerClient", "AlertmanagerError", "Matcher", "RaisedAlert", "Silence"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,28 @@ class Silence(BaseModel):
 
     def matches(self, label: str, value: str) -> bool:
         return any(m.name == label and m.value == value and m.is_equal and not m.is_regex for m in self.matchers)
+
+
+class RaisedAlert(BaseModel):
+    """An alert medic raises itself (e.g. an anomaly detector's), as `POST /api/v2/alerts` takes it."""
+
+    labels: dict[str, str] = Field(description="must include alertname; names are Prometheus label names")
+    annotations: dict[str, str] = Field(default_factory=dict)
+    starts_at: datetime
+    ends_at: datetime = Field(description="it resolves on its own then unless raised again (medic died: no stale page)")
+    generator_url: str = ""
+
+    def api(self) -> dict[str, Any]:
+        for name in (*self.labels, *self.annotations):
+            if not _LABEL_NAME.fullmatch(name):
+                raise UnsafeValueError(f"label/annotation name {name!r} is not a Prometheus label name")
+        if "alertname" not in self.labels:
+            raise AlertmanagerError("an alert needs an 'alertname' label")
+        body: dict[str, Any] = {"labels": self.labels, "annotations": self.annotations,
+                                "startsAt": self.starts_at.isoformat(), "endsAt": self.ends_at.isoformat()}
+        if self.generator_url:
+            body["generatorURL"] = self.generator_url
+        return body
 
 
 def _check_id(silence_id: str) -> str:
@@ -114,6 +136,13 @@ class AlertmanagerClient:
                 if (label is None or s.matches(label, value or ""))
                 and (created_by is None or s.created_by == created_by)
                 and (state is None or s.state == state)]
+
+    def post_alerts(self, alerts: list[RaisedAlert]) -> None:
+        """Raise (or refresh) alerts; Alertmanager groups and routes them like Prometheus's own."""
+        if alerts:
+            self._request("POST", "/alerts", json=[a.api() for a in alerts], what=f"post {len(alerts)} alert(s)")
+            log.info("alertmanager: raised %s", ", ".join(f"{a.labels.get('alertname')}/{a.labels.get('host', '')}"
+                                                          for a in alerts))
 
     def _request(self, method: str, path: str, *, what: str, json: Any = None) -> Any:
         try:

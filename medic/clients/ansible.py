@@ -7,9 +7,12 @@ and message), never an exception; ``AnsibleError`` is only for "could not start 
 Safety, because ansible-runner's defaults are not ours:
 
 * host-key checking is switched back **on** (ansible-runner turns it off unless told otherwise);
-* every run gets a fresh private_data_dir that is deleted afterwards, with ``suppress_env_files`` so
-  no cmdline/extravars/env (and no earlier ``--check``) can leak into a later run; events are kept in
-  memory, not written as artifacts;
+* ansible-playbook gets an allowlisted environment (no MEDIC_*, PREFECT_*, SLACK_*: nothing secret
+  reaches the ``artifacts/<ident>/command`` file ansible-runner writes) and extra vars as a YAML file
+  whose strings are all ``!unsafe`` — data, never Jinja (see ``medic.clients.ansible_env``);
+* every run gets a fresh private_data_dir that is deleted afterwards (or by the next run, if medic
+  was killed), with ``suppress_env_files`` so no cmdline/extravars/env (and no earlier ``--check``)
+  can leak into a later run; events are kept in memory, not written as artifacts;
 * targets are only ever inventory hosts: the run is limited to the given hosts' names, each checked
   against the inventory first.
 
@@ -34,11 +37,10 @@ module task adds ~0.8 s more on one host. Prefer an SSH command for one quick ch
 from __future__ import annotations
 
 import logging
-import os
 import re
+import shlex
 import shutil
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -47,6 +49,7 @@ from typing import Any, Literal
 import ansible_runner
 from pydantic import BaseModel, Field
 
+from medic.clients.ansible_env import clean_env, run_dir, runner_envvars, write_extravars
 from medic.errors import AnsibleError
 from medic.core.inventory import Host, Inventory
 from medic.settings import get_settings
@@ -188,19 +191,10 @@ def _check_targets(hosts: list[Host], inventory: Path) -> None:
         known.host(host.name)  # UnknownTargetError/UnsafeValueError for anything not in the inventory
 
 
-def _envvars(private_dir: Path) -> dict[str, str]:
-    """The environment ansible-playbook gets on top of ours: safe defaults, no state left behind."""
-    bin_dir = str(Path(sys.executable).parent)
-    return {
-        "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "/usr/bin:/bin")]),
-        "ANSIBLE_HOST_KEY_CHECKING": "True",
-        # One SSH round trip per task instead of three (put file, chmod, run): 4.0 s → 2.4 s for
-        # the restart playbook. Needs no `requiretty` in sudoers, which medic does not use.
-        "ANSIBLE_PIPELINING": "True",
-        "ANSIBLE_LOCAL_TEMP": str(private_dir / "tmp"),
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_RETRY_FILES_ENABLED": "False",
-    }
+def _clean(runner: Any) -> Any:
+    """The runner with only the allowlisted environment (ansible-runner seeds it with all of ours)."""
+    runner.config.env = clean_env(runner.config.env)
+    return runner
 
 
 def run_playbook(
@@ -224,24 +218,27 @@ def run_playbook(
     _check_targets(hosts, inventory)
     names = [h.name for h in hosts]
     collector = _Collector(names)
-    private_dir = Path(tempfile.mkdtemp(prefix="medic-ansible-"))
+    private_dir = run_dir()
     started = time.monotonic()
     log.info("ansible: %s on %s%s", playbook.name, ",".join(names), " (check)" if check else "")
     try:
-        runner = ansible_runner.run(
+        cmdline = f"-e @{shlex.quote(str(write_extravars(private_dir, extravars or {})))}"
+        runner = _clean(ansible_runner.interface.init_runner(
             private_data_dir=str(private_dir),
             playbook=str(playbook),
             inventory=str(inventory),
             limit=",".join(names),
-            extravars=extravars or {},
-            cmdline="--check --diff" if check else None,
-            envvars=_envvars(private_dir),
+            cmdline=cmdline + (" --check --diff" if check else ""),
+            envvars=runner_envvars(private_dir),
             suppress_env_files=True,
             timeout=max(1, int(timeout)),
             quiet=True,
             event_handler=collector,
-        )
+        ))
+        runner.run()
         error = None if collector.stats else _output_tail(runner)
+    except AnsibleError:
+        raise
     except Exception as exc:  # noqa: BLE001 - ansible-runner raises many types when it cannot start at all
         raise AnsibleError(f"could not start ansible-playbook for {playbook}: {type(exc).__name__}: {exc}") from exc
     finally:
@@ -288,18 +285,20 @@ _HOSTS_VARIABLE = re.compile(r"^\s*-?\s*hosts:\s*[\"']?\{\{\s*(?P<name>[A-Za-z_]
 
 def _syntax_run(playbooks: list[Path], timeout: float, placeholders: dict[str, str]) -> tuple[str, int]:
     """One `ansible-playbook --syntax-check -i localhost,` (no inventory needed); (stderr + stdout, rc)."""
-    private_dir = Path(tempfile.mkdtemp(prefix="medic-ansible-syntax-"))
+    private_dir = run_dir("syntax")
     extra = [arg for name, value in placeholders.items() for arg in ("-e", f"{name}={value}")]
     try:
-        out, err, rc = ansible_runner.run_command(
-            executable_cmd="ansible-playbook",
-            cmdline_args=["--syntax-check", "-i", "localhost,", *extra, *map(str, playbooks)],
-            private_data_dir=str(private_dir), envvars=_envvars(private_dir), runner_mode="subprocess",
-            suppress_env_files=True, quiet=True, timeout=max(1, int(timeout)))
+        runner = _clean(ansible_runner.interface.init_command_config(
+            "ansible-playbook", cmdline_args=["--syntax-check", "-i", "localhost,", *extra, *map(str, playbooks)],
+            private_data_dir=str(private_dir), envvars=runner_envvars(private_dir), runner_mode="subprocess",
+            suppress_env_files=True, quiet=True, timeout=max(1, int(timeout))))
+        runner.run()
+        with runner.stdout as stdout, runner.stderr as stderr:
+            out, err, rc = stdout.read(), stderr.read(), runner.rc
     except Exception as exc:  # noqa: BLE001 - ansible-runner raises many types when it cannot start at all
         raise AnsibleError(f"could not start ansible-playbook --syntax-check: {type(exc).__name__}: {exc}") from exc
     finally:
-        shutil.rmtree(private_dir, ignore_errors=True)  # artifacts/<ident>/command holds the environment
+        shutil.rmtree(private_dir, ignore_errors=True)
     if rc == 127:
         raise AnsibleError(f"ansible-playbook was not found (rc 127); install ansible-core in {sys.prefix}")
     return f"{err}\n{out}".strip(), rc

@@ -9,7 +9,10 @@ Why the command is wrapped: paramiko's ``exec_command(timeout=)`` only bounds re
 process keeps running after the channel closes (no pty, so no SIGHUP). Every command therefore runs
 as ``exec timeout --signal=KILL N sh -c '<command>'``: coreutils ``timeout`` puts the command in its
 own process group and kills the whole group at the deadline, so ``sleep 30; touch x`` really stops.
-The command string itself is passed through untouched (quoted once for that ``sh -c``).
+A plain string is a fixed script (medic's own text), passed through untouched: quoted once for that
+``sh -c``. A ``ShellCommand`` (a rendered runbook command) is sent as ``sh -c SCRIPT medic VALUE…``
+with every word ``shlex.quote``d: the remote shell parses the line once and its values arrive as
+``sh -c``'s positional parameters — data, never script text.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import paramiko
 from medic.errors import ConfigError
 from medic.core.inventory import Host
 from medic.core.results import CommandResult
+from medic.core.templates import ShellCommand
 from medic.settings import get_settings
 
 __all__ = ["CommandResult", "SSHSession", "OUTPUT_LIMIT"]
@@ -40,7 +44,8 @@ OUTPUT_LIMIT = 64 * 1024
 #: How long after the remote `timeout` should have fired the client gives up waiting and closes the channel.
 GRACE_S = 2.0
 
-Command = str | Callable[[Host], str]
+Script = str | ShellCommand
+Command = Script | Callable[[Host], Script]
 
 
 class _UnknownHostKey(paramiko.SSHException):
@@ -59,10 +64,12 @@ def _endpoint(host: Host) -> str:
     return host.address if host.port == 22 else f"[{host.address}]:{host.port}"
 
 
-def remote_command(command: str, timeout: float) -> str:
-    """The command line actually sent: the command under coreutils `timeout`, killed with its children."""
+def remote_command(command: Script, timeout: float) -> str:
+    """The command line actually sent: the command under coreutils `timeout`, killed with its children;
+    each argv word quoted once, so a ShellCommand's values are positional parameters of its ``sh -c``."""
     seconds = f"{max(timeout, 0.1):g}"
-    return f"exec timeout --signal=KILL {seconds} sh -c {shlex.quote(command)}"
+    argv = command.argv() if isinstance(command, ShellCommand) else ["sh", "-c", command]
+    return f"exec timeout --signal=KILL {seconds} " + " ".join(shlex.quote(word) for word in argv)
 
 
 class _Output:
@@ -123,7 +130,7 @@ class SSHSession:
 
     # -- public ----------------------------------------------------------------------------------
 
-    def run(self, host: Host, command: str, *, timeout: float | None = None) -> CommandResult:
+    def run(self, host: Host, command: Script, *, timeout: float | None = None) -> CommandResult:
         """Run one already-rendered command on one host; any failure is in the result."""
         key_file, known_hosts = self._credentials(host)
         with self._slot(self._slots, host, self.max_per_host):
@@ -148,7 +155,7 @@ class SSHSession:
         call_slots: dict[tuple, threading.BoundedSemaphore] = {}
         per_host = min(max_per_host or self.max_per_host, self.max_per_host)
 
-        def one(host: Host, rendered: str) -> CommandResult:
+        def one(host: Host, rendered: Script) -> CommandResult:
             with self._slot(call_slots, host, per_host):
                 return self.run(host, rendered, timeout=timeout)
 
@@ -229,9 +236,9 @@ class SSHSession:
 
     # -- one command -----------------------------------------------------------------------------
 
-    def _run(self, host: Host, command: str, timeout: float, key_file: Path, known_hosts: Path) -> CommandResult:
+    def _run(self, host: Host, command: Script, timeout: float, key_file: Path, known_hosts: Path) -> CommandResult:
         started = time.monotonic()
-        result = CommandResult(host=host.name, command=command)
+        result = CommandResult(host=host.name, command=str(command))
         try:
             client = self._client(host, key_file, known_hosts)
             channel = client.get_transport().open_session(timeout=self.connect_timeout)
@@ -242,10 +249,10 @@ class SSHSession:
             with channel:
                 self._exchange(channel, command, timeout, result)
         result.duration_s = round(time.monotonic() - started, 4)
-        log.debug("ssh %s: %r → exit %s in %.3f s", host.name, command, result.exit_code, result.duration_s)
+        log.debug("ssh %s: %r → exit %s in %.3f s", host.name, result.command, result.exit_code, result.duration_s)
         return result
 
-    def _exchange(self, channel: paramiko.Channel, command: str, timeout: float, result: CommandResult) -> None:
+    def _exchange(self, channel: paramiko.Channel, command: Script, timeout: float, result: CommandResult) -> None:
         """Send the command, read both streams until exit or deadline, fill in the result."""
         out, err = _Output(self.output_limit), _Output(self.output_limit)
         started = time.monotonic()

@@ -9,6 +9,7 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 RUNBOOKS_DIR = PROJECT_ROOT / "runbooks"
 PLAYBOOKS_DIR = PROJECT_ROOT / "playbooks"
+SLOS_DIR = PROJECT_ROOT / "slos"
 LAB_TEMPLATES_DIR = PROJECT_ROOT / "lab"
 DEFAULT_LAB_DIR = PROJECT_ROOT / ".lab"
 

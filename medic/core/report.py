@@ -164,6 +164,8 @@ class CheckResult(BaseModel):
     matching: list[str] = Field(description="hosts where the condition held for the required time")
     waited_s: float
     timed_out: bool = False
+    reasons: dict[str, str] = Field(default_factory=dict,
+                                    description="per host, why (an anomaly detector's words); empty for a threshold")
 
 
 class QueryEvidence(BaseModel):
@@ -258,6 +260,8 @@ def _check_table(check: CheckResult) -> list[str]:
     lines = [f"`{check.query}` — condition `{check.condition}` (waited {check.waited_s:.1f} s)", "",
              "| host | value | condition holds | held for |", "|---|---|---|---|"]
     lines += [f"| {v.host} | {_fmt(v.value)} | {'yes' if v.matches else 'no'} | {v.held_s:.1f} s |" for v in check.values]
+    if check.reasons:
+        lines += ["", *(f"- **{host}**: {why}" for host, why in check.reasons.items())]
     return lines
 
 

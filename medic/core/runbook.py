@@ -21,21 +21,20 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
-from medic.core.spec_file import line_of, read_mapping, validation_error
-from medic.core.templates import placeholders
-from medic.errors import RunbookError
+from medic.core.spec_file import load_named_spec
+from medic.core.templates import check_shell, placeholders
+from medic.errors import MedicError, RunbookError
 
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
 
 
 def parse_duration(value: Any) -> float:
-    """'500ms', '2s', '10m', '1h' or a number of seconds → seconds."""
+    """'500ms', '2s', '10m', '1h', '30d', '1w' or a number of seconds → seconds."""
     if isinstance(value, bool):
         raise ValueError("a duration such as 2s, 500ms, 10m")
     if isinstance(value, (int, float)):
@@ -110,8 +109,7 @@ def _query_placeholders(value: str) -> str:
 
 
 def _command_placeholders(value: str) -> str:
-    placeholders(value)
-    return value
+    return check_shell(value)  # a malformed '$', a placeholder in $((…)), quotes medic cannot follow
 
 
 Query = Annotated[str, AfterValidator(_query_placeholders)]
@@ -130,9 +128,57 @@ class Check(_Spec):
         return "host" in placeholders(self.query)
 
 
+class Anomaly(_Spec):
+    """Detect with a streaming detector (medic.detect) over the query's recent history, for metrics with
+    no good fixed threshold: a slow leak, a drift, a shape never seen before."""
+
+    query: Query = Field(description="PromQL range-evaluated over `lookback`; $host is the quoted host name")
+    detector: str = Field("novelty", description="a medic.detect detector: novelty, ewma, robust_z, seasonal, …")
+    params: dict[Annotated[str, Field(pattern=LABEL)], str | int | float | bool | None] = Field(
+        default_factory=dict, description="the detector's parameters (see `medic detect --help`)")
+    lookback: Duration = Field(600.0, gt=0, description="history scored, ending now")
+    step: Duration = Field(5.0, gt=0, description="resolution of that history")
+    threshold: float = Field(0.5, gt=0, le=1, description="a score at or above this is the problem")
+    within: Duration = Field(60.0, ge=0, description="how recent a score at the threshold must be to count")
+
+    @model_validator(mode="after")
+    def _detector_exists(self) -> "Anomaly":
+        from medic.detect import DETECTORS, build  # the detectors' own validation (numpy only; sklearn is lazy)
+
+        if self.detector not in DETECTORS:
+            raise ValueError(f"unknown detector {self.detector!r}; known: {', '.join(sorted(DETECTORS))}")
+        try:
+            build(self.detector, **self.params)
+        except MedicError as exc:  # DetectError names the bad parameter and the allowed ones
+            raise ValueError(str(exc)) from None
+        if self.lookback < 20 * self.step:
+            raise ValueError(f"lookback {self.lookback:g} s holds fewer than 20 steps of {self.step:g} s")
+        return self
+
+
 class Detect(Check):
+    """A condition on a query's value (threshold + for), or an anomaly detector over its history."""
+
     hold: Duration = Field(0.0, alias="for", description="how long the condition must hold to count")
     settle: Duration = Field(5.0, description="how long to wait for fresh metrics before saying 'not needed'")
+    anomaly: Anomaly | None = Field(None, description="detect by anomaly score instead of a fixed condition")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _anomaly_form(cls, value: Any) -> Any:
+        """`detect: {anomaly: {...}}` alone: the checked query is the anomaly's, the condition its score."""
+        if isinstance(value, dict) and isinstance(value.get("anomaly"), dict):
+            if "query" in value or "condition" in value:
+                raise ValueError("either 'anomaly' or 'query' + 'condition', not both")
+            anomaly = value["anomaly"]
+            query = anomaly.get("query", "")
+            try:
+                _query_placeholders(query) if isinstance(query, str) else None
+            except ValueError:
+                query = ""  # the error is reported once, where it is: at detect.anomaly.query
+            return {**value, "query": query if isinstance(query, str) else "",
+                    "condition": f">= {anomaly.get('threshold', 0.5)}"}
+        return value
 
 
 class Verify(Check):
@@ -192,8 +238,10 @@ class Recover(_Spec):
 class Approval(_Spec):
     policy: Literal["none", "required"] = "none"
     timeout: Duration = Field(600.0, description="no decision by then counts as 'not approved'")
-    approvers: list[str] = Field(default_factory=list, description="Slack user ids allowed to decide")
-    approver_group: str | None = Field(None, description="Slack user group id whose members may decide")
+    approvers: list[str] = Field(default_factory=list, description=(
+        "names in the approver directory (approvers.yaml) allowed to decide; a Slack id is mapped through "
+        "it; naming nobody (and no group) admits everyone in the directory"))
+    approver_group: str | None = Field(None, description="Slack user group id; its members in approvers.yaml may decide")
     required_approvals: int = Field(1, ge=1, le=5, description="distinct approvers needed (N-of-M)")
     escalate_to: str | None = Field(None, description="Slack channel or user told when nobody answers")
 
@@ -249,14 +297,7 @@ class Runbook(_Spec):
 
 def load_runbook(path: Path) -> Runbook:
     """Read and validate one spec; raises RunbookError pointing at the offending line."""
-    text, data = read_mapping(path, Runbook)
-    try:
-        runbook = Runbook.model_validate(data)
-    except ValidationError as exc:
-        raise validation_error(exc, text=text, file=str(path)) from None
-    if runbook.name != path.stem:
-        raise RunbookError("the runbook's name must match its file name", file=str(path),
-                           line=line_of(text, ("name",)), field="name", expected=path.stem, found=runbook.name)
+    runbook = load_named_spec(path, Runbook, kind="runbook")
     runbook.source = path
     return runbook
 

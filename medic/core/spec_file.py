@@ -9,14 +9,14 @@ each key path to its line.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
 from medic.errors import RunbookError
 
-__all__ = ["line_of", "read_mapping", "validation_error"]
+__all__ = ["line_of", "load_named_spec", "read_mapping", "validation_error"]
 
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _EXPECTED = {
@@ -118,3 +118,20 @@ def validation_error(exc: ValidationError, *, text: str, file: str) -> RunbookEr
     more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
     return RunbookError(message + more, file=file, line=line_of(text, loc), field=field,
                         expected=expected, found=found)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def load_named_spec(path: Path, model: type[M], *, kind: str) -> M:
+    """Read and validate one spec whose `name` must equal its file name; errors point at the line."""
+    text, data = read_mapping(path, model)
+    try:
+        spec = model.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc, text=text, file=str(path)) from None
+    name = getattr(spec, "name", None)
+    if name != path.stem:
+        raise RunbookError(f"the {kind}'s name must match its file name", file=str(path),
+                           line=line_of(text, ("name",)), field="name", expected=path.stem, found=name)
+    return spec

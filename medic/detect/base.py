@@ -12,8 +12,10 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import Literal
 
 import numpy as np
+
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medic.errors import DetectError
@@ -51,6 +53,16 @@ def z_to_score(z: float, half: float) -> float:
     """Map a deviation in σ to [0, 1]: 0.5 at ``half`` σ, 0.8 at 2·``half`` σ, → 1 beyond."""
     z2 = z * z
     return z2 / (z2 + half * half)
+
+
+Direction = Literal["both", "up", "down"]
+
+
+def directed_score(z: float, half: float, direction: Direction) -> float:
+    """`z_to_score` counting only deviations the caller cares about: a memory that drops after a
+    restart is not a leak, a latency that falls is not a drift."""
+    signed = {"both": abs(z), "up": z, "down": -z}[direction]
+    return z_to_score(signed, half) if signed > 0 else 0.0
 
 
 def fmt_duration(seconds: float) -> str:

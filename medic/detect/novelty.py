@@ -9,7 +9,10 @@ This is medic's best detector on NAB. Three steps, each for a reason:
    averaged over the last ``short`` rows, compared with the mean and spread of all earlier
    distances. The score is the Gaussian tail probability on a log scale: 0.5 ⇔ p = 1e-5,
    1.0 ⇔ p = 1e-10. One odd sample among noisy ones moves it little; a run of them, a lot.
-3. Cool-down: after a score reaches ``alarm``, the next ``cooldown`` rows score 0, so an incident
+3. Out of range: a value further outside the range seen so far than ``spatial_tolerance`` of that
+   range scores 1 at once (Numenta's NAB detector does the same with the same 5 %: a level never seen
+   needs no likelihood to be news; the k-NN distance alone reacts to it only over several rows).
+4. Cool-down: after a score reaches ``alarm``, the next ``cooldown`` rows score 0, so an incident
    pages once instead of once per sample.
 """
 
@@ -18,11 +21,12 @@ from __future__ import annotations
 import bisect
 import math
 from collections import deque
+from datetime import datetime
 
 import numpy as np
 from pydantic import Field
 
-from medic.detect.base import Detector, DetectorParams, fmt_duration
+from medic.detect.base import Cooldown, Detector, DetectorParams, fmt_duration
 
 LOG_FLOOR = math.log(1e-10)
 
@@ -35,6 +39,9 @@ class NoveltyParams(DetectorParams):
     )
     short: int = Field(3, ge=1, description="rows averaged before comparing with the long-run spread")
     learn_rows: int = Field(300, ge=0, description="rows seen before any score is given")
+    spatial_tolerance: float | None = Field(
+        0.05, ge=0, description="a value beyond the range seen so far by this share of the range scores 1; "
+        "None: off")
     alarm: float = Field(0.25, ge=0, le=1, description="score that starts a cool-down")
     cooldown: int = Field(60, ge=0, description="rows scored 0 after a score reaches `alarm`")
 
@@ -64,6 +71,10 @@ class Novelty(Detector):
         self.tail_p = 1.0
         self.first_ts = math.nan
         self.step_s = math.nan
+        self.low = math.inf
+        self.high = -math.inf
+        self.outside = 0.0  # how far the last value was beyond the range seen before it, in ranges
+        self.range_cool = Cooldown(1.0, self.params.cooldown)
 
     def _push(self, value: float) -> None:
         if self.n_buf == len(self.buf):
@@ -118,6 +129,7 @@ class Novelty(Detector):
         if not math.isfinite(value):
             return 0.0
         self._push(value)
+        self.outside = self._beyond_range(value)
         d = self._nearest()
         self.distance = d
         raw = 0.0
@@ -142,6 +154,30 @@ class Novelty(Detector):
         self.raw_n += 1
         return score
 
+    @property
+    def out_of_range(self) -> bool:
+        p = self.params
+        return self.rows > p.learn_rows and p.spatial_tolerance is not None and self.outside > p.spatial_tolerance
+
+    def update(self, timestamp: datetime | float, value: float) -> float:
+        """The likelihood score (with its cool-down), or 1 for a value out of range — with a cool-down
+        of its own: a new extreme is news even while an earlier shape change is being kept quiet."""
+        score = super().update(timestamp, value)
+        if self.range_cool(1.0 if self.out_of_range else 0.0) >= 1.0:
+            self.last_score = score = 1.0
+        return score
+
+    def _beyond_range(self, value: float) -> float:
+        """How far `value` lies outside [low, high] of all earlier values, as a share of that range;
+        then widen the range to include it."""
+        span = self.high - self.low
+        if span > 0 and math.isfinite(span):
+            outside = max(value - self.high, self.low - value, 0.0) / span
+        else:
+            outside = 0.0
+        self.low, self.high = min(self.low, value), max(self.high, value)
+        return outside
+
     def _reason(self) -> str:
         p = self.params
         span = f"last {p.window} samples"
@@ -149,6 +185,9 @@ class Novelty(Detector):
             span += f" ({fmt_duration(p.window * self.step_s)})"
         if self.rows <= p.learn_rows or not math.isfinite(self.usual):
             return f"{p.metric}: still learning what is usual ({self.rows}/{p.learn_rows} samples)"
+        if self.out_of_range:
+            return (f"{p.metric}: {self.last_value:g} is outside everything seen in {self.rows} samples "
+                    f"by {self.outside:.0%} of their range (tolerance {p.spatial_tolerance:.0%})")
         searched = min(self.n_buf, p.history)
         ratio = self.distance / self.usual if self.usual > 0 else math.inf
         text = (

@@ -13,7 +13,14 @@ from collections import deque
 
 from pydantic import Field, model_validator
 
-from medic.detect.base import Detector, DetectorParams, fmt_duration, fmt_value, z_to_score
+from medic.detect.base import (
+    Detector,
+    DetectorParams,
+    Direction,
+    directed_score,
+    fmt_duration,
+    fmt_value,
+)
 
 
 class ThresholdParams(DetectorParams):
@@ -158,6 +165,10 @@ class RateParams(DetectorParams):
     )
     z_half: float = Field(6.0, gt=0, description="with no limit: σ of unusual rate that scores 0.5")
     history: int = Field(2000, ge=20, description="rates remembered to learn what is usual")
+    learn_above: float | None = Field(
+        None, ge=0, le=1, description="rates scoring at least this are not learned as usual (a leak that lasts "
+        "stays a leak); None: learn every rate")
+    direction: Direction = Field("both", description="which rates score: both, up (growth) or down")
 
 
 class RateOfChange(Detector):
@@ -187,7 +198,8 @@ class RateOfChange(Detector):
             return 0.0
         self.rate = (value - v0) / (ts - t0)
         if p.limit_per_s is not None:
-            return min(1.0, abs(self.rate) / p.limit_per_s)
+            signed = {"both": abs(self.rate), "up": self.rate, "down": -self.rate}[p.direction]
+            return min(1.0, max(0.0, signed) / p.limit_per_s)
         score = 0.0
         n = len(self.ordered)
         if n >= 20:
@@ -195,7 +207,9 @@ class RateOfChange(Detector):
             iqr = self.ordered[(3 * n) // 4] - self.ordered[n // 4]  # IQR/1.349 ≈ σ; O(1) on a sorted list
             scale = iqr / 1.349 or (self.ordered[-1] - self.ordered[0]) / 6 or 1e-12
             self.z = (self.rate - med) / scale
-            score = z_to_score(self.z, p.z_half)
+            score = directed_score(self.z, p.z_half, p.direction)
+        if p.learn_above is not None and score >= p.learn_above:
+            return score
         if len(self.rates) == self.rates.maxlen:
             del self.ordered[bisect.bisect_left(self.ordered, self.rates[0])]
         self.rates.append(self.rate)

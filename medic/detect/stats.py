@@ -13,7 +13,15 @@ from collections import deque
 
 from pydantic import Field
 
-from medic.detect.base import Detector, DetectorParams, fmt_duration, fmt_value, z_to_score
+from medic.detect.base import (
+    Detector,
+    DetectorParams,
+    Direction,
+    directed_score,
+    fmt_duration,
+    fmt_value,
+    z_to_score,
+)
 
 
 class _Streak:
@@ -97,6 +105,10 @@ class EwmaParams(DetectorParams):
     half_life: float = Field(144.0, gt=0, description="rows after which an old sample weighs half")
     z_half: float = Field(5.0, gt=0, description="deviation in σ that scores 0.5")
     min_rows: int = Field(30, ge=2, description="rows needed before scoring")
+    learn_above: float | None = Field(
+        None, ge=0, le=1, description="values scoring at least this do not move the average (a drift that "
+        "lasts stays a drift); None: learn every value")
+    direction: Direction = Field("both", description="which deviations score: both, up or down")
 
 
 class Ewma(Detector):
@@ -127,8 +139,11 @@ class Ewma(Detector):
             if self.rows >= p.min_rows:
                 sd = math.sqrt(self.var) or max(abs(self.mean) * 1e-3, 1e-9)
                 self.z = diff / sd
-                score = z_to_score(self.z, p.z_half)
+                score = directed_score(self.z, p.z_half, p.direction)
                 self.streak.update(ts, self.z, p.z_half)
+                if p.learn_above is not None and score >= p.learn_above:
+                    self.rows += 1
+                    return score
             incr = self.alpha * diff
             self.mean += incr
             self.var = (1.0 - self.alpha) * (self.var + diff * incr)

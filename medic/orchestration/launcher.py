@@ -1,50 +1,63 @@
-"""Start remediation runs for alerts at once, exactly one per (runbook, target) at a time.
+"""Turn an alert (or `POST /runs`) into exactly one flow run per (runbook, target), recorded in Prefect.
 
-Why in-process: a deployment run picked up by polling starts 5-12 s late; here the run is created
-under its deployment (so the Prefect UI shows it there) in state Pending, which no runner polls
-for, and executed immediately in a thread of medic serve. Dedupe is an in-memory reservation taken
-before the first `await`, so an alert storm cannot race it; the flow also holds a Prefect
-concurrency slot, so a `medic run` elsewhere cannot collide with it either. The flap guard
-remembers recent remediations on disk — runs that really acted, not alerts that found nothing to do —
-and, past K in a window, asks a human instead (and says so in the run's reason).
+Durable intake: `launch` returns only once the run exists in Prefect (created, or found by the
+alert's idempotency key); if Prefect cannot record it within `record_deadline_s` it raises
+`PrefectError`, and the webhook answers 503 so Alertmanager sends it again. Nothing is kept only in
+memory: concurrent notifications for one (runbook, target) share the one creation in flight (an
+asyncio Future), and what the launcher remembers afterwards is a cache of what Prefect holds.
+
+Two modes (`MEDIC_EXECUTION`):
+- embedded: the run is created Pending under its deployment (no runner polls for that) and executed
+  at once in a thread of this process — a poll would start it 5-12 s late;
+- workers: the run is created Scheduled in the deployment's work pool and `medic worker`s take it;
+  whether a (runbook, target) still has a live run is asked of Prefect (`LiveRunCache`).
+Every run is tagged `medic-serve:<instance>`, so two medic serve on one Prefect never take each
+other's runs. The flap guard counts recent remediations that acted and, past K in a window, asks a
+human instead (and says so in the run's reason).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 import time
-from enum import StrEnum
-from pathlib import Path
 from collections.abc import Callable
-from typing import Any
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from typing import TYPE_CHECKING
-
 from medic.core.polling import backoff, retry_async
-from medic.core.report import RemediationReport
 from medic.errors import PrefectError
+from medic.orchestration.flap_guard import FlapGuard
+from medic.orchestration.live_runs import (
+    RUN_TAG,
+    LiveRunCache,
+    find_runs,
+    instance_tag,
+    key_tags,
+    run_instance,
+)
 from medic.service.metrics import Metrics
 
 if TYPE_CHECKING:
-    from medic.orchestration.flow_kinds import FlowChoice
+    from prefect.client.schemas.objects import FlowRun
+
     from medic.core.runbook import Runbook
+    from medic.orchestration.flow_kinds import FlowChoice
+
+__all__ = ["FlapGuard", "Launch", "LaunchStatus", "RUN_TAG", "RunLauncher"]
 
 log = logging.getLogger("medic.orchestration.launcher")
-RUN_TAG = "medic-serve"
 Key = tuple[str, str]
 
 
 class LaunchStatus(StrEnum):
     STARTED = "started"
-    QUEUED = "queued"
     DUPLICATE = "duplicate"
     ALREADY_HANDLED = "already handled"
-    ERROR = "error"
+    ERROR = "error"  # not recorded in Prefect: the webhook answers 503 and Alertmanager retries
 
 
 class Launch(BaseModel):
@@ -56,145 +69,152 @@ class Launch(BaseModel):
     detail: str = ""
 
 
-class FlapGuard:
-    """How often each (runbook, target) was remediated recently; survives restarts (JSON on disk).
-
-    Only runs that acted count (`acted`): a run that found the target healthy, a dry run, a rejected
-    or timed-out approval changed nothing, so a storm of false alerts never makes the next real
-    incident wait for a human.
-    """
-
-    def __init__(self, path: Path, *, max_runs: int, window_s: float) -> None:
-        self.path, self.max_runs, self.window_s = path, max_runs, window_s
-        self._lock = threading.Lock()
-        self._history: dict[str, list[float]] = {}
-        if path.is_file():
-            try:
-                self._history = {k: list(map(float, v)) for k, v in json.loads(path.read_text()).items()}
-            except (ValueError, AttributeError):
-                log.warning("flap guard history %s is unreadable; starting empty", path)
-
-    @staticmethod
-    def _name(key: Key) -> str:
-        return f"{key[0]}/{key[1]}"
-
-    def recent(self, key: Key, now: float | None = None) -> int:
-        now = now or time.time()
-        with self._lock:
-            return sum(1 for t in self._history.get(self._name(key), []) if now - t <= self.window_s)
-
-    def tripped(self, key: Key) -> bool:
-        return self.recent(key) >= self.max_runs
-
-    @staticmethod
-    def acted(result: object) -> bool:
-        """Whether a finished run was a remediation: its recovery really ran (not in check mode)."""
-        return isinstance(result, RemediationReport) and result.recovery is not None and not result.recovery.check_mode
-
-    def explain(self, key: Key) -> str:
-        """Why the guard asks a human — carried in the run's `reason`, so its logs, card and report say so."""
-        return (f"flap guard: {key[0]} on {key[1]} was remediated {self.recent(key)} time(s) within the last "
-                f"{self.window_s:g} s (limit {self.max_runs}), so a human decides before it acts again")
-
-    def record(self, key: Key, at: float | None = None) -> None:
-        now = at or time.time()
-        with self._lock:
-            kept = [t for t in self._history.get(self._name(key), []) if now - t <= self.window_s]
-            self._history[self._name(key)] = [*kept, now]
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self._history))
-            tmp.replace(self.path)
-
-
 class RunLauncher:
-    def __init__(self, *, flow: Any, flap: FlapGuard, metrics: Metrics, max_concurrent: int = 16,
-                 create_retry_s: float = 120.0) -> None:
+    def __init__(self, *, flow: Any, flap: FlapGuard, metrics: Metrics, instance: str,
+                 execution: str = "embedded", max_concurrent: int = 16, record_deadline_s: float = 2.5,
+                 live_ttl_s: float = 2.0) -> None:
         self.flow = flow
         self.flap = flap
         self.metrics = metrics
-        self.create_retry_s = create_retry_s
-        self._active: dict[Key, str | None] = {}
+        self.instance = instance
+        self.workers = execution == "workers"
+        self.record_deadline_s = record_deadline_s
+        self._executing: dict[Key, str | None] = {}  # embedded: runs this process executes now
+        self._live = LiveRunCache(ttl_s=live_ttl_s)  # workers: live runs Prefect holds, cached
+        self._inflight: dict[Key, asyncio.Future[Launch]] = {}
         self._lock = threading.Lock()
         self._threads: set[threading.Thread] = set()
         self._slots = threading.BoundedSemaphore(max_concurrent)  # rate control for storms
-        self._background: set[asyncio.Task[None]] = set()
 
     def active(self) -> dict[Key, str | None]:
+        """(runbook, target) → run: executing here (embedded) or last known live in Prefect (workers)."""
+        if self.workers:
+            return dict(self._live.cached())
         with self._lock:
-            return dict(self._active)
+            return dict(self._executing)
 
     async def launch(self, spec: "Runbook", target: str, *, reason: str, idempotency_key: str) -> Launch:
+        """One alert: its run recorded in Prefect (STARTED), or the live one (DUPLICATE), or the run that
+        already handled this alert instance (ALREADY_HANDLED); ERROR if Prefect could not record it."""
+        return await self._once((spec.name, target), lambda: self._launch(spec, target, reason, idempotency_key))
+
+    async def launch_manual(self, spec: "Runbook", target: str, *, dry_run: bool,
+                            on_done: Callable[[Any], None] | None = None) -> Launch:
+        """A run asked for by `medic run` through this server: same dedupe; no flap guard, no idempotency key.
+        `on_done(outcome)` is called when an embedded run ends (workers mode: the caller follows Prefect)."""
         from medic.orchestration.flow_kinds import choose
 
-        runbook = spec.name
-        key = (runbook, target)
-        with self._lock:  # reserve before the first await: a storm cannot race past this
-            if key in self._active:
-                self.metrics.deduplicated.labels(runbook).inc()
-                return Launch(status=LaunchStatus.DUPLICATE, runbook=runbook, target=target,
-                              flow_run_id=self._active[key], detail="a remediation is already running")
-            self._active[key] = None
-        require_approval = self.flap.tripped(key) and spec.kind == "remediation"
-        if require_approval:
-            reason = f"{reason} — {self.flap.explain(key)}"
-        choice = choose(spec, target, reason=reason, require_approval=require_approval)
-        try:
-            return await self._create_and_start(key, choice, idempotency_key)
-        except PrefectError as exc:
-            # Prefect is busy or briefly unreachable: keep the reservation and keep trying in the
-            # background, so an acknowledged alert is never lost.
-            log.warning("could not create the run for %s on %s yet (%s); retrying in the background", *key, exc)
-            task = asyncio.create_task(self._retry_create(key, choice, idempotency_key))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-            return Launch(status=LaunchStatus.QUEUED, runbook=runbook, target=target, require_approval=require_approval,
-                          detail=f"Prefect is busy ({str(exc)[:120]}); the run will start as soon as it can be created")
-        except Exception as exc:  # noqa: BLE001 - answer the webhook with the reason, keep serving
-            self._release(key)
-            log.exception("could not start %s on %s", runbook, target)
-            return Launch(status=LaunchStatus.ERROR, runbook=runbook, target=target, detail=str(exc)[:300])
+        async def start() -> Launch:
+            choice = choose(spec, target, reason="medic run (CLI via medic serve)", dry_run=dry_run)
+            return await self._record((spec.name, target), choice, None, on_done=on_done, extra_tags=("manual",),
+                                      record_flap=False)
 
-    async def _create_and_start(self, key: Key, choice: "FlowChoice", idempotency_key: str | None,
-                                *, on_done: Callable[[Any], None] | None = None, extra_tags: tuple[str, ...] = (),
-                                record_flap: bool = True) -> Launch:
-        from medic.orchestration.flow_kinds import load_flow
-        from medic.orchestration.runs import create_deployment_run
+        return await self._once((spec.name, target), start)
 
+    async def _once(self, key: Key, start: Callable[[], Any]) -> Launch:
+        """Run `start` for `key` unless a start is already in flight: then share its answer (as a duplicate).
+        Registered before the first `await`, so a storm cannot race past it."""
         runbook, target = key
-        params = choice.parameters
-        run = await create_deployment_run(choice.deployment, params, idempotency_key=idempotency_key,
-                                          tags=[RUN_TAG, f"runbook:{runbook}", f"target:{target}", f"kind:{choice.kind}",
-                                                *extra_tags])
-        if run.state is not None and run.state.type.value not in ("PENDING", "SCHEDULED"):
-            self._release(key)
-            return Launch(status=LaunchStatus.ALREADY_HANDLED, runbook=runbook, target=target,
-                          flow_run_id=str(run.id), detail=f"this alert was already handled by run {run.id}")
+        inflight = self._inflight.get(key)
+        if inflight is not None:
+            try:
+                first = await asyncio.shield(inflight)
+            except Exception as exc:  # noqa: BLE001 - the same answer as the first one: not recorded
+                return _not_recorded(key, exc)
+            if first.status is LaunchStatus.ERROR:
+                return first
+            self.metrics.deduplicated.labels(runbook).inc()
+            return first.model_copy(update={"status": LaunchStatus.DUPLICATE,
+                                            "detail": first.detail or "a remediation is already running"})
+        future: asyncio.Future[Launch] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            # One bound for all of it (live run?, flap guard, create): an answer Alertmanager can wait for.
+            launch = await asyncio.wait_for(start(), self.record_deadline_s)
+        except TimeoutError:
+            log.warning("no run of %s on %s recorded in Prefect within %g s; answering 503", runbook, target,
+                        self.record_deadline_s)
+            launch = _not_recorded(key, PrefectError(
+                f"Prefect did not record the run within {self.record_deadline_s:g} s (busy or slow); a creation "
+                f"still in flight is found by the alert's idempotency key when it is sent again"))
+        except Exception as exc:  # noqa: BLE001 - answered, with the reason, as not recorded
+            log.warning("could not record a run of %s on %s in Prefect: %s", runbook, target, exc)
+            launch = _not_recorded(key, exc)
+        finally:
+            self._inflight.pop(key, None)
+        future.set_result(launch)
+        return launch
+
+    async def _launch(self, spec: "Runbook", target: str, reason: str, idempotency_key: str) -> Launch:
+        from medic.orchestration.flow_kinds import choose
+
+        key = (spec.name, target)
+        flap_check = _maybe_async(self.flap.tripped, key) if spec.kind == "remediation" else _false()
+        live, tripped = await asyncio.gather(self._live_run(key), flap_check)  # two questions, one wait
+        if live is not None:
+            self.metrics.deduplicated.labels(spec.name).inc()
+            return Launch(status=LaunchStatus.DUPLICATE, runbook=spec.name, target=target, flow_run_id=live,
+                          detail="a remediation is already running")
+        why = await _maybe_async(self.flap.explain, key) if tripped else ""
+        if tripped:
+            reason = f"{reason} — {why}"
+        choice = choose(spec, target, reason=reason, require_approval=bool(tripped))
+        return await self._record(key, choice, idempotency_key, detail=why)
+
+    async def _live_run(self, key: Key) -> str | None:
+        if self.workers:
+            return await self._live.live_run(key)
         with self._lock:
-            self._active[key] = str(run.id)
-        require_approval = bool(params.get("require_approval"))
+            return self._executing.get(key) if key in self._executing else None
+
+    async def _record(self, key: Key, choice: "FlowChoice", idempotency_key: str | None, *,
+                      on_done: Callable[[Any], None] | None = None, extra_tags: tuple[str, ...] = (),
+                      record_flap: bool = True, detail: str = "") -> Launch:
+        """Create the run in Prefect (retried within the caller's bound), then execute it here (embedded)
+        or leave it to the pool. No `await` after the execution starts: a cut-off answer never hides a run."""
+        runbook, target = key
+        run = await self._create(choice, idempotency_key, extra_tags)
+        owner = run_instance(run)
+        if (run.state is not None and run.state.type.value not in ("PENDING", "SCHEDULED")) or owner != self.instance:
+            by = f" (medic serve {owner})" if owner != self.instance else ""
+            return Launch(status=LaunchStatus.ALREADY_HANDLED, runbook=runbook, target=target, flow_run_id=str(run.id),
+                          detail=f"this alert was already handled by run {run.id}{by}")
+        require_approval = bool(choice.parameters.get("require_approval"))
         if require_approval:
             self.metrics.flap_guard.labels(runbook).inc()
-        self._execute(key, run, on_done, flow=load_flow(choice.entrypoint), record_flap=record_flap)
-        detail = self.flap.explain(key) if require_approval else ""
+        if self.workers:
+            self._live.remember(key, str(run.id))
+        else:
+            from medic.orchestration.flow_kinds import load_flow
+
+            with self._lock:
+                if key in self._executing:  # found by its key while this process executes it
+                    return Launch(status=LaunchStatus.DUPLICATE, runbook=runbook, target=target,
+                                  flow_run_id=self._executing[key], detail="a remediation is already running")
+                self._executing[key] = str(run.id)
+            self._execute(key, run, on_done, flow=load_flow(choice.entrypoint), record_flap=record_flap)
         return Launch(status=LaunchStatus.STARTED, runbook=runbook, target=target, flow_run_id=str(run.id),
                       require_approval=require_approval, detail=detail)
 
-    async def _retry_create(self, key: Key, choice: "FlowChoice", idempotency_key: str) -> None:
-        delays = backoff(0.5, factor=2.0, cap=5.0)
-        await asyncio.sleep(next(delays))  # the first attempt has just failed
-        try:
-            launch = await retry_async(lambda: self._create_and_start(key, choice, idempotency_key), delays=delays,
-                                       retry_on=Exception, timeout=self.create_retry_s)
-        except Exception as exc:  # noqa: BLE001 - tried until the deadline
-            self._release(key)
-            log.error("gave up creating the run for %s on %s after %.0f s: %s", *key, self.create_retry_s, exc)
-            return
-        log.info("queued run for %s on %s: %s %s", *key, launch.status.value, launch.flow_run_id)
+    async def _create(self, choice: "FlowChoice", idempotency_key: str | None, extra_tags: tuple[str, ...]) -> "FlowRun":
+        """The run in Prefect, or PrefectError with the last reason (the caller bounds the whole launch).
+
+        A creation cut off by the deadline may still land in Prefect: the resend finds it by its key."""
+        from medic.orchestration.runs import create_deployment_run
+
+        runbook, target = choice.parameters["runbook"], choice.parameters.get("target") or choice.parameters.get("primary")
+        tags = [*key_tags(runbook, str(target)), instance_tag(self.instance), f"kind:{choice.kind}", *extra_tags]
+
+        async def attempt() -> "FlowRun":
+            return await create_deployment_run(choice.deployment, choice.parameters, idempotency_key=idempotency_key,
+                                               tags=tags, scheduled=self.workers)
+
+        return await retry_async(attempt, delays=backoff(0.1, factor=2.0, cap=0.5), retry_on=PrefectError,
+                                 timeout=self.record_deadline_s)
 
     def _release(self, key: Key) -> None:
         with self._lock:
-            self._active.pop(key, None)
+            self._executing.pop(key, None)
 
     def _execute(self, key: Key | None, run: Any, on_done: Callable[[Any], None] | None = None, *,
                  flow: Any = None, record_flap: bool = True) -> None:
@@ -227,78 +247,42 @@ class RunLauncher:
         self._threads.add(thread)
         thread.start()
 
-    async def launch_manual(self, spec: "Runbook", target: str, *, dry_run: bool,
-                            on_done: Callable[[Any], None]) -> Launch:
-        """A run asked for by `medic run` through this server: same dedupe; no flap guard, no idempotency key."""
-        from medic.orchestration.flow_kinds import choose
-
-        key = (spec.name, target)
-        with self._lock:
-            if key in self._active:
-                return Launch(status=LaunchStatus.DUPLICATE, runbook=spec.name, target=target,
-                              flow_run_id=self._active[key], detail="a remediation is already running")
-            self._active[key] = None
-        try:
-            choice = choose(spec, target, reason="medic run (CLI via medic serve)", dry_run=dry_run)
-            return await self._create_and_start(key, choice, None, on_done=on_done, extra_tags=("manual",),
-                                                record_flap=False)
-        except Exception as exc:  # noqa: BLE001 - the CLI gets the reason
-            self._release(key)
-            return Launch(status=LaunchStatus.ERROR, runbook=spec.name, target=target, detail=str(exc)[:300])
-
     async def withdraw(self, runbook: str, target: str, *, why: str) -> str | None:
-        """The alert resolved: end a run still waiting for approval as 'no longer needed'."""
-        from medic.orchestration.pause import ResumeStatus, resume_with_input
+        """The alert resolved: end the run of (runbook, target) that Prefect shows waiting for approval
+        as 'no longer needed' — whichever process executes it."""
+        from prefect.client.schemas.objects import StateType
 
-        run_id = self.active().get((runbook, target))
-        if not run_id:
-            return None
-        outcome = await resume_with_input(run_id, {"decision": "withdraw", "approver": "alertmanager",
-                                                   "comment": why, "via": "alert"})
-        return run_id if outcome.status is ResumeStatus.ACCEPTED else None
+        from medic.approval.answers import resume_proven
+        from medic.approval.identity import alert_proof
+        from medic.orchestration.pause import ResumeStatus
+        from medic.settings import get_settings
+
+        key = get_settings().approval_key  # a withdrawal is proven like an approval (issue 11)
+        if key is None:
+            return None  # unverifiable: the run stays paused until its timeout, nothing is changed
+        withdrawn = None
+        for run in await find_runs(key_tags(runbook, target), (StateType.PAUSED,), limit=5):
+            outcome = await resume_proven(str(run.id), lambda pause_key, rid=str(run.id): {
+                "decision": "withdraw", "approver": "alertmanager", "comment": why,
+                "proof": alert_proof(key.get_secret_value(), run_id=rid, pause_key=pause_key)})
+            if outcome.status is ResumeStatus.ACCEPTED:
+                withdrawn = str(run.id)
+        return withdrawn
 
     async def adopt_orphans(self) -> list[str]:
-        """Re-execute our runs that a previous medic serve left paused or running (it is gone now).
+        """Re-execute the runs *this instance* left paused or running (embedded mode only; see orphans.py)."""
+        from medic.orchestration.orphans import claim_orphans
 
-        A remediation flow is safe to run again from the top: detect re-checks the problem, and the
-        approval step pauses under a fresh key, so the card's buttons keep working after a restart.
-        """
-        from prefect.client.orchestration import get_client
-        from prefect.client.schemas.filters import (
-            FlowRunFilter,
-            FlowRunFilterState,
-            FlowRunFilterStateType,
-            FlowRunFilterTags,
-        )
-        from prefect.client.schemas.objects import StateType
-        from prefect.client.schemas.sorting import FlowRunSort
-        from prefect.states import Crashed, Pending
-
-        from medic.orchestration.prefect_compat import force_flow_run_state
-
+        if self.workers:
+            return []
         adopted: list[str] = []
-        async with get_client() as client:
-            runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
-                tags=FlowRunFilterTags(all_=[RUN_TAG]),
-                state=FlowRunFilterState(type=FlowRunFilterStateType(
-                    any_=[StateType.PAUSED, StateType.RUNNING, StateType.PENDING]))),
-                sort=FlowRunSort.START_TIME_ASC, limit=200)
-            for run in runs:
-                if any(t.startswith("kind:") and t != "kind:remediation" for t in run.tags):
-                    # A failover is not safe to replay from the top half-way through: say so, loudly.
-                    await force_flow_run_state(client, run.id, Crashed(
-                        message="medic serve restarted during this run; check the cluster, then start it again"))
-                    log.error("run %s (%s) was interrupted by a medic serve restart; not replayed", run.id, run.name)
-                    continue
-                await force_flow_run_state(client, run.id, Pending(message="adopted after a medic serve restart"))
-                fresh = await client.read_flow_run(run.id)
-                params = fresh.parameters or {}
-                key = (str(params.get("runbook")), str(params.get("target")))
-                await _free_orphan_slot(client, *key)
-                with self._lock:
-                    self._active[key] = str(run.id)
-                self._execute(key, fresh)
-                adopted.append(str(run.id))
+        for run in await claim_orphans(self.instance):
+            params = run.parameters or {}
+            key = (str(params.get("runbook")), str(params.get("target")))
+            with self._lock:
+                self._executing[key] = str(run.id)
+            self._execute(key, run)
+            adopted.append(str(run.id))
         return adopted
 
     def wait_idle(self, timeout: float) -> bool:
@@ -308,21 +292,16 @@ class RunLauncher:
         return not any(t.is_alive() for t in self._threads)
 
 
-async def _free_orphan_slot(client: Any, runbook: str, target: str) -> None:
-    """Give back the remediation slot an orphaned run still holds.
+def _not_recorded(key: Key, exc: BaseException) -> Launch:
+    return Launch(status=LaunchStatus.ERROR, runbook=key[0], target=key[1],
+                  detail=f"not recorded in Prefect, send it again: {str(exc)[:300]}")
 
-    The dead medic serve cannot release its lease (it lapses up to 300 s later), so the re-executed
-    run would find its own slot taken and end "already running" instead of asking for approval again.
-    The adopted run is the only rightful holder, so the slot count is reset before it starts. When the
-    old lease lapses later, Prefect decrements the count again (not below 0): for the rest of the run a
-    `medic run` elsewhere could then take the slot; medic serve's own dedupe still holds.
-    """
-    from prefect.exceptions import ObjectNotFound
 
-    from medic.orchestration.locks import remediation_lock_name
-    from medic.orchestration.prefect_compat import reset_concurrency_slots
+async def _false() -> bool:
+    return False
 
-    try:
-        await reset_concurrency_slots(client, remediation_lock_name(runbook, target))
-    except (ObjectNotFound, PrefectError) as exc:  # no lock yet / unusable names: nothing to free
-        log.info("no remediation slot to free for %s on %s: %s", runbook, target, exc)
+
+async def _maybe_async(fn: Callable[..., Any], *args: Any) -> Any:
+    """The flap guard's answer, whether its implementation is sync (local) or async (asks Prefect)."""
+    result = fn(*args)
+    return await result if asyncio.iscoroutine(result) else result

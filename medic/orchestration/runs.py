@@ -5,7 +5,8 @@ Measured on prefect 3.8.8 with a local SQLite server (docs/prefect-runtime.md, b
     fast_run_settings()          flow-run heartbeats off (removes the ~1 s exit join of a *sync* flow)
     run_flow_now(flow, params)   run a flow now, as a new run or an existing one -> FlowRunOutcome
     create_deployment_run(...)   a run *of a deployment* that no runner picks up (Pending), so this
-                                 process can execute it at once and the UI still lists it there
+                                 process can execute it at once and the UI still lists it there;
+                                 or Scheduled (`scheduled=True`), for the work pool's workers
     start_deployment_run_now(..) both, as an asyncio task of the calling process
 
 A failed flow is an outcome, not an exception; a Prefect API failure is a `medic.errors.PrefectError`.
@@ -33,7 +34,7 @@ from medic.errors import PrefectError
 from medic.orchestration.api import post_with_fast_retry
 from medic.orchestration.prefect_compat import engine_run_flow, no_flow_heartbeats, shared_sync_client
 
-__all__ = ["FlowRunOutcome", "create_deployment_run", "fast_run_settings", "run_flow_now",
+__all__ = ["FlowRunOutcome", "create_deployment_run", "fast_run_settings", "resolve_deployments", "run_flow_now",
            "start_deployment_run_now"]
 
 R = TypeVar("R")
@@ -166,25 +167,40 @@ async def _deployment_id(deployment_name: str, *, fresh: bool = False) -> str:
     return _DEPLOYMENT_IDS[key]
 
 
+async def resolve_deployments(deployment_names: list[str]) -> list[str]:
+    """Look up (and remember) these deployments' ids ahead of the first alert; the names not found."""
+    missing = []
+    for name in deployment_names:
+        try:
+            await _deployment_id(name, fresh=True)
+        except PrefectError:
+            missing.append(name)
+    return missing
+
+
 async def create_deployment_run(
     deployment_name: str,
     parameters: Mapping[str, Any] | None = None,
     *,
     idempotency_key: str | None = None,
     tags: list[str] | None = None,
+    scheduled: bool = False,
 ) -> FlowRun:
-    """Create a run of deployment `"flow-name/deployment-name"` in state Pending and return it.
+    """Create a run of deployment `"flow-name/deployment-name"` and return it (or the run that
+    already has `idempotency_key`: Prefect answers with it instead of creating a second one).
 
-    Pending (not Scheduled) means no `serve()`/worker polling the deployment will start it too; the
-    caller executes it with `run_flow_now(flow, flow_run=run)`. The UI lists it under the deployment.
-    An `idempotency_key` (e.g. the Alertmanager group key) returns the existing run instead of a new one.
+    Pending (the default) means no `serve()`/worker polling the deployment will start it too; the
+    caller executes it with `run_flow_now(flow, flow_run=run)`. `scheduled=True` leaves it in
+    Prefect's default state, Scheduled now, for the workers of the deployment's pool to take.
+    The UI lists it under the deployment either way.
     """
     create = DeploymentFlowRunCreate(
         parameters=dict(parameters or {}),
-        state=to_state_create(Pending()),
         tags=list(tags or []),
         idempotency_key=idempotency_key,
     )
+    if not scheduled:
+        create.state = to_state_create(Pending())
     body = create.model_dump(mode="json", exclude_unset=True)
     what = f"a run of deployment {deployment_name!r}"
     deployment_id = await _deployment_id(deployment_name)

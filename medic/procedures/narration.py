@@ -28,6 +28,9 @@ def _rule(check: CheckResult, hold: float) -> str:
 
 def detect_line(spec: Detect, found: CheckResult) -> str:
     """``web-2=0 for 3.1 s (rule …) → problem confirmed on web-2``, or why there is nothing to do."""
+    if found.matching and found.reasons:  # an anomaly score: the detector's words say more than a number
+        why = "; ".join(f"{h}: {found.reasons.get(h, '')}" for h in found.matching[:MAX_VALUES])
+        return f"{why} ({_rule(found, 0)}) → problem confirmed on {', '.join(found.matching)}"
     if found.matching:
         held = ", ".join(f"{v.host}={'no data' if v.value is None else f'{v.value:.3g}'} for {v.held_s:.1f} s"
                          for v in found.values if v.host in found.matching)

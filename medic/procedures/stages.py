@@ -28,6 +28,7 @@ from medic.core.report import (
     RecoveryResult,
 )
 from medic.core.runbook import Check, Runbook
+from medic.procedures.anomaly import anomaly_check
 from medic.clients.ssh import CommandResult, SSHSession
 from medic.core.templates import placeholders, render_promql, render_shell
 
@@ -134,6 +135,8 @@ def detect(p: Plan, prom: PrometheusClient, *, sleep: Sleep = time.sleep) -> Che
     the answer is "not needed"; one that just turned bad is watched until it has held long enough.
     """
     spec, began = p.runbook.detect, time.monotonic()
+    if spec.anomaly is not None:  # a score over the history: nothing to wait for
+        return anomaly_check(spec, p.hosts, prom)[0]
     while True:
         values = evaluate(spec, p.hosts, prom, hold=spec.hold, every_series=False)
         matching = [v.host for v in values if _enough(v, spec.hold)]
@@ -150,6 +153,8 @@ def recheck(p: Plan, hosts: list[Host], prom: PrometheusClient) -> CheckResult:
     """After a human's decision (minutes may have passed): is the problem still there? One look at
     the current values — no `for`, no settle — so a problem fixed meanwhile is not "fixed" again."""
     spec, began = p.runbook.detect, time.monotonic()
+    if spec.anomaly is not None:
+        return anomaly_check(spec, hosts, prom)[0]
     values = evaluate(spec, hosts, prom, hold=0, every_series=False)
     return CheckResult(query=spec.query, condition=str(spec.condition), values=values,
                        matching=[v.host for v in values if v.matches], waited_s=time.monotonic() - began)
@@ -272,7 +277,7 @@ def recover(p: Plan, hosts: list[Host], *, dry_run: bool, ssh: SSHSession, playb
             actions += _playbook_actions(result, batch, dry_run)
         elif dry_run:
             actions += [HostAction(host=h.name, status=ActionStatus.WOULD_CHANGE,
-                                   detail=f"would run: {render_shell(spec.command or '', h, where='recover command')}")
+                                   detail=f"would run: {render_shell(spec.command or '', h, where='recover command').preview()}")
                         for h in batch]
         else:
             command = spec.command or ""

@@ -6,17 +6,21 @@ Handlers answer fast and never block on a remediation: runs execute in their own
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
-import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from medic.errors import IntakeRefused
+from medic.errors import IntakeRefused, MedicError
 from medic.orchestration.launcher import LaunchStatus
+from medic.service.credentials import Credentials
+from medic.service.guard import IntakeGuard, TokenBuckets, describe_client
+from medic.service.health import PrefectProbe
 from medic.service.intake import Action, decide, parse_webhook
 from medic.service.run_stream import start_run
 from medic.service.slack_endpoint import slack_actions, slack_not_configured
@@ -28,29 +32,34 @@ log = logging.getLogger("medic.service.app")
 
 
 async def healthz(request: Request) -> Response:
+    """Status only (ok / degraded) for anyone; the details for a client with a credential (`?verbose=1`,
+    checked by the guard): which Prefect, which runbooks, which runs are active."""
     state = service_state(request)
-    prefect_ok = False
-    try:
-        async with httpx.AsyncClient(timeout=2) as client:
-            prefect_ok = (await client.get(f"{state.settings.prefect_api_url}/health")).status_code == 200
-    except httpx.HTTPError:
-        pass
+    prefect_ok = await _probe(request).healthy()
+    status = 200 if prefect_ok else 503
+    if not (_asks_verbose(request) and describe_client(request.scope)):
+        return JSONResponse({"status": "ok" if prefect_ok else "degraded"}, status_code=status)
     body = {"status": "ok" if prefect_ok else "degraded", "prefect_api": state.settings.prefect_api_url,
             "prefect_reachable": prefect_ok, "runbooks": sorted(state.runbooks),
             "active_runs": [{"runbook": k[0], "target": k[1], "flow_run_id": v}
                             for k, v in state.launcher.active().items()]}
-    return JSONResponse(body, status_code=200 if prefect_ok else 503)
+    return JSONResponse(body, status_code=status)
+
+
+def _asks_verbose(request: Request) -> bool:
+    return request.query_params.get("verbose", "0") not in ("0", "false", "")
+
+
+def _probe(request: Request) -> PrefectProbe:
+    probe: PrefectProbe = request.app.state.prefect_probe
+    return probe
 
 
 async def metrics(request: Request) -> Response:
     state = service_state(request)
-    try:
-        async with httpx.AsyncClient(timeout=2) as client:
-            paused = await client.post(f"{state.settings.prefect_api_url}/flow_runs/count", json={
-                "flow_runs": {"state": {"type": {"any_": ["PAUSED"]}}, "tags": {"all_": ["medic"]}}})
-            state.metrics.approvals_pending.set(float(paused.json()))
-    except (httpx.HTTPError, ValueError):
-        log.warning("could not count paused runs for medic_approvals_pending")
+    paused = await _probe(request).paused()
+    if paused is not None:
+        state.metrics.approvals_pending.set(paused)
     return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
@@ -63,25 +72,42 @@ async def alertmanager(request: Request) -> Response:
         state.metrics.alerts.labels("refused").inc()
         log.warning("refused an Alertmanager webhook: %s", exc.reason)
         return JSONResponse({"error": exc.reason}, status_code=exc.status)
-    results: list[dict[str, Any]] = []
-    for d in decide(payload, state.runbooks, state.inventory()):
-        entry = d.model_dump(mode="json", exclude_none=True)
-        if d.action is Action.START and d.runbook and d.target:
-            launch = await state.launcher.launch(
-                state.runbooks[d.runbook], d.target, reason=f"alert {d.alertname} ({d.fingerprint})",
-                idempotency_key=f"{d.runbook}:{d.target}:{d.fingerprint}:{_starts_at(payload, d.fingerprint)}")
-            entry.update(result=launch.status.value, flow_run_id=launch.flow_run_id, detail=launch.detail or d.detail)
-            state.metrics.alerts.labels(launch.status.value).inc()
-        elif d.action is Action.RESOLVED and d.runbook and d.target:
+    decisions = decide(payload, state.runbooks, state.inventory())
+    # Every alert of the group at once: a run recorded in Prefect, or the reason it could not be.
+    results = await asyncio.gather(*[_handle(state, payload, d) for d in decisions])
+    unrecorded = [r for r in results if r.get("result") == LaunchStatus.ERROR.value]
+    started = sum(1 for r in results if r.get("result") == LaunchStatus.STARTED.value)
+    body = {"received": len(payload.alerts), "started": started, "alerts": results}
+    if unrecorded:
+        # Durable intake: a 2xx means every run is recorded in Prefect. Alertmanager resends on 5xx;
+        # what was recorded meanwhile is found again by its idempotency key.
+        body["error"] = (f"{len(unrecorded)} alert(s) could not be recorded in Prefect; send again: "
+                         f"{unrecorded[0].get('detail', '')}")
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
+    return JSONResponse(body)
+
+
+async def _handle(state: ServiceState, payload: Any, d: Any) -> dict[str, Any]:
+    """One alert of a webhook: start (or find) its run, withdraw a resolved one's approval wait, or say why not."""
+    entry = d.model_dump(mode="json", exclude_none=True)
+    if d.action is Action.START and d.runbook and d.target:
+        launch = await state.launcher.launch(
+            state.runbooks[d.runbook], d.target, reason=f"alert {d.alertname} ({d.fingerprint})",
+            idempotency_key=f"{d.runbook}:{d.target}:{d.fingerprint}:{_starts_at(payload, d.fingerprint)}")
+        entry.update(result=launch.status.value, flow_run_id=launch.flow_run_id, detail=launch.detail or d.detail)
+        state.metrics.alerts.labels(launch.status.value).inc()
+    elif d.action is Action.RESOLVED and d.runbook and d.target:
+        try:
             withdrawn = await state.launcher.withdraw(d.runbook, d.target, why=f"alert {d.alertname} resolved")
-            entry.update(result="resolved", detail=f"ended approval wait of run {withdrawn}" if withdrawn else "recorded")
-            state.metrics.alerts.labels("resolved").inc()
-        else:
-            log.info("alert %s (%s): %s", d.alertname, d.fingerprint, d.detail)
-            state.metrics.alerts.labels(d.action.value).inc()
-        results.append(entry)
-    started = sum(1 for r in results if r.get("result") in (LaunchStatus.STARTED.value, LaunchStatus.QUEUED.value))
-    return JSONResponse({"received": len(payload.alerts), "started": started, "alerts": results})
+        except MedicError as exc:  # cannot tell whether a run waits: have Alertmanager send it again
+            entry.update(result=LaunchStatus.ERROR.value, detail=f"could not look for a waiting run: {exc}")
+            return entry
+        entry.update(result="resolved", detail=f"ended approval wait of run {withdrawn}" if withdrawn else "recorded")
+        state.metrics.alerts.labels("resolved").inc()
+    else:
+        log.info("alert %s (%s): %s", d.alertname, d.fingerprint, d.detail)
+        state.metrics.alerts.labels(d.action.value).inc()
+    return entry
 
 
 def _starts_at(payload: Any, fingerprint: str) -> str:
@@ -89,14 +115,19 @@ def _starts_at(payload: Any, fingerprint: str) -> str:
 
 
 def create_app(state: ServiceState) -> Starlette:
-    """medic serve's routes over `state` (built by `medic.service.state.build_state`)."""
-    slack = slack_actions if state.settings.slack_signing_secret is not None else slack_not_configured
+    """medic serve's routes over `state` (built by `medic.service.state.build_state`), behind the guard
+    (`medic.service.guard`: rate limit, credentials, content types, body size)."""
+    settings = state.settings
+    slack = slack_actions if settings.slack_signing_secret is not None else slack_not_configured
+    guard = Middleware(IntakeGuard, credentials=Credentials.from_settings(settings),
+                       limiter=TokenBuckets(settings.intake_rate_per_s, settings.intake_burst))
     app = Starlette(routes=[
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/alertmanager", alertmanager, methods=["POST"]),
         Route("/runs", start_run, methods=["POST"]),
         Route("/slack/actions", slack, methods=["POST"]),
-    ])
+    ], middleware=[guard])
     app.state.medic = state
+    app.state.prefect_probe = PrefectProbe(settings.prefect_api_url, ttl_s=settings.health_cache_s)
     return app

@@ -4,8 +4,11 @@ The HTTP endpoint (`medic.service.slack_endpoint`) and Socket Mode (`medic.servi
 verify and parse; both hand the click to the one `ClickHandler` of the medic serve process, so both
 obey the same rules:
 
-* only the runbook's approvers (user ids, or members of its Slack user group) may decide; anyone
-  else changes nothing and is told so in an ephemeral message;
+* only the runbook's approvers may decide: the clicking Slack user must be in the approver directory
+  (`approvers.yaml`, by `slack_id`) and admitted by the runbook's policy (named, or in its user
+  group); anyone else changes nothing and is told so in an ephemeral message. An allowed click is
+  sent with medic serve's proof (`medic.approval.identity.slack_proof`), which the flow verifies —
+  a click typed by hand into Prefect's API proves nothing;
 * clicks for one run are handled one at a time, and a click that can no longer count (already
   decided, same approver again) is answered without resuming: a double click resumes once;
 * a resume is checked: after "accepted" the handler waits until the flow has taken the input; a
@@ -26,16 +29,19 @@ from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
 from prefect.states import Crashed
 
-from medic.approval.card import APPROVE_ACTION_ID, REJECT_ACTION_ID, Decision, escape, mention, slack_date
-from medic.approval.gate import is_slack_approver
+from medic.approval.card import APPROVE_ACTION_ID, REJECT_ACTION_ID, Decision, escape, slack_date
+from medic.approval.answers import resume_proven
+from medic.approval.directory import Approver, allowed_names, load_directory
+from medic.approval.identity import slack_proof
 from medic.approval.notify import ApprovalCards, CardRecord
 from medic.clients.slack_interactivity import BlockAction, SlackRequestRefused
 from medic.core import audit
+from medic.orchestration import audit_store
 from medic.core.polling import retry_async
 from medic.core.report import utcnow
 from medic.core.runbook import Approval, Runbook, find_runbook
 from medic.errors import MedicError, PrefectError
-from medic.orchestration.pause import ResumeOutcome, ResumeStatus, resume_with_input
+from medic.orchestration.pause import ResumeOutcome, ResumeStatus
 from medic.orchestration.prefect_compat import force_flow_run_state
 from medic.settings import Settings
 
@@ -54,6 +60,7 @@ class ClickResult(StrEnum):
 
     ACCEPTED = "accepted"
     UNAUTHORIZED = "refused: not an approver"
+    UNVERIFIABLE = "refused: medic serve has no approval key"
     ALREADY_DECIDED = "ignored: already decided"
     ALREADY_APPROVED = "ignored: this approver already approved"
     NOT_WAITING = "not waiting any more"
@@ -97,9 +104,11 @@ class ClickHandler:
                 log.warning("click by %s on run %s failed: %s", action.user_id, run_id, exc)
                 await self._tell(action, f"medic could not act on your click: {exc}")
                 result, runbook, detail = ClickResult.ERROR, None, str(exc)
-        audit.record(audit.AuditRecord(kind="click", flow_run_id=run_id, runbook=runbook, who=action.user_id,
-                                       what=_DECISIONS[action.action_id], where="slack", result=result.value,
-                                       detail=detail), settings=self.settings)
+        await asyncio.to_thread(  # the click was already forwarded: never fail it for the log (it says so loudly)
+            audit_store.record, audit.AuditRecord(kind="click", flow_run_id=run_id, runbook=runbook,
+                                                  who=action.user_id, what=_DECISIONS[action.action_id], where="slack",
+                                                  result=result.value, detail=detail),
+            settings=self.settings, fail_closed=False)
         return result
 
     async def _handle(self, action: BlockAction) -> tuple[ClickResult, str | None, str]:
@@ -111,12 +120,23 @@ class ClickHandler:
             return ClickResult.RUN_GONE, None, "no such flow run"
         name, state = found
         policy = self._policy(name)
-        if not await asyncio.to_thread(is_slack_approver, user, policy, self.cards.notifier.usergroup_members):
-            who = ", ".join(mention(a) for a in policy.approvers) or f"members of <!subteam^{policy.approver_group}>"
-            await self._tell(action, f"You are not an approver of runbook `{escape(name)}` (approvers: {who}). "
-                                     "Nothing was changed.")
-            return ClickResult.UNAUTHORIZED, name, f"approvers {policy.approvers}, group {policy.approver_group}"
-        record = self.cards.store.get(run_id)
+        key = self.settings.approval_key
+        if key is None or not key.get_secret_value():
+            await self._tell(action, "medic cannot verify approvals: MEDIC_APPROVAL_KEY is not configured on "
+                                     "medic serve. Nothing was changed.")
+            return ClickResult.UNVERIFIABLE, name, "MEDIC_APPROVAL_KEY not set"
+        directory = await asyncio.to_thread(load_directory, self.settings.approvers_file)
+        entry = directory.by_slack_id(user)
+        allowed = await asyncio.to_thread(allowed_names, policy.approvers, policy.approver_group, directory,
+                                          self.cards.notifier.usergroup_members)
+        if entry is None or entry.name not in allowed:
+            who = ", ".join(escape(n) for n in sorted(allowed)) or "nobody in the approver directory"
+            why = "you are not in medic's approver directory" if entry is None else "you are not named by its policy"
+            await self._tell(action, f"You are not an approver of runbook `{escape(name)}` ({why}; approvers: "
+                                     f"{who}). Nothing was changed.")
+            return ClickResult.UNAUTHORIZED, name, (f"{why}; approvers {policy.approvers}, "
+                                                    f"group {policy.approver_group}")
+        record = await asyncio.to_thread(self.cards.store.get, run_id)
         if record is not None and not record.waiting:
             await asyncio.to_thread(self.cards.refresh, record)
             await self._tell(action, f"Already decided: {record.decision.value if record.decision else ''}.")
@@ -128,14 +148,20 @@ class ClickHandler:
             await self._end_card(action, Decision.GONE, f"the run had already ended ({state})")
             await self._tell(action, f"That run has already ended ({state}); nothing was changed.")
             return ClickResult.NOT_WAITING, name, state
-        return await self._resume(action, name, record)
+        return await self._resume(action, name, record, entry)
 
-    async def _resume(self, action: BlockAction, name: str, record: CardRecord | None) -> tuple[ClickResult, str, str]:
-        run_id = action.value
-        payload = {"decision": _DECISIONS[action.action_id], "approver": action.user_id, "via": "slack",
-                   "comment": ""}
+    async def _resume(self, action: BlockAction, name: str, record: CardRecord | None,
+                      approver: Approver) -> tuple[ClickResult, str, str]:
+        run_id, decision = action.value, _DECISIONS[action.action_id]
+        assert self.settings.approval_key is not None  # checked in _handle
+        key = self.settings.approval_key.get_secret_value()
+
+        def payload_for(pause_key: str) -> dict[str, str]:  # signed for the pause the run is in now
+            return {"decision": decision, "approver": approver.name, "comment": "", "proof": slack_proof(
+                key, run_id=run_id, pause_key=pause_key, decision=decision, user=action.user_id)}
+
         consumed = record.consumed if record else 0
-        outcome = await _resume_when_paused(run_id, payload)
+        outcome = await _resume_when_paused(run_id, payload_for)
         # Paused for REPAUSE_WAIT_S without the input schema a live flow stores right after pausing:
         # the process that paused it died in between, and the run can never take a decision.
         half_paused = outcome.status is ResumeStatus.NOT_PAUSED and outcome.state_type == "PAUSED"
@@ -176,7 +202,7 @@ class ClickHandler:
     async def _taken(self, run_id: str, consumed: int) -> bool:
         """Wait until the flow has counted one more input (it writes the count to the card store)."""
         async def look() -> bool:
-            record = self.cards.store.get(run_id)
+            record = await asyncio.to_thread(self.cards.store.get, run_id)
             return record is None or record.consumed > consumed  # no record: Slack off there; trust the resume
 
         return await retry_async(look, delays=itertools.repeat(0.02), retry_if=lambda taken: not taken,
@@ -209,14 +235,14 @@ async def _runbook_of(run_id: str) -> tuple[str, str] | None:
     return str((run.parameters or {}).get("runbook", "")), state
 
 
-async def _resume_when_paused(run_id: str, payload: dict[str, str]) -> ResumeOutcome:
+async def _resume_when_paused(run_id: str, payload_for: Callable[[str], dict[str, str]]) -> ResumeOutcome:
     """Resume; a run that is between pauses (or re-executing after a restart) gets a few seconds to
     pause again before the answer counts as "not waiting"."""
     def between_pauses(outcome: ResumeOutcome) -> bool:
         return (outcome.status in (ResumeStatus.ALREADY_RESUMED, ResumeStatus.NOT_PAUSED)
                 and (outcome.state_type or "") not in _TERMINAL)
 
-    return await retry_async(lambda: resume_with_input(run_id, payload), delays=itertools.repeat(0.2),
+    return await retry_async(lambda: resume_proven(run_id, payload_for), delays=itertools.repeat(0.2),
                              retry_if=between_pauses, timeout=REPAUSE_WAIT_S)
 
 

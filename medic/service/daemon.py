@@ -1,10 +1,11 @@
-"""`medic serve`: everything a site needs in one process.
+"""`medic serve`: everything a small site needs in one process, or the intake of a larger one.
 
 - Prefect: the configured API (MEDIC_PREFECT_API_URL, or the running lab's), else an embedded local
   server with SQLite under the state dir, started here and stopped on exit.
-- Then the serving half (`medic.service.serving`): deployments served by a Prefect Runner in this
-  process, the HTTP app (Alertmanager intake, Slack actions, /runs, /healthz, /metrics) on
-  --host/--port, runs left by a previous medic serve adopted.
+- Then the serving half (`medic.service.serving`): the HTTP app (Alertmanager intake, Slack actions,
+  /runs, /healthz, /metrics) on --host/--port; with MEDIC_EXECUTION=embedded (the default) also the
+  deployments served by a Prefect Runner in this process and the runs this instance (MEDIC_INSTANCE)
+  left before a restart adopted; with MEDIC_EXECUTION=workers intake only (`medic worker`s execute).
 SIGTERM/SIGINT stop it cleanly: no new runs, a grace period for running ones, Prefect stopped.
 """
 
@@ -17,6 +18,7 @@ from contextlib import nullcontext
 
 from medic.cli.run import use_prefect_api
 from medic.orchestration.embedded_server import EmbeddedPrefect
+from medic.service.credentials import check_serving
 from medic.settings import get_settings
 
 __all__ = ["serve"]
@@ -25,6 +27,7 @@ __all__ = ["serve"]
 def serve(*, host: str | None = None, port: int | None = None) -> int:
     """Run medic serve until SIGTERM/SIGINT; 0 on a clean stop."""
     settings = get_settings()
+    check_serving(settings, host or settings.server_host)  # no credential: loopback only (issue 11)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     embedded = None
     if not settings.prefect_api_url:

@@ -70,8 +70,10 @@ def parse_webhook(body: bytes, content_type: str | None) -> AMWebhook:
     """Validate the request body; raise IntakeRefused (4xx + reason) for anything unusable."""
     if len(body) > MAX_BODY_BYTES:
         raise IntakeRefused(413, f"payload of {len(body)} bytes is over the {MAX_BODY_BYTES}-byte limit")
-    if content_type and "json" not in content_type:
-        raise IntakeRefused(415, f"expected application/json, got {content_type}")
+    # application/json only (parameters such as charset allowed): a browser form or a web page's
+    # `text/plain` post must not reach a handler (the guard refuses them first; this holds without it).
+    if (content_type or "").split(";", 1)[0].strip().lower() != "application/json":
+        raise IntakeRefused(415, f"expected application/json, got {content_type or 'no content type'}")
     try:
         payload = AMWebhook.model_validate_json(body)
     except ValidationError as exc:

@@ -3,6 +3,10 @@
 The CLI then pays neither Python's nor Prefect's start-up: the warm server creates the run under its
 deployment and executes it at once, and each timeline entry is sent as one NDJSON line, followed by
 the final report. The same dedupe as for alerts applies.
+
+In workers mode (intake only) the run is created Scheduled for the pool and a worker executes it:
+the stream then says when the run's state changes in Prefect, and ends with its final state and
+message (no report object: it stays with the worker; the incident report is the run's artifact).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from datetime import datetime, timezone
 from typing import Any
 
 from prefect.context import FlowRunContext
@@ -67,6 +72,8 @@ async def start_run(request: Request) -> Response:
             "message": getattr(outcome, "message", None), "seconds": getattr(outcome, "seconds", None),
             "report": report.model_dump(mode="json") if isinstance(report, BaseModel) else None})
 
+    if state.settings.execution == "workers":
+        return await _start_on_workers(state, spec, target, asked.dry_run)
     remove = add_listener(on_entry)
     launch = await state.launcher.launch_manual(spec, target, dry_run=asked.dry_run, on_done=on_done)
     if launch.flow_run_id:
@@ -86,5 +93,38 @@ async def start_run(request: Request) -> Response:
                     return
         finally:
             remove()
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
+FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+
+
+async def _start_on_workers(state: Any, spec: Any, target: str, dry_run: bool) -> Response:
+    """Record the run for the pool, then follow it in Prefect until it ends (a worker executes it)."""
+    from prefect.client.orchestration import get_client
+
+    launch = await state.launcher.launch_manual(spec, target, dry_run=dry_run)
+    if launch.status.value != "started":
+        status = 409 if launch.status.value == "duplicate" else 503
+        return JSONResponse({"error": launch.detail, "flow_run_id": launch.flow_run_id}, status_code=status)
+
+    async def lines() -> AsyncIterator[bytes]:
+        yield (json.dumps({"type": "started", "flow_run_id": launch.flow_run_id}) + "\n").encode()
+        seen, started = None, datetime.now(timezone.utc)
+        async with get_client() as client:
+            while True:
+                run = await client.read_flow_run(launch.flow_run_id)  # type: ignore[arg-type]
+                current = run.state
+                if current is not None and (current.type.value, current.name) != seen:
+                    seen = (current.type.value, current.name)
+                    if current.type.value in FINAL:
+                        seconds = (datetime.now(timezone.utc) - started).total_seconds()
+                        yield (json.dumps({"type": "done", "state_name": current.name, "message": current.message,
+                                           "seconds": seconds, "report": None}) + "\n").encode()
+                        return
+                    yield (json.dumps({"type": "state", "state_name": current.name,
+                                       "message": current.message}) + "\n").encode()
+                await asyncio.sleep(0.5)
 
     return StreamingResponse(lines(), media_type="application/x-ndjson")

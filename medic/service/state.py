@@ -9,6 +9,7 @@ alone. Dependencies point one way: `app` → endpoints → `state` → the servi
 from __future__ import annotations
 
 import asyncio
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,13 +19,14 @@ from starlette.requests import Request
 
 from medic.core.inventory import Inventory, load_inventory
 from medic.core.runbook import Runbook, load_runbooks
-from medic.orchestration.launcher import FlapGuard, RunLauncher
+from medic.orchestration.flap_guard import FlapGuard
+from medic.orchestration.launcher import RunLauncher
 from medic.service.clicks import ClickHandler
 from medic.service.metrics import Metrics
 from medic.service.socket_mode import start_socket_mode
 from medic.settings import Settings
 
-__all__ = ["ServiceState", "build_state", "service_state"]
+__all__ = ["ServiceState", "build_state", "instance_name", "service_state"]
 
 
 @dataclass
@@ -60,17 +62,24 @@ def build_state(settings: Settings, flow: Any) -> ServiceState:
     """Every service of a medic serve process; call it on the event loop that will serve (Socket Mode
     hands its clicks to that loop)."""
     metrics = Metrics()
-    flap = FlapGuard(settings.state_dir / "flap-guard.json", max_runs=settings.flap_max_runs,
-                     window_s=settings.flap_window_s)
-    launcher = RunLauncher(flow=flow, flap=flap, metrics=metrics, max_concurrent=settings.max_concurrent_runs)
+    flap = FlapGuard.from_settings(settings)
+    launcher = RunLauncher(flow=flow, flap=flap, metrics=metrics, instance=instance_name(settings),
+                           execution=settings.execution, max_concurrent=settings.max_concurrent_runs)
     runbooks = load_runbooks(settings.runbooks_dir)
+    # Workers mode: a worker executes the run, and the workers' janitor ends the runs of a dead one.
     clicks = ClickHandler(settings=settings, runbooks=runbooks,
-                          is_executing=lambda run_id: run_id in launcher.active().values())
+                          is_executing=(lambda run_id: True) if settings.execution == "workers"
+                          else (lambda run_id: run_id in launcher.active().values()))
     socket_mode = None
     if settings.slack_socket_mode:  # clicks over Slack's websocket, into the same handler
         socket_mode = start_socket_mode(settings, clicks, asyncio.get_running_loop())
     return ServiceState(settings=settings, runbooks=runbooks, launcher=launcher, metrics=metrics,
                         clicks=clicks, socket_mode=socket_mode)
+
+
+def instance_name(settings: Settings) -> str:
+    """This medic serve's name, carried by its runs as the tag `medic-serve:<name>`."""
+    return settings.instance or f"medic-{socket.gethostname()}"
 
 
 def service_state(request: Request) -> ServiceState:

@@ -25,7 +25,8 @@ import pytest
 import yaml
 from slack_sdk.socket_mode.request import SocketModeRequest
 
-from medic.core.audit import AuditRecord, read_records
+from medic.core.audit import AuditRecord
+from medic.orchestration.audit_store import read_records
 from medic_lab.state import LabState
 from medic.core.paths import RUNBOOKS_DIR
 from medic.settings import Settings
@@ -33,6 +34,7 @@ from medic.service.clicks import ClickHandler, ClickResult
 from medic.service.socket_mode import route
 from tests.fakes.slack_api import Call, FakeSlack
 from tests.fakes.slack_signing import SIGNING_SECRET, block_action_payload, post_block_action, sign
+from tests.support.intake import intake_headers
 from tests.support.lab_health import lab_restored, seen
 from tests.support.server import MedicServer, alert_payload, cancel_leftover_runs, medic_server
 from tests.support.waits import wait_for
@@ -108,7 +110,7 @@ def _cache(lab: LabState, host: str) -> list[str]:
 def start_run(server: MedicServer, runbook: str, host: str) -> str:
     alertname = VARIANTS[runbook][0]
     payload = alert_payload(alertname, host, fingerprint=f"fp-{secrets.token_hex(6)}")
-    answer = httpx.post(f"{server.url}/alertmanager", json=payload, timeout=30).json()
+    answer = httpx.post(f"{server.url}/alertmanager", json=payload, timeout=30, headers=intake_headers()).json()
     assert answer["started"] == 1, answer
     return answer["alerts"][0]["flow_run_id"]
 
@@ -165,7 +167,8 @@ def card_text(message: dict[str, Any]) -> str:
 
 
 def audit_of(serve_env: dict[str, str], run_id: str) -> list[AuditRecord]:
-    return read_records(settings=Settings(state_dir=Path(serve_env["MEDIC_STATE_DIR"])), flow_run_id=run_id)
+    """The run's audit records, from Prefect (this process and medic serve share the lab's)."""
+    return read_records(flow_run_id=run_id)
 
 
 def wait_audit(serve_env: dict[str, str], run_id: str, kind: str, count: int = 1, timeout: float = 30) -> list[AuditRecord]:
@@ -207,7 +210,8 @@ def test_approve_runs_the_recovery_and_a_double_click_resumes_once(
     assert not has_buttons(message) and f"Approved by <@{ALICE}>" in card_text(message)
     assert lab.host("web-1").data_dir.joinpath("cache").exists()
     kinds = {r.kind: r for r in audit_of(serve_env, run_id)}
-    assert kinds["decision"].what == "approved" and kinds["decision"].who == ALICE
+    # the identity is the approver directory's name (tests/support/approvals.py), proven by medic serve's Slack proof
+    assert kinds["decision"].what == "approved" and kinds["decision"].who == "alice" and kinds["decision"].where == "slack"
     assert kinds["action"].what.startswith("playbook cleanup-data-dir.yml") and "changed" in kinds["action"].result
     # the incident thread: opened with the evidence, then one reply per stage, ending verified
     parent = slack.wait_for("chat.postMessage", lambda c: "disk-full-slack on web-1" in c.args["text"]
@@ -225,7 +229,7 @@ def test_reject_changes_nothing_and_says_who(lab: LabState, slack: FakeSlack, se
     assert click(server, card, BOB, action="medic_reject").status_code == 200
     state = final_state(lab, run_id)
     assert (state["type"], state["name"]) == ("FAILED", "Rejected")
-    assert BOB in state["message"] and "Nothing was changed" in state["message"]
+    assert "by bob" in state["message"] and "Nothing was changed" in state["message"]  # the verified name
     assert _cache(lab, "web-2") == before
     message = message_now(slack, card)
     assert not has_buttons(message) and f"Rejected by <@{BOB}>" in card_text(message)
@@ -271,9 +275,11 @@ def test_refused_requests_change_nothing(lab: LabState, slack: FakeSlack, server
     assert {k: r.status_code for k, r in refused.items()} == {
         "forged": 401, "replayed": 401, "unsigned": 401, "malformed": 400, "unknown action": 400}
     assert "5-minute" in refused["replayed"].json()["error"]
-    assert click(server, card, MALLORY).status_code == 200
-    ephemeral_to(slack, MALLORY, "not an approver")
-    assert wait_audit(serve_env, run_id, "click")[0].result == ClickResult.UNAUTHORIZED.value
+    assert click(server, card, MALLORY).status_code == 200  # in no approver directory
+    ephemeral_to(slack, MALLORY, "not in medic's approver directory")
+    assert click(server, card, CAROL).status_code == 200  # in the directory, not named by this runbook
+    ephemeral_to(slack, CAROL, "not named by its policy")
+    assert [c.result for c in wait_audit(serve_env, run_id, "click", 2)] == [ClickResult.UNAUTHORIZED.value] * 2
     assert run_state(lab, run_id)["type"] == "PAUSED", "a refused click must not resume the run"
     assert has_buttons(message_now(slack, card))
     # The proof that no refused request resumed it: the run still takes this decision, and it is the
@@ -383,13 +389,24 @@ def test_approval_still_works_after_medic_serve_restarts(lab: LabState, slack: F
     assert f"Approved by <@{BOB}>" in card_text(message_now(slack, card))
 
 
-def test_secrets_never_reach_logs_audit_or_state(slack: FakeSlack, serve_env: dict[str, str]) -> None:
+def test_secrets_never_reach_logs_audit_or_state(lab: LabState, slack: FakeSlack, serve_env: dict[str, str]) -> None:
     state_dir = Path(serve_env["MEDIC_STATE_DIR"])
     files = [p for p in state_dir.rglob("*") if p.is_file()]
-    assert any(p.name == "audit.jsonl" for p in files) and any(p.suffix == ".log" for p in files)
+    assert any(p.suffix == ".log" for p in files)
+    assert not [p for p in files if p.name == "audit.jsonl" or p.parent.name == "approval-cards"], \
+        "the audit log and the cards live in Prefect, not in local files"
     for path in files:
         text = path.read_text(errors="replace")
         assert slack.token not in text and SIGNING_SECRET not in text, path
+        assert os.environ["MEDIC_APPROVAL_KEY"] not in text, path
+    # what Prefect holds: every audit artifact and card variable, raw
+    audit = httpx.post(f"{lab.prefect_api_url}/artifacts/filter", json={"artifacts": {"key": {"like_": "medic-audit-"}}}).text
+    cards = httpx.post(f"{lab.prefect_api_url}/variables/filter", json={"variables": {"name": {"like_": "medic-card-"}}}).text
+    assert "medic-audit-" in audit and "medic-card-" in cards
+    inputs = httpx.post(f"{lab.prefect_api_url}/variables/filter", json={"variables": {"name": {"like_": "medic-"}}}).text
+    for text in (audit, cards, inputs):
+        assert slack.token not in text and SIGNING_SECRET not in text
+        assert os.environ["MEDIC_APPROVAL_KEY"] not in text  # proofs are HMACs of it, never it
 
 
 # --- Socket Mode: the routing function only (no websocket to Slack from here) ----------------------

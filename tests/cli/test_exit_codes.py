@@ -20,6 +20,7 @@ from medic.core.paths import PLAYBOOKS_DIR, RUNBOOKS_DIR
 from medic.core.report import ENDINGS, Outcome
 from medic.errors import ExitCode
 from medic_lab.state import LabState
+from tests.support.approvals import secret_text
 from tests.support.lab_health import Inject, broken, restored, seen  # noqa: F401 (fixtures)
 from tests.support.waits import wait_for
 
@@ -102,7 +103,8 @@ def test_an_unreachable_prefect_exits_5_and_names_its_url(no_lab: dict[str, str]
 
 
 def test_approve_with_prefect_unreachable_exits_5(no_lab: dict[str, str]) -> None:
-    done = medic("approve", "3fa85f64-5717-4562-b3fc-2c963f66afa6", env=no_lab)
+    done = medic("approve", "3fa85f64-5717-4562-b3fc-2c963f66afa6", "--approver", "alice",
+                 env={**no_lab, "MEDIC_APPROVER_SECRET": "A" * 32})  # well-formed: it gets as far as Prefect
     assert done.returncode == 5, done.stdout + done.stderr
     assert "Prefect API" in done.stderr
 
@@ -182,7 +184,8 @@ def waiting_run(lab: LabState, broken: Inject) -> Iterator[tuple[Background, str
         yield run, run_id
     finally:
         if run_id and run.proc.poll() is None:
-            medic("approve", run_id, "--reject", "--comment", "test teardown")
+            medic("approve", run_id, "--reject", "--approver", "bob", "--comment", "test teardown",
+                  env=lab_env(MEDIC_APPROVER_SECRET=secret_text("bob")))
             try:
                 run.proc.wait(timeout=120)
             except subprocess.TimeoutExpired:
@@ -195,7 +198,8 @@ def test_a_second_run_meanwhile_exits_4_and_a_rejection_exits_3(waiting_run: tup
     second = medic("run", "disk-full", "--target", "web-1", "--local")
     assert second.returncode == 4, second.stdout + second.stderr
     assert "ALREADY RUNNING: " in second.stdout
-    decided = medic("approve", run_id, "--reject", "--comment", "exit-code test")
+    decided = medic("approve", run_id, "--reject", "--approver", "bob", "--comment", "exit-code test",
+                    env=lab_env(MEDIC_APPROVER_SECRET=secret_text("bob")))
     assert decided.returncode == 0, decided.stdout + decided.stderr
     assert first.proc.wait(timeout=120) == 3, first.output()
     assert "REJECTED: " in first.output()

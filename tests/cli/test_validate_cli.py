@@ -40,7 +40,7 @@ class Workspace:
 
     def summary(self, problems: int, *, playbooks: int = 4, hosts: bool = True) -> str:
         checked = f"the hosts they name in {self.inventory}" if hosts else "hosts not checked (no inventory configured)"
-        return f"4 runbook(s), {playbooks} playbook(s) checked, {checked}: {problems} problem(s)\n"
+        return f"6 runbook(s), {playbooks} playbook(s) checked, {checked}: {problems} problem(s)\n"
 
 
 @pytest.fixture
@@ -53,7 +53,8 @@ def workspace(tmp_path: Path) -> Workspace:
     (tmp_path / "lab").mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEDIC_")}
     env |= {"MEDIC_RUNBOOKS_DIR": str(runbooks), "MEDIC_PLAYBOOKS_DIR": str(playbooks),
-            "MEDIC_INVENTORY": str(inventory), "MEDIC_LAB_DIR": str(tmp_path / "lab")}
+            "MEDIC_INVENTORY": str(inventory), "MEDIC_LAB_DIR": str(tmp_path / "lab"),
+            "MEDIC_APPROVAL_KEY": "validate-test-key"}  # without it, validate warns (test_approval_warnings)
     return Workspace(runbooks, playbooks, inventory, env)
 
 
@@ -148,3 +149,17 @@ def test_a_playbook_no_runbook_names_is_checked_too(workspace: Workspace) -> Non
     assert done.stderr.startswith(f"{extra}:3: ansible-playbook --syntax-check: couldn't resolve module/action "
                                   "'ansible.builtin.no_such_module'"), done.stderr
     assert done.stdout == workspace.summary(1, playbooks=5)
+
+
+def test_approval_warnings_do_not_fail_validation_but_say_what_to_fix(workspace: Workspace) -> None:
+    """Issue 11: no key → nothing could be approved; a required policy naming nobody; a name not in the
+    approver directory. Warnings (stderr), exit 0: the specs themselves are valid."""
+    workspace.env.pop("MEDIC_APPROVAL_KEY")
+    path = workspace.edit("disk-full", "  approvers: [alice, bob]  # names in approvers.yaml\n", "")
+    workspace.edit("postgres-failover", "approvers: [alice, bob]", "approvers: [alice, mallory]")
+    done = workspace.validate()
+    assert done.returncode == 0 and done.stdout == workspace.summary(0).replace("\n", ", 3 warning(s)\n"), done
+    warnings = done.stderr.splitlines()
+    assert warnings[0].startswith("warning: MEDIC_APPROVAL_KEY is not set: no approval can be verified"), warnings
+    assert f"warning: {path}: approval: policy 'required' names no approvers" in warnings[1], warnings
+    assert "approval.approvers: 'mallory' is not in" in warnings[2] and "it admits nobody" in warnings[2], warnings

@@ -86,7 +86,8 @@ def inventory(tmp_path: Path, text: str = INVENTORY) -> Inventory:
 
 def test_the_real_runbooks_load_with_the_intended_fields() -> None:
     books = load_runbooks(RUNBOOKS_DIR)
-    assert sorted(books) == ["disk-full", "high-latency", "postgres-failover", "service-down"]
+    assert sorted(books) == ["disk-full", "high-latency", "latency-drift", "memory-leak", "postgres-failover",
+                             "service-down"]
     failover = books["postgres-failover"]
     assert failover.kind == "failover" and failover.failover.members == "db"
     assert failover.failover.max_lag_bytes == 16 * 1024 * 1024 and failover.approval.policy == "required"
@@ -119,6 +120,11 @@ def test_the_real_runbooks_load_with_the_intended_fields() -> None:
     assert not slow.detect.per_host  # one query for all hosts, split by the host label
     assert slow.detect.settle == 10.0 and slow.verify.timeout == 45.0
 
+    leak, drift = books["memory-leak"].detect.anomaly, books["latency-drift"].detect.anomaly
+    assert leak is not None and (leak.detector, leak.params["direction"]) == ("rate_of_change", "up")  # + limit
+    assert drift is not None and (drift.detector, drift.params["direction"]) == ("ewma", "up")
+    assert books["memory-leak"].trigger.alertname == "MemoryLeakSuspected"  # type: ignore[union-attr]
+
     for rb in books.values():
         assert rb.source == RUNBOOKS_DIR / f"{rb.name}.yaml"
         assert rb.recover.playbook and (PLAYBOOKS_DIR / rb.recover.playbook).is_file()
@@ -130,7 +136,8 @@ def test_find_runbook_by_name_and_refuses_unknown_or_path_like_names() -> None:
         with pytest.raises(RunbookError) as info:
             find_runbook(name, RUNBOOKS_DIR)
         assert f"no runbook named {name!r}" in str(info.value)
-        assert info.value.expected == "one of: disk-full, high-latency, postgres-failover, service-down"
+        assert info.value.expected == ("one of: disk-full, high-latency, latency-drift, memory-leak, "
+                                       "postgres-failover, service-down")
 
 
 def test_durations_and_conditions_accept_every_documented_form(tmp_path: Path) -> None:

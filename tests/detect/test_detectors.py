@@ -119,6 +119,23 @@ def test_novelty_stays_quiet_on_repeats_and_explains_a_new_shape() -> None:
     ), d.reason()
 
 
+def test_novelty_scores_a_value_beyond_the_range_seen_at_once_and_says_by_how_much() -> None:
+    d = build("novelty", learn_rows=100, metric="queue depth")
+    feed(d, noisy(300, level=100.0, sd=2.0))  # range roughly 94..106
+    inside = d.update(START + 300 * STEP, 105.0)
+    assert inside < 0.5
+    assert "outside everything seen" not in d.reason()
+    beyond = d.update(START + 301 * STEP, 130.0)  # ~2x the range above its top: news at once
+    assert beyond == 1.0
+    assert re.search(r"queue depth: 130 is outside everything seen in 302 samples by \d+% of their range "
+                     r"\(tolerance 5%\)", d.reason()), d.reason()
+    again = d.update(START + 302 * STEP, 160.0)  # same incident, within the cool-down: one page
+    assert again < 1.0
+    off = build("novelty", learn_rows=100, spatial_tolerance=None)
+    feed(off, noisy(300, level=100.0, sd=2.0))
+    assert off.update(START + 300 * STEP, 130.0) < 1.0  # the likelihood alone needs more rows
+
+
 def test_scores_stay_in_0_1_and_reasons_exist_for_every_detector_on_odd_input() -> None:
     series = [0.0] * 50 + [1e12, -1e12, math.nan, 0.0] + [5.0] * 400
     for name in DETECTORS:

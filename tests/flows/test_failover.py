@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,49 +20,29 @@ from flows.failover import failover as failover_flow
 from medic.clients.postgres import direct_check, write_through
 from medic.core.runbook import find_runbook, load_runbook
 from medic.errors import LabError, RunbookError
+from flows.rejoin import rejoin as rejoin_flow
 from medic.orchestration.runs import FlowRunOutcome, run_flow_now
-from medic.orchestration.telemetry import point_prefect_at
 from medic.core.report import Outcome
 from medic.procedures.failover import FailoverReport, read_route
 from medic.settings import get_settings
-from medic_lab import control, faults
+from medic_lab import faults
 from medic_lab.postgres import PgPorts, pg_data, psql
 from medic_lab.processes import process_gone
 from medic_lab.state import LabState
-from tests.support.flows import metric, run_and_answer
-from tests.support.pg_cluster import (cluster as _cluster, failover, rejoin, restore_cluster, roles, seen_down,
-                                      streaming, wait_cluster_healthy)
+from tests.support.flows import metric
+from tests.support.pg_approvals import APPROVE, REJECT, approver, run_and_decide
+from tests.support.pg_cluster import (cluster as _cluster, db_lab as pg_db_lab, failover, rejoin, restore_cluster,
+                                      roles, seen_down, streaming, wait_cluster_healthy)
 from tests.support.waits import wait_for
 
 BASE_PORT = int(os.environ.get("MEDIC_TEST_DB_LAB_BASE_PORT", "27000"))
-APPROVE = {"decision": "approve", "approver": "test-sre", "via": "cli"}
-REJECT = {"decision": "reject", "approver": "test-sre", "comment": "not now", "via": "cli"}
-_ENV = ("MEDIC_LAB_DIR", "MEDIC_LAB_BASE_PORT", "PREFECT_API_URL")
 
 
 @pytest.fixture(scope="module")
 def db_lab() -> Iterator[LabState]:
-    """A small lab of its own with the PostgreSQL cluster, always stopped at the end."""
-    saved = {k: os.environ.get(k) for k in _ENV}
-    lab_dir = Path(tempfile.mkdtemp(prefix="medic-test-db-", dir="/tmp"))
-    os.environ.update(MEDIC_LAB_DIR=str(lab_dir), MEDIC_LAB_BASE_PORT=str(BASE_PORT))
-    get_settings.cache_clear()
-    try:
-        state = control.up(lab_dir, hosts=1, base_port=BASE_PORT, options={"db": True}, with_prefect=True,
-                           webhook_url="http://127.0.0.1:9/unused")
-        # The environment only: a prefect `temporary_settings` entered across this yield is not
-        # undone at teardown, and every later test module would talk to this (stopped) lab.
-        point_prefect_at(state.prefect_api_url)
+    """A small lab of its own with the 2-node PostgreSQL cluster, always stopped at the end."""
+    with pg_db_lab(BASE_PORT, {"db": True}) as state:
         yield state
-    finally:
-        # Back to the session lab's Prefect first: switching flushes what this lab's Prefect is owed.
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-        get_settings.cache_clear()
-        if saved["PREFECT_API_URL"]:
-            point_prefect_at(saved["PREFECT_API_URL"])
-        control.down(lab_dir)
-        shutil.rmtree(lab_dir, ignore_errors=True)
 
 
 @pytest.fixture
@@ -133,7 +111,7 @@ def test_reject_changes_nothing(cluster: LabState) -> None:
     seen_down(cluster, primary)
     run, report = failover([REJECT])
     assert report.outcome is Outcome.REJECTED, report.summary
-    assert run.state_name == "Rejected" and report.approval.approvers == ["test-sre"]
+    assert run.state_name == "Rejected" and report.approval.approvers == [approver()]
     assert report.fence is None and report.promote is None
     assert read_route(_cluster()).servers == {primary: "ready", standby: "maint"}
     assert psql(cluster.host(standby), "SELECT pg_is_in_recovery()") == "t"
@@ -166,7 +144,7 @@ def test_two_concurrent_failovers_one_runs(cluster: LabState) -> None:
 
     async def both() -> tuple[FlowRunOutcome, FlowRunOutcome]:
         asking, second_done = asyncio.Event(), asyncio.Event()
-        first = asyncio.create_task(run_and_answer(failover_flow, {"reason": "first"}, [REJECT],
+        first = asyncio.create_task(run_and_decide(failover_flow, {"reason": "first"}, [REJECT],
                                                    asking=asking, gate=second_done))
         # The first run asks its human while holding the cluster's slot; only then the second starts.
         await asyncio.wait_for(asking.wait(), timeout=120)
@@ -216,15 +194,17 @@ def test_rejoin_of_the_current_primary_is_refused(cluster: LabState) -> None:
 def test_rejoin_makes_the_old_primary_stream_from_the_new_one(
         cluster: LabState, failed_over: tuple[str, str, FlowRunOutcome, FailoverReport]) -> None:
     primary, old, _, _ = failed_over
-    run, report = rejoin(old)
+    run, report = rejoin(old, [APPROVE])
     assert report.outcome is Outcome.REJOINED, report.summary
+    assert [a.decision for a in report.asks] == ["approved"], report.asks  # a rejoin asks a human
     assert run.state_name == "Rejoined" and report.rejoin.reported["method"] in ("pg_rewind", "pg_basebackup")
     assert streaming(cluster, primary, old)
     assert psql(cluster.host(old), "SELECT pg_is_in_recovery()") == "t"
     assert not (cluster.host(old).root / "run" / "pg.fenced").exists()
     assert wait_cluster_healthy(cluster) == (primary, old)
-    _, again = rejoin(old)  # idempotent: already streaming
-    assert again.outcome is Outcome.REJOINED and again.rejoin.reported["action"] == "none"
+    _, again = rejoin(old)  # idempotent: already streaming — nothing to do, nobody asked
+    assert again.outcome is Outcome.REJOINED and again.rejoin is None and again.asks == [], again.summary
+    assert "already streams" in again.summary
 
 
 def test_hung_primary_is_fenced_before_promotion_then_fails_back(cluster: LabState) -> None:
@@ -244,7 +224,7 @@ def test_hung_primary_is_fenced_before_promotion_then_fails_back(cluster: LabSta
     faults.fix_host(cluster, "pg-primary-hang", primary)  # SIGCONT: there is nothing left to wake up
     assert not direct_check(f"127.0.0.1:{PgPorts.of(cluster).nodes[primary]}").answered
     assert write_through(_cluster().endpoint).server_port == PgPorts.of(cluster).nodes[standby]
-    _, back = rejoin(primary)
+    _, back = rejoin(primary, [APPROVE])
     assert back.outcome is Outcome.REJOINED, back.summary
     assert wait_cluster_healthy(cluster) == (standby, primary)
 
@@ -264,14 +244,59 @@ def test_unreachable_primary_is_not_promoted_over_without_an_override(cluster: L
     assert read_route(_cluster()).servers == {primary: "ready", standby: "maint"}
     assert psql(cluster.host(standby), "SELECT pg_is_in_recovery()") == "t"
 
-    run, report = failover([APPROVE], allow_unfenced=True)
+    # With the override asked: shown on the request; then the fence fails (no SSH) and promoting
+    # without it is asked again, showing the failure — the first approval never covers it.
+    run, report = failover([APPROVE, APPROVE], allow_unfenced=True)
     assert report.outcome is Outcome.PROMOTED, report.summary
     assert run.state_name == "Promoted" and report.approval.decision == "approved"
+    assert [a.key for a in report.asks] == ["failover-1", "fence-failed"], report.asks
+    assert "override asked: promote without fencing" in report.asks[0].risk
+    assert f"fencing {primary} FAILED" in report.asks[1].title + report.asks[1].risk
     assert any(o.startswith("OVERRIDE allow_unfenced") for o in report.overrides), report.overrides
+    assert any(o.startswith("OVERRIDE promote without fencing") for o in report.overrides), report.overrides
     assert not report.fence.stopped and report.fence.endpoint_removed  # clients can't reach it either way
     assert read_route(_cluster()).servers == {primary: "maint", standby: "ready"}
     assert write_through(_cluster().endpoint).server_port == PgPorts.of(cluster).nodes[standby]
     faults.fix_host(cluster, "host-down", primary)  # sshd back; its postgres stays down
-    _, back = rejoin(primary)
+    _, back = rejoin(primary, [APPROVE])
     assert back.outcome is Outcome.REJOINED, back.summary
     assert wait_cluster_healthy(cluster) == (standby, primary)
+
+
+def test_rejoin_takes_only_a_node_of_the_cluster(cluster: LabState) -> None:
+    """The rejoin deployment's `host` must be a db node: anything else is bad input, before any change."""
+    run = asyncio.run(run_flow_now(rejoin_flow, {"host": "web-1"}))
+    assert run.state_type == "FAILED" and "'web-1' is not a node of cluster" in (run.message or ""), run.message
+
+
+def test_a_rejected_rejoin_changes_nothing(cluster: LabState) -> None:
+    """A rejoin deletes data in its fallback, so it asks first; a rejection leaves the node as it was."""
+    _, standby = roles()
+    faults.break_host(cluster, "pg-primary-down", standby)  # a standby that does not stream any more
+    run, report = rejoin(standby, [REJECT])
+    assert report.outcome is Outcome.REJECTED and run.state_name == "Rejected", report.summary
+    assert report.rejoin is None and [a.key for a in report.asks] == ["rejoin"], report.asks
+    assert "data dir may be deleted" in report.asks[0].risk
+    assert not (cluster.host(standby).root / "run" / "pg.fenced").exists()  # not even fenced
+    assert (pg_data(cluster.host(standby)) / "PG_VERSION").exists()  # its data dir is still there
+
+
+def test_what_counts_as_changed_evidence_after_an_approval() -> None:
+    """Figures the human did not see ask again; a standby that merely caught up in replay does not."""
+    from medic.clients.postgres import NodeState
+    from medic.procedures.failover import Decision, Evidence, FailoverDiagnosis
+
+    def diag(received: int, replayed: int, candidate: str = "pg-2", writable: list[str] | None = None) -> Evidence:
+        d = FailoverDiagnosis(primary=NodeState(host="pg-1", ssh_reachable=True, process="stopped"),
+                              standbys=[NodeState(host=candidate, ssh_reachable=True, answered=True, in_recovery=True,
+                                                  received_lsn=received, replayed_lsn=replayed)],
+                              candidate=candidate, wal_end=1000, writable=writable or [])
+        return Evidence.of(d, Decision())
+
+    approved = diag(900, 800)
+    assert approved.changes(diag(900, 850)) == []  # replay caught up: less risk, same decision
+    assert approved.changes(diag(900, 700)) == ["the standby is now 300 bytes behind in replay (approved: 200 bytes)"]
+    assert approved.changes(diag(950, 800)) == ["potential data loss is now 50 bytes (approved: 100 bytes)"]
+    assert "the standby to promote is now pg-3 (approved: pg-2)" in approved.changes(diag(900, 800, "pg-3"))
+    assert approved.changes(diag(900, 800, writable=["pg-3"])) == [
+        "nodes answering as writable primary: pg-3 (approved: none)"]

@@ -70,10 +70,10 @@ def test_disk_full_after_approval_frees_junk_only_inside_the_data_dir(lab: LabSt
     seen(lab, "disk-full", "web-1")
     junk_bytes = sum(f.stat().st_size for f in (host.data_dir / "cache").glob("junk-*"))
     run, report, statuses = asyncio.run(remediate_and_decide(
-        "disk-full", "web-1", [{"decision": "approve", "approver": "test-operator", "via": "cli"}]))
+        "disk-full", "web-1", [{"decision": "approve", "approver": "alice"}]))
     assert statuses == ["accepted"]
     assert report.outcome is Outcome.RECOVERED, report.summary
-    assert report.approval.decision == "approved" and report.approval.approvers == ["test-operator"]
+    assert report.approval.decision == "approved" and report.approval.approvers == ["alice"]
     assert int(report.recovery.hosts[0].return_values["bytes_freed"]) == junk_bytes
     assert list((host.data_dir / "cache").glob("junk-*")) == []
     assert (host.data_dir / "cache" / "session.tmp").exists(), "a young cache file must be kept"
@@ -89,10 +89,10 @@ def test_disk_full_rejected_changes_nothing(lab: LabState, broken: Inject) -> No
     seen(lab, "disk-full", "web-1")
     before = sorted(p.name for p in (host.data_dir / "cache").iterdir())
     run, report, _ = asyncio.run(remediate_and_decide(
-        "disk-full", "web-1", [{"decision": "reject", "approver": "night-owl", "comment": "not now", "via": "ui"}]))
+        "disk-full", "web-1", [{"decision": "reject", "approver": "bob", "comment": "not now"}]))
     assert report.outcome is Outcome.REJECTED
     assert run.state_type == "FAILED" and run.state_name == "Rejected"
-    assert "night-owl" in report.summary and "not now" in report.summary
+    assert "bob" in report.summary and "not now" in report.summary
     assert report.recovery is None
     assert sorted(p.name for p in (host.data_dir / "cache").iterdir()) == before
 

@@ -28,6 +28,8 @@ from medic.orchestration.pause import resume_with_input
 from medic.orchestration.runs import FlowRunOutcome, run_flow_now
 from medic.orchestration.telemetry import flush_prefect_telemetry
 from medic_lab.state import LabState
+from tests.support.approvals import code_of
+from tests.support.intake import intake_headers
 from tests.support.lab_health import Inject, broken, seen  # noqa: F401 (a fixture)
 from tests.support.server import MedicServer, alert_payload, cancel_leftover_runs, medic_server
 from tests.support.waits import wait_for
@@ -96,7 +98,7 @@ def test_paused_disk_full_run_explains_itself_and_its_outcome(lab: LabState, bro
         paused_at = datetime.now(timezone.utc)
         inputs = await asyncio.to_thread(pause_inputs, api, run_id)
         while_paused = await asyncio.to_thread(run_logs, api, run_id, "waiting until")
-        answer = await resume_with_input(run_id, {"decision": "approve", "approver": "ui-story", "via": "ui"})
+        answer = await resume_with_input(run_id, {"decision": "approve", "approver": "alice", "code": code_of("alice")})
         assert answer.accepted, answer
         return await asyncio.wait_for(run, 120), run_id, inputs, while_paused, paused_at
 
@@ -119,15 +121,15 @@ def test_paused_disk_full_run_explains_itself_and_its_outcome(lab: LabState, bro
     assert began + timedelta(seconds=600) <= deadline <= paused_at + timedelta(seconds=600), (began, deadline, paused_at)
     assert deadline.strftime("%Y-%m-%d %H:%M:%S UTC") in waiting, "log and dialog must show the same deadline"
     fields = inputs["schema"]["properties"]
-    assert {"decision", "approver", "comment", "via"} <= set(fields)
-    assert all(fields[f].get("description") for f in ("decision", "approver", "comment", "via")), fields
+    assert {"decision", "approver", "code", "comment"} <= set(fields) and "via" not in fields  # proofs, never claims
+    assert all(fields[f].get("description") for f in ("decision", "approver", "code", "comment", "proof")), fields
     assert "planned action" in fields["decision"]["description"]
 
     # Then: the decision, the re-check, the action, the verification and the outcome, one line each.
     report = outcome.result
     assert isinstance(report, RemediationReport) and report.outcome is Outcome.RECOVERED, outcome
     after = run_logs(api, run_id, "report: ")
-    assert any(m.startswith("approval: approved by ui-story via ui") for m in after), after
+    assert any(m.startswith("approval: approved by alice via ui") for m in after), after
     assert any(m.startswith("re-check: ") and "still holds on web-1" in m for m in after), after
     recover = next(m for m in after if m.startswith("recover: "))
     assert recover.startswith("recover: playbook cleanup-data-dir.yml on web-1: web-1 changed (") and \
@@ -199,12 +201,13 @@ def flap_server(lab: LabState, tmp_path_factory: pytest.TempPathFactory) -> Iter
 def _alert(server: MedicServer, host: str, n: int) -> dict:
     fingerprint = f"ui-story-flap-{n}-{uuid.uuid4().hex[:8]}"  # never "already handled" from an earlier run
     payload = alert_payload("ServiceDown", host, fingerprint=fingerprint, starts_at=f"2026-11-23T03:0{n}:00Z")
-    return httpx.post(f"{server.url}/alertmanager", json=payload).json()["alerts"][0]
+    return httpx.post(f"{server.url}/alertmanager", json=payload, headers=intake_headers()).json()["alerts"][0]
 
 
 def _idle(server: MedicServer, host: str, timeout: float = 30) -> None:
     """Prefect shows a run final a moment before medic serve has counted it and freed its slot."""
-    wait_for(lambda: [r for r in httpx.get(f"{server.url}/healthz").json()["active_runs"] if r["target"] == host],
+    wait_for(lambda: [r for r in httpx.get(f"{server.url}/healthz?verbose=1", headers=intake_headers()).json()[
+                 "active_runs"] if r["target"] == host],
              what=f"medic serve to release its run for {host}", timeout=timeout, done=lambda held: not held)
 
 
@@ -236,10 +239,10 @@ def test_flap_guard_counts_only_runs_that_acted_and_says_when_it_asks(lab: LabSt
     waiting = next(m for m in run_logs(api, run_id, "approval: waiting") if m.startswith("approval: waiting"))
     assert "why a human: this run was started with require_approval" in waiting and "flap guard:" in waiting
     assert "flap guard: service-down on web-4" in pause_inputs(api, run_id)["description"]
-    answer = asyncio.run(resume_with_input(run_id, {"decision": "reject", "approver": "ui-story", "via": "ui"}))
+    answer = asyncio.run(resume_with_input(run_id, {"decision": "reject", "approver": "bob", "code": code_of("bob")}))
     assert answer.accepted, answer
     state = wait_state(api, run_id, {"COMPLETED", "FAILED"})
-    assert state["name"] == "Rejected" and "ui-story" in state["message"], state
+    assert state["name"] == "Rejected" and "bob" in state["message"], state
     artifact = httpx.post(f"{api}/artifacts/filter", json={"artifacts": {"key": {"any_": [
         "incident-service-down-web-4"]}}, "sort": "CREATED_DESC", "limit": 1}).json()[0]
     assert "flap guard: service-down on web-4" in artifact["data"], "the report must say the flap guard asked"

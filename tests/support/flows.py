@@ -15,6 +15,7 @@ from medic_lab.state import LabState
 from medic.orchestration.pause import resume_with_input
 from medic.orchestration.runs import FlowRunOutcome, run_flow_now
 from medic.core.report import RemediationReport
+from tests.support.approvals import answer_as
 from tests.support.waits import wait_for
 
 Samples = list[tuple[dict[str, str], float]]
@@ -31,8 +32,13 @@ async def answer_pause(run_id: str, decision: dict[str, Any], *, timeout: float 
 
     The run announces its pause (the `medic approve` line) a moment before it is paused: until then
     the answer is "not_paused", and it is asked again."""
+    def send() -> Any:  # a decision without a code or proof is sent proven, as `medic approve` does
+        if "code" in decision or "proof" in decision:
+            return resume_with_input(run_id, decision)
+        return answer_as(run_id, decision)
+
     result = await wait_until_async(
-        lambda: resume_with_input(run_id, decision), what=f"run {run_id} to be paused and take {decision}",
+        send, what=f"run {run_id} to be paused and take {decision}",
         timeout=timeout, done=lambda r: r.status.value != "not_paused")
     return result.status.value
 

@@ -53,6 +53,7 @@ def restore_web_lab(lab: LabState) -> None:
         # one can be slow: so before any restart, and only then.
         if _serving(host):
             faults.fix_host(lab, "slow", host.name)
+            faults.fix_host(lab, "leak", host.name)  # also ends a drift (one signal heals both)
         for fault in REPAIRS:
             faults.fix_host(lab, fault, host.name)
     runtime = HAProxyRuntime("127.0.0.1", lab.ports.haproxy_admin)

@@ -6,6 +6,7 @@ the procedure: detect → diagnose → decide → approve → fence → promote 
 
     assess   the cluster and its route; detect, diagnose, decide (nothing changes)
     act      fence, promote, reroute, verify, rejoin (each returns a result model)
+    asks     what a human is asked (and asked again after a re-check or a failed fence)
     report   FailoverReport: the flow's return value and markdown artifact
 """
 
@@ -33,10 +34,23 @@ from medic.procedures.failover.assess import (
     diagnose,
     load_cluster,
     read_route,
+    recheck,
+    writable_check,
+    writable_nodes,
+)
+from medic.procedures.failover.asks import (
+    Ask,
+    Evidence,
+    asked_overrides,
+    failover_request,
+    fence_failed_request,
+    rejoin_request,
 )
 from medic.procedures.failover.report import FailoverReport
 
 __all__ = [
+    "Ask", "Evidence", "asked_overrides", "failover_request", "fence_failed_request", "recheck", "rejoin_request",
+    "writable_check", "writable_nodes",
     "Cluster", "Decision", "Detection", "FailoverDiagnosis", "FailoverReport", "FenceResult", "Route",
     "RouteResult", "StepResult", "Verification", "decide", "detect", "diagnose", "fence", "load_cluster",
     "promote", "read_route", "rejoin", "reroute", "verify",

@@ -17,6 +17,7 @@ from medic.clients.ssh import SSHSession
 from medic.core.inventory import Host, Inventory
 from medic.core.report import CheckResult
 from medic.core.runbook import Runbook
+from medic.core.templates import render_shell
 from medic.procedures import stages
 from medic.procedures.failover.assess import Cluster, Route, read_route
 
@@ -42,7 +43,7 @@ def fence(cluster: Cluster, primary: Host, ssh: SSHSession) -> FenceResult:
         removed, said = state == "maint", f"endpoint server {primary.name} is {state}"
     except LoadBalancerError as exc:
         removed, said = False, str(exc)
-    r = ssh.run(primary, f"{primary.vars['medic_pgctl']} fence", timeout=30)
+    r = ssh.run(primary, render_shell("${pgctl} fence", primary, where="fence command"), timeout=30)
     detail = (r.stdout or r.stderr or r.error or "").strip()
     return FenceResult(stopped=r.ok, stop_detail=detail or f"exit {r.exit_code}", endpoint_removed=removed,
                        endpoint_detail=said)

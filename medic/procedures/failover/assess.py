@@ -1,7 +1,10 @@
 """Before a failover acts: the cluster, who the primary is, is it really down, what a promotion risks.
 
 The client endpoint (HAProxy) is the source of truth for "the primary": the one server of its
-backend in state ``ready``. `decide` turns the diagnosis into "ask a human" or a refusal.
+backend in state ``ready``; a run naming another node is refused (a stale alert must not fail over
+the new primary's cluster again). Every other node is asked directly whether it is a writable
+primary: if one is, promoting would make a second one. `decide` turns the diagnosis into "ask a
+human" or a refusal.
 """
 
 from __future__ import annotations
@@ -75,6 +78,16 @@ class Route(BaseModel):
         ready = [n for n, s in self.servers.items() if s == "ready"]
         return ready[0] if len(ready) == 1 else None
 
+    def refusal_for(self, named: str | None) -> str | None:
+        """Why a failover of `named` (None: the routed primary) must not start, or None."""
+        if self.primary is None:
+            return (f"the endpoint routes writes to no single primary ({self.servers or self.error}); "
+                    f"nothing changed — find out which node should take writes before failing over")
+        if named is not None and named != self.primary:
+            return (f"{named} is not the primary: the endpoint routes writes to {self.primary} — a stale alert "
+                    f"or request about an old primary? Failing over now could make a second primary; nothing changed")
+        return None
+
 
 def read_route(cluster: Cluster) -> Route:
     try:
@@ -106,6 +119,16 @@ def detect(runbook: Runbook, cluster: Cluster, primary: Host, prom: PrometheusCl
         return Detection(primary=primary.name, prometheus=check.result(), direct=direct.result())
 
 
+def recheck(runbook: Runbook, cluster: Cluster, primary: Host, prom: PrometheusClient) -> Detection:
+    """After a human's decision (minutes may have passed): one look at Prometheus, and a direct query."""
+    plan = stages.Plan(runbook=runbook, target=primary.name, hosts=[primary])
+    timeout = runbook.failover.direct_check_timeout if runbook.failover else 3.0
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        check = pool.submit(stages.recheck, plan, [primary], prom)
+        direct = pool.submit(direct_check, cluster.address(primary), timeout=timeout)
+        return Detection(primary=primary.name, prometheus=check.result(), direct=direct.result())
+
+
 # --- diagnose -----------------------------------------------------------------------------------
 
 
@@ -118,8 +141,16 @@ class FailoverDiagnosis(BaseModel):
     wal_end: int | None = Field(None, description="the old primary's last acknowledged-write position")
     wal_end_source: str = "unknown"
     lag_seconds: float | None = Field(None, description="the standby's replay lag last seen by the primary")
+    writable: list[str] = Field(default_factory=list, description="other nodes answering as a writable primary "
+                                                                   "(over SSH or to a direct query)")
+    direct: dict[str, DirectCheck] = Field(default_factory=dict, description="a direct query to every other node")
     queries: list[QueryEvidence] = Field(default_factory=list)
     duration_s: float = 0.0
+
+    @property
+    def primary_back(self) -> bool:
+        """The old primary answers as a writable primary again: there is nothing to fail over."""
+        return self.primary.answered and self.primary.in_recovery is False
 
     @property
     def chosen(self) -> NodeState | None:
@@ -164,13 +195,18 @@ def diagnose(cluster: Cluster, primary: Host, ssh: SSHSession, prom: PrometheusC
     """Every node's state over SSH, the old primary's WAL end (disk, else Prometheus), the lag."""
     began = time.monotonic()
     others = [h for h in cluster.members if h.name != primary.name]
-    with ThreadPoolExecutor(max_workers=len(cluster.members)) as pool:
+    with ThreadPoolExecutor(max_workers=2 * len(cluster.members)) as pool:
+        direct = pool.submit(writable_check, cluster, exclude={primary.name})
         states = list(pool.map(lambda h: node_state(ssh, h), [primary, *others]))
+        checks = direct.result()
     old, standbys = states[0], states[1:]
     host = label_matcher("host", primary.name)
     last_lsn, q1 = _last_value(prom, f"max_over_time(medic_pg_current_lsn_bytes{{{host}}}[10m])")
     lag_s, q2 = _last_value(prom, f"last_over_time(medic_pg_replication_replay_lag_seconds{{{host}}}[10m])")
-    diag = FailoverDiagnosis(primary=old, standbys=standbys, lag_seconds=lag_s, queries=[q1, q2])
+    writable = {s.host for s in standbys if s.answered and s.in_recovery is False}
+    writable |= {n for n, c in checks.items() if c.answered and c.in_recovery is False}
+    diag = FailoverDiagnosis(primary=old, standbys=standbys, lag_seconds=lag_s, queries=[q1, q2],
+                             writable=sorted(writable), direct=checks)
     if old.ssh_reachable and old.process in (ProcessState.STOPPED, ProcessState.HUNG):
         end, _ = wal_end(ssh, primary)
         if end is not None:
@@ -189,9 +225,29 @@ class Decision(BaseModel):
 
     refusal: str | None = None
     overrides: list[str] = Field(default_factory=list)
+    needed: list[str] = Field(default_factory=list, description="the overrides this diagnosis needs: allow_lag, "
+                                                                "allow_unfenced")
+
+
+def writable_check(cluster: Cluster, *, exclude: set[str], timeout: float = 3.0) -> dict[str, DirectCheck]:
+    """Ask every node but `exclude` directly (from medic's machine, no SSH needed) what it is."""
+    nodes = [h for h in cluster.members if h.name not in exclude]
+    with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
+        found = pool.map(lambda h: direct_check(cluster.address(h), timeout=timeout), nodes)
+        return {h.name: c for h, c in zip(nodes, found)}
+
+
+def writable_nodes(checks: dict[str, DirectCheck]) -> list[str]:
+    return sorted(n for n, c in checks.items() if c.answered and c.in_recovery is False)
 
 
 def decide(diag: FailoverDiagnosis, *, max_lag_bytes: int, allow_lag: bool, allow_unfenced: bool) -> Decision:
+    if diag.writable:
+        many = len(diag.writable) > 1
+        return Decision(refusal=f"{', '.join(diag.writable)} {'answer' if many else 'answers'} as a writable primary: "
+                                f"promoting {diag.candidate or 'a standby'} would make a second primary — find out "
+                                f"why (a failover by hand?) and fence {'them' if many else 'it'} or route the "
+                                f"endpoint to {'one of them' if many else 'it'}")
     if diag.candidate is None:
         return Decision(refusal="no standby answers in recovery: nothing can be promoted")
     out = Decision()
@@ -202,9 +258,11 @@ def decide(diag: FailoverDiagnosis, *, max_lag_bytes: int, allow_lag: bool, allo
         if not allow_lag:
             return Decision(refusal=f"{why}; promoting it would lose or delay writes — run with allow_lag to override")
         out.overrides.append(f"OVERRIDE allow_lag: {why}")
+        out.needed.append("allow_lag")
     if not diag.primary.ssh_reachable:
         why = f"{diag.primary.host} is unreachable over SSH, so it cannot be fenced ({diag.primary.error})"
         if not allow_unfenced:
             return Decision(refusal=f"{why} — promoting could leave two primaries; run with allow_unfenced to override")
         out.overrides.append(f"OVERRIDE allow_unfenced: {why}")
+        out.needed.append("allow_unfenced")
     return out

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from medic.clients.postgres import NodeState, format_lsn
 from medic.core.report import ApprovalRecord, Outcome, TimelineEntry, utcnow
 from medic.procedures.failover.act import FenceResult, RouteResult, StepResult, Verification
+from medic.procedures.failover.asks import Ask
 from medic.procedures.failover.assess import Detection, FailoverDiagnosis
 
 
@@ -27,7 +28,9 @@ class FailoverReport(BaseModel):
     old_primary: str | None = None
     new_primary: str | None = None
     reason: str = ""
-    overrides: list[str] = Field(default_factory=list)
+    overrides: list[str] = Field(default_factory=list, description="safety limits passed, and why")
+    overrides_asked: list[str] = Field(default_factory=list, description="the overrides the run was started with")
+    asks: list[Ask] = Field(default_factory=list, description="every approval request of this run, in order")
     detection: Detection | None = None
     diagnosis: FailoverDiagnosis | None = None
     approval: ApprovalRecord | None = None
@@ -50,7 +53,7 @@ class FailoverReport(BaseModel):
         lines = [f"# {icon} PostgreSQL {self.flow} of {self.cluster}: {self.outcome.value}", "", self.summary, "",
                  f"- old primary: {self.old_primary or '—'} · new primary: {self.new_primary or '—'}",
                  f"- reason: {self.reason}"]
-        lines += [f"- **{o}**" for o in self.overrides]
+        lines += [f"- **{o}**" for o in [*self.overrides_asked, *self.overrides]]
         lines += ["", "## Timeline", "", "| time | stage | what happened |", "|---|---|---|"]
         lines += [f"| {e.at.strftime('%H:%M:%S.%f')[:-3]} | {e.stage} | {e.message.replace('|', '/')} |"
                   for e in self.timeline]
@@ -58,14 +61,17 @@ class FailoverReport(BaseModel):
             lines += ["", "## Nodes", "", "| node | ssh | process | role | received | replayed | receiver |",
                       "|---|---|---|---|---|---|---|"]
             for s in [self.diagnosis.primary, *self.diagnosis.standbys]:
-                role = "—" if s.in_recovery is None else ("standby" if s.in_recovery else "primary")
+                role = "—" if s.in_recovery is None else ("standby" if s.in_recovery else "**primary**")
                 lines.append(f"| {s.host} | {'yes' if s.ssh_reachable else 'NO'} | {s.process} | {role} | "
                              f"{format_lsn(s.received_lsn)} | {format_lsn(s.replayed_lsn)} | {s.receiver_status or '—'} |")
+            if self.diagnosis.writable:
+                lines += ["", f"Answering as a writable primary: **{', '.join(self.diagnosis.writable)}**"]
             lines += ["", f"Risk: {self.diagnosis.risk()}"]
         if self.approval and self.approval.required:
             a = self.approval
             lines += ["", "## Approval", "", f"- decision: **{a.decision}** by {', '.join(a.approvers) or '—'} "
                                              f"via {a.channel or '—'} · waited {a.waited_s:.1f} s"]
+            lines += [f"- asked: {k.title} → {k.decision or 'no decision'} ({k.risk})" for k in self.asks]
         for title, step in (("Fence", self.fence), ("Promote", self.promote), ("Route", self.route),
                             ("Verify", self.verification), ("Rejoin", self.rejoin)):
             if step is not None:

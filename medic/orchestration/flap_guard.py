@@ -1,0 +1,69 @@
+"""The flap guard: past K real remediations of one (runbook, target) within a window, ask a human first.
+
+Its history is the audit log in Prefect (`medic.orchestration.audit_store`), not a file: a flow
+writes an `intent` record — confirmed by Prefect before it changes anything, and only when it really
+acts (never in check mode) — wherever it runs, so every medic serve and every worker counts the same
+remediations, and a restart forgets nothing. A run that found the target healthy, a dry run, a
+rejected or timed-out approval wrote no intent: a storm of false alerts never makes the next real
+incident wait for a human.
+
+    guard = FlapGuard(max_runs=3, window_s=3600)     # or FlapGuard.from_settings(settings)
+    await guard.tripped(("service-down", "web-2"))   # K or more intents within the window?
+    await guard.explain(key)                         # the sentence carried in the run's reason
+
+Asking costs one `POST /artifacts/filter` (intents within the window, newest first); Prefect
+unreachable raises PrefectError — the caller decides (the launcher answers 503, so the alert
+comes again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta, timezone
+
+from medic.core.report import RemediationReport
+from medic.orchestration.audit_store import read_records
+from medic.settings import Settings
+
+__all__ = ["FlapGuard", "Key"]
+
+Key = tuple[str, str]  # (runbook, target)
+
+
+class FlapGuard:
+    """How often each (runbook, target) was really remediated within the last `window_s` seconds."""
+
+    def __init__(self, *, max_runs: int, window_s: float) -> None:
+        self.max_runs, self.window_s = max_runs, window_s
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "FlapGuard":
+        return cls(max_runs=settings.flap_max_runs, window_s=settings.flap_window_s)
+
+    def count(self, key: Key, now: datetime | None = None) -> int:
+        """Blocking: the intents of `key` within the window ending `now` (default: the current time)."""
+        now = now or datetime.now(timezone.utc)
+        since = now - timedelta(seconds=self.window_s)
+        runbook, target = key
+        return sum(1 for entry in read_records(kinds=["intent"], since=since)
+                   if entry.runbook == runbook and entry.target == target and entry.at <= now)
+
+    async def recent(self, key: Key, now: datetime | None = None) -> int:
+        return await asyncio.to_thread(self.count, key, now)
+
+    async def tripped(self, key: Key) -> bool:
+        return await self.recent(key) >= self.max_runs
+
+    async def explain(self, key: Key) -> str:
+        """Why the guard asks a human — carried in the run's `reason`, so its logs, card and report say so."""
+        return (f"flap guard: {key[0]} on {key[1]} was remediated {await self.recent(key)} time(s) within the "
+                f"last {self.window_s:g} s (limit {self.max_runs}), so a human decides before it acts again")
+
+    def record(self, key: Key, at: float | None = None) -> None:
+        """Nothing to do: the flow's own `intent` audit record is the history (kept so callers of the
+        file-backed guard need no change; calling it does not count a run twice)."""
+
+    @staticmethod
+    def acted(result: object) -> bool:
+        """Whether a finished run was a remediation: its recovery really ran (not in check mode)."""
+        return isinstance(result, RemediationReport) and result.recovery is not None and not result.recovery.check_mode

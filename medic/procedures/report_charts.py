@@ -1,0 +1,106 @@
+"""The operations report's pictures (PNG, matplotlib's Agg backend, imported on first use: ~0.5 s).
+
+- budget burn-down: the error budget left over time, per SLO, from Prometheus;
+- availability per day, per SLO;
+- stage durations per incident: one stacked bar per incident, a colour per stage.
+"""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime
+from typing import Any
+
+from medic.clients.prometheus import PrometheusClient
+from medic.core.slo import SLOSpec
+from medic.orchestration.run_history import RunRecord
+from medic.procedures.slo_rules import error_ratio, prom_duration
+
+__all__ = ["availability_per_day", "budget_burndown", "stage_durations"]
+
+
+def _figure(height: float = 3.6) -> tuple[Any, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(9, height))
+
+
+def _png(fig: Any) -> bytes:
+    import matplotlib.pyplot as plt
+
+    out = io.BytesIO()
+    try:
+        fig.tight_layout()
+        fig.savefig(out, format="png", dpi=100)
+    finally:
+        plt.close(fig)
+    return out.getvalue()
+
+
+def budget_burndown(slos: list[SLOSpec], prom: PrometheusClient, *, since: datetime, until: datetime) -> bytes:
+    """Budget left (1 = untouched, 0 = spent, below 0 = overspent) over the period, per SLO."""
+    fig, ax = _figure()
+    step = max(60.0, (until - since).total_seconds() / 200)
+    for slo in slos:
+        expr = f"1 - (({error_ratio(slo, prom_duration(slo.window))}) / {slo.budget:.6g})"
+        for series in prom.query_range(expr, start=since, end=until, step=step):
+            ax.plot([datetime.fromtimestamp(t, UTC) for t, _ in series.points], [v for _, v in series.points],
+                    label=f"{slo.name} ({slo.objective:g} % / {prom_duration(slo.window)})")
+    ax.axhline(0, color="#c53030", linewidth=1, linestyle="--")
+    ax.set_title("error budget left", loc="left", fontsize=10)
+    ax.set_ylabel("share of budget")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def availability_per_day(slos: list[SLOSpec], prom: PrometheusClient, *, since: datetime, until: datetime) -> bytes:
+    """Share of good events in each UTC day of the period (the last bar is the day so far)."""
+    fig, ax = _figure()
+    width = 0.8 / max(1, len(slos))
+    for i, slo in enumerate(slos):
+        days, values = [], []
+        for series in prom.query_range(f"1 - ({error_ratio(slo, '1d')})", start=since, end=until, step=86400):
+            for t, v in series.points:
+                days.append(datetime.fromtimestamp(t, UTC).strftime("%m-%d"))
+                values.append(v * 100)
+        positions = [k + i * width for k in range(len(days))]
+        ax.bar(positions, values, width=width, label=slo.name)
+        ax.axhline(slo.objective, color="#c53030", linewidth=1, linestyle="--")
+        ax.set_xticks(positions, days)
+    ax.set_title("availability per day (dashed: objective)", loc="left", fontsize=10)
+    ax.set_ylabel("% good events")
+    ax.grid(alpha=0.3, axis="y")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def stage_durations(incidents: list[RunRecord], limit: int = 30) -> bytes:
+    """One horizontal stacked bar per incident (most recent `limit`), a colour per stage."""
+    shown = incidents[-limit:]
+    fig, ax = _figure(max(2.5, 0.3 * len(shown) + 1.2))
+    colours: dict[str, str] = {}
+    palette = ["#2b6cb0", "#805ad5", "#dd6b20", "#38a169", "#d53f8c", "#718096", "#b7791f"]
+    for row, run in enumerate(shown):
+        left = 0.0
+        for stage in run.stages:
+            colour = colours.setdefault(stage.stage, palette[len(colours) % len(palette)])
+            ax.barh(row, stage.seconds, left=left, color=colour)
+            left += stage.seconds
+        if run.human_wait_s:
+            ax.barh(row, run.human_wait_s, left=left, color="#e2e8f0", hatch="//", edgecolor="#a0aec0")
+    ax.set_yticks(range(len(shown)), [f"{r.runbook} on {r.target}" for r in shown], fontsize=7)
+    ax.set_xlabel("seconds")
+    ax.set_title("stage durations per incident (hatched: waiting for a human)", loc="left", fontsize=10)
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=c, label=s) for s, c in colours.items()]
+    if handles:
+        ax.legend(handles=handles, fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3, axis="x")
+    return _png(fig)
