@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from prefect.client.orchestration import get_client
+from prefect.settings import get_current_settings
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
 from prefect.concurrency.asyncio import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
@@ -25,7 +26,7 @@ from medic.orchestration.prefect_compat import SlotAcquisitionError, SlotTimeout
 __all__ = ["ensure_concurrency_limit", "exclusive_slot", "remediation_lock_name"]
 
 _LIMIT_NAME_UNSAFE = re.compile(r"[^a-z0-9._-]+")
-_KNOWN_LIMITS: set[tuple[str, int]] = set()
+_KNOWN_LIMITS: set[tuple[str | None, str, int]] = set()
 
 
 def remediation_lock_name(runbook: str, target: str) -> str:
@@ -45,7 +46,9 @@ async def ensure_concurrency_limit(name: str, limit: int = 1) -> None:
 
     Remembered per process: a long-lived medic serve pays the API round trips once per name.
     """
-    if (name, limit) in _KNOWN_LIMITS:
+    # Per API: a process may talk to more than one Prefect in its life (tests, a re-pointed CLI).
+    key = (get_current_settings().api.url, name, limit)
+    if key in _KNOWN_LIMITS:
         return
     if limit < 0:
         raise PrefectError(f"concurrency limit {name!r}: limit must be >= 0, got {limit}")
@@ -56,7 +59,7 @@ async def ensure_concurrency_limit(name: str, limit: int = 1) -> None:
             except ObjectNotFound:
                 try:
                     await client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=limit))
-                    _KNOWN_LIMITS.add((name, limit))
+                    _KNOWN_LIMITS.add(key)
                     return
                 except ObjectAlreadyExists:  # created concurrently
                     current = await client.read_global_concurrency_limit_by_name(name)
@@ -64,7 +67,7 @@ async def ensure_concurrency_limit(name: str, limit: int = 1) -> None:
                 await client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=limit, active=True))
     except Exception as exc:  # noqa: BLE001 - any client failure is "Prefect cannot answer"
         raise PrefectError(f"cannot create or update concurrency limit {name!r}: {exc}") from exc
-    _KNOWN_LIMITS.add((name, limit))
+    _KNOWN_LIMITS.add(key)
 
 
 async def _visibly_full(name: str) -> bool:

@@ -12,6 +12,7 @@ from medic.orchestration.pause import ResumeStatus, resume_with_input
 from medic.orchestration.runs import run_flow_now
 from medic_lab.state import LabState
 from tests.orchestration.support import adder, forced_pause, start_paused
+from medic.core.polling import wait_until_async
 
 
 def test_resume_outcomes_bad_good_second(lab: LabState) -> None:
@@ -37,8 +38,14 @@ def test_resume_outcomes_bad_good_second(lab: LabState) -> None:
 def test_the_description_is_shown_above_the_resume_form(lab: LabState) -> None:
     async def go():
         run, task = await start_paused(60, key="described", description="**Restart** nginx on web-1?")
-        async with get_client() as client:
-            shown = await client.read_flow_run_input(run.id, "paused-described-description")
+        async def read() -> str:
+            async with get_client() as client:
+                return await client.read_flow_run_input(run.id, "paused-described-description")
+
+        # Prefect stores the description beside the pause; on a loaded server it can land a moment after
+        # the run shows Paused: ask until it is there (bounded), then resume.
+        shown = await wait_until_async(read, what="the pause's description to be stored", timeout=30,
+                                       interval=0.2, ignore=Exception)
         await resume_with_input(run.id, {"approved": False, "by": "alice"})
         return shown, await task
 
