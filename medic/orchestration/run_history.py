@@ -14,7 +14,7 @@ from datetime import datetime
 from uuid import UUID
 
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.objects import FlowRun, State, StateType, TaskRun
+from prefect.client.schemas.objects import FlowRun, StateType, TaskRun
 from pydantic import BaseModel, Field
 
 from medic.core.report import ENDINGS, Outcome
@@ -112,18 +112,13 @@ async def read_runs(since: datetime, *, flows: tuple[str, ...] = INCIDENT_FLOWS)
             offset += len(tasks)
             if len(tasks) < _PAGE:
                 break
-    for run_id, record in records.items():
-        record.stages.sort(key=lambda s: s.started)
-        states = await _states(run_id)
-        record.asked_human = any(s.type is StateType.PAUSED for s in states)
-        record.human_wait_s = _paused_seconds(states)
+    async with get_client() as client:  # one client for every run's state history
+        for run_id, record in records.items():
+            record.stages.sort(key=lambda s: s.started)
+            try:
+                states = await client.read_flow_run_states(UUID(run_id))
+            except Exception as exc:  # noqa: BLE001 - any client failure is "Prefect cannot answer"
+                raise PrefectError(f"cannot read the states of run {run_id}: {exc}") from exc
+            record.asked_human = any(s.type is StateType.PAUSED for s in states)
+            record.human_wait_s = _paused_seconds(states)
     return list(records.values())
-
-
-async def _states(run_id: str) -> list[State]:
-    """A run's state history (GET /flow_run_states/?flow_run_id=…, Prefect's public REST API)."""
-    async with get_client() as client:
-        try:
-            return await client.read_flow_run_states(UUID(run_id))
-        except Exception as exc:  # noqa: BLE001 - any client failure is "Prefect cannot answer"
-            raise PrefectError(f"cannot read the states of run {run_id}: {exc}") from exc
