@@ -21,7 +21,12 @@ from prefect.concurrency.asyncio import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from medic.errors import PrefectError
-from medic.orchestration.prefect_compat import SlotAcquisitionError, SlotTimeout, slot_refusal
+from medic.orchestration.prefect_compat import (
+    SlotAcquisitionError,
+    SlotTimeout,
+    forget_slot_services_of_other_apis,
+    slot_refusal,
+)
 
 __all__ = ["ensure_concurrency_limit", "exclusive_slot", "remediation_lock_name"]
 
@@ -96,6 +101,9 @@ async def exclusive_slot(name: str, *, wait_seconds: float = 0.0) -> AsyncIterat
     if wait_seconds <= 0 and await _visibly_full(name):
         yield False
         return
+    api_url = get_current_settings().api.url
+    if api_url:  # Prefect's acquisition service keeps the API it started with; we may have moved on
+        forget_slot_services_of_other_apis(api_url)
     kwargs: dict[str, Any] = {"max_retries": 0} if wait_seconds <= 0 else {"timeout_seconds": wait_seconds}
     holder = concurrency(name, occupy=1, strict=True, **kwargs)
     try:

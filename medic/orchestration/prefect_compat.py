@@ -6,6 +6,7 @@ item that fails loudly when it changes, and a test that fails if any other modul
 medic_lab/, bench/) uses a private Prefect name. Upgrading Prefect = run that file first.
 
     SlotTimeout, SlotAcquisitionError, slot_refusal()   prefect.concurrency._asyncio + its error texts
+    forget_slot_services_of_other_apis()                the slot services' registry and their bound client
     telemetry_workers(), drain_telemetry()              EventsWorker._instances / QueueService._drain
     no_flow_heartbeats()                                flows.heartbeat_frequency=None (Python-only)
     shared_sync_client(), engine_run_flow()             SyncClientContext, prefect.flow_engine.run_flow
@@ -29,6 +30,10 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
 from prefect.client.schemas.objects import FlowRun, State, StateType
 from prefect.client.schemas.responses import OrchestrationResult, SetStateStatus
 from prefect.concurrency._asyncio import AcquireConcurrencySlotTimeoutError, ConcurrencySlotAcquisitionError
+from prefect.concurrency.services import (
+    ConcurrencySlotAcquisitionService,
+    ConcurrencySlotAcquisitionWithLeaseService,
+)
 from prefect.context import SyncClientContext
 from prefect.events.worker import EventsWorker
 from prefect.flow_engine import run_flow
@@ -43,6 +48,7 @@ __all__ = [
     "drain_telemetry",
     "engine_run_flow",
     "force_flow_run_state",
+    "forget_slot_services_of_other_apis",
     "is_expired_pause",
     "is_input_schema_race",
     "load_run_input",
@@ -98,6 +104,27 @@ async def reset_concurrency_slots(client: PrefectClient, name: str) -> None:
     adopted run after a medic serve restart would find its own slot taken ("already running").
     """
     await client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=0))
+
+
+def forget_slot_services_of_other_apis(api_url: str) -> int:
+    """Stop Prefect's slot-acquisition services bound to another API than `api_url`; how many stopped.
+
+    Private: Prefect keeps one acquisition service per set of limit names in `QueueService._instances`
+    and binds its client (`_client`) to the API URL current when the service started. A process that
+    talks to a second Prefect later (a re-pointed CLI, one test session with two labs) would otherwise
+    send every acquisition for the same limit name to the first, gone, server ("All connection attempts
+    failed"). A stopped service is dropped, so the next acquisition starts one for the current API.
+    If the attributes change this raises AttributeError (the compat test fails at once).
+    """
+    wanted = api_url.rstrip("/")
+    stale = [
+        s for s in list(ConcurrencySlotAcquisitionService._instances.values())
+        if isinstance(s, (ConcurrencySlotAcquisitionService, ConcurrencySlotAcquisitionWithLeaseService))
+        and getattr(s, "_client", None) is not None and str(s._client.api_url).rstrip("/") != wanted
+    ]
+    for service in stale:
+        service._drain(at_exit=False)
+    return len(stale)
 
 
 # -------------------------------------------------------------------------------------- telemetry

@@ -105,6 +105,30 @@ def test_resetting_slots_frees_them_and_a_later_release_does_not_go_below_zero(l
     assert asyncio.run(go()) == [(True, 1), 0, (True, 1), 0, 0]
 
 
+
+def test_slot_services_bound_to_another_prefect_are_stopped_and_the_next_slot_uses_the_current_one(lab: LabState) -> None:
+    name = f"medic-compat-moved-{uuid.uuid4().hex[:6]}"
+
+    def slot_services() -> list:
+        return [s for s in EventsWorker._instances.values()
+                if type(s).__name__.startswith("ConcurrencySlotAcquisition")]
+
+    async def hold() -> bool:
+        await ensure_concurrency_limit(name, 1)
+        async with exclusive_slot(name) as got:
+            return got
+
+    assert asyncio.run(hold()) is True
+    bound_here = slot_services()
+    assert bound_here, "holding a slot started no acquisition service"
+    assert compat.forget_slot_services_of_other_apis(lab.prefect_api_url) == 0
+    assert all(s in EventsWorker._instances.values() for s in bound_here), "stopped a service of this API"
+    # As seen by a process that now talks to another Prefect: the services of this one are stale.
+    assert compat.forget_slot_services_of_other_apis("http://127.0.0.1:9/api") == len(bound_here)
+    assert not any(s in EventsWorker._instances.values() for s in bound_here), "stale service still registered"
+    assert asyncio.run(hold()) is True, "a slot after the services were forgotten was not acquired"
+
+
 # -------------------------------------------------------------------------------------- telemetry
 
 
