@@ -11,17 +11,22 @@ incident wait for a human.
     await guard.tripped(("service-down", "web-2"))   # K or more intents within the window?
     await guard.explain(key)                         # the sentence carried in the run's reason
 
-Asking costs one `POST /artifacts/filter` (intents within the window, newest first); Prefect
-unreachable raises PrefectError — the caller decides (the launcher answers 503, so the alert
-comes again).
+Asking costs one `POST /artifacts/filter` (intents within the window, newest first), shared: the
+intents read are kept `fresh_s` (1 s) and concurrent askers wait for the one read in flight, so a storm
+of 1,000 notifications over 50 targets asks Prefect about once a second, not 1,000 times. An intent is
+therefore seen up to 1 s late — a remediation still running is deduplicated as live anyway, and a run
+this process saw act drops the copy at once (`record`). Prefect unreachable raises PrefectError — the
+caller decides (the launcher answers 503, so the alert comes again).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import datetime, timedelta, timezone
 
 from medic.core.report import RemediationReport
+from medic.core.audit import AuditRecord
 from medic.orchestration.audit_store import read_records
 from medic.settings import Settings
 
@@ -33,8 +38,11 @@ Key = tuple[str, str]  # (runbook, target)
 class FlapGuard:
     """How often each (runbook, target) was really remediated within the last `window_s` seconds."""
 
-    def __init__(self, *, max_runs: int, window_s: float) -> None:
-        self.max_runs, self.window_s = max_runs, window_s
+    def __init__(self, *, max_runs: int, window_s: float, fresh_s: float = 1.0) -> None:
+        self.max_runs, self.window_s, self.fresh_s = max_runs, window_s, fresh_s
+        self._intents: tuple[float, list[AuditRecord]] | None = None  # (monotonic read time, records)
+        self._reading: asyncio.Future[list[AuditRecord]] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "FlapGuard":
@@ -49,7 +57,38 @@ class FlapGuard:
                    if entry.runbook == runbook and entry.target == target and entry.at <= now)
 
     async def recent(self, key: Key, now: datetime | None = None) -> int:
-        return await asyncio.to_thread(self.count, key, now)
+        """The intents of `key` within the window, from a read at most `fresh_s` old (one read in flight)."""
+        if now is not None:
+            return await asyncio.to_thread(self.count, key, now)
+        now = datetime.now(timezone.utc)
+        runbook, target = key
+        return sum(1 for entry in await self._recent_intents()
+                   if entry.runbook == runbook and entry.target == target
+                   and now - timedelta(seconds=self.window_s) <= entry.at <= now)
+
+    async def _recent_intents(self) -> list[AuditRecord]:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # a read in flight belongs to its loop; what was read stays good
+            self._loop, self._reading = loop, None
+        if self._intents is not None and time.monotonic() - self._intents[0] < self.fresh_s:
+            return self._intents[1]
+        if self._reading is None:
+            self._reading = loop.create_future()
+            reading = self._reading
+            since = datetime.now(timezone.utc) - timedelta(seconds=self.window_s)
+            try:
+                records = await asyncio.to_thread(read_records, kinds=["intent"], since=since)
+            except BaseException as exc:
+                reading.set_exception(exc)
+                reading.exception()  # retrieved: a read nobody else awaited must not warn
+                raise
+            else:
+                self._intents = (time.monotonic(), records)
+                reading.set_result(records)
+            finally:
+                self._reading = None
+            return records
+        return await asyncio.shield(self._reading)
 
     async def tripped(self, key: Key) -> bool:
         return await self.recent(key) >= self.max_runs
@@ -60,8 +99,9 @@ class FlapGuard:
                 f"last {self.window_s:g} s (limit {self.max_runs}), so a human decides before it acts again")
 
     def record(self, key: Key, at: float | None = None) -> None:
-        """Nothing to do: the flow's own `intent` audit record is the history (kept so callers of the
-        file-backed guard need no change; calling it does not count a run twice)."""
+        """A run of `key` acted: forget the intents read, so the next question sees its intent at once.
+        The flow's own `intent` audit record is the history; calling this never counts a run twice."""
+        self._intents = None
 
     @staticmethod
     def acted(result: object) -> bool:

@@ -13,7 +13,8 @@ Two modes (`MEDIC_EXECUTION`):
   whether a (runbook, target) still has a live run is asked of Prefect (`LiveRunCache`).
 Every run is tagged `medic-serve:<instance>`, so two medic serve on one Prefect never take each
 other's runs. The flap guard counts recent remediations that acted and, past K in a window, asks a
-human instead (and says so in the run's reason).
+human instead (and says so in the run's reason). A remediation found by the key that *failed on an
+error* (Prometheus down at detect: issue 12) did not handle the alert: the resend starts a new run.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ __all__ = ["FlapGuard", "Launch", "LaunchStatus", "RUN_TAG", "RunLauncher"]
 
 log = logging.getLogger("medic.orchestration.launcher")
 Key = tuple[str, str]
+#: How many times one alert instance's resends may start a new run after runs that failed on an error.
+RETRIES_PER_ALERT = 5
 
 
 class LaunchStatus(StrEnum):
@@ -93,10 +96,11 @@ class RunLauncher:
         with self._lock:
             return dict(self._executing)
 
-    async def launch(self, spec: "Runbook", target: str, *, reason: str, idempotency_key: str) -> Launch:
+    async def launch(self, spec: "Runbook", target: str, *, reason: str, idempotency_key: str,
+                     context: dict[str, Any] | None = None) -> Launch:
         """One alert: its run recorded in Prefect (STARTED), or the live one (DUPLICATE), or the run that
         already handled this alert instance (ALREADY_HANDLED); ERROR if Prefect could not record it."""
-        return await self._once((spec.name, target), lambda: self._launch(spec, target, reason, idempotency_key))
+        return await self._once((spec.name, target), lambda: self._launch(spec, target, reason, idempotency_key, context))
 
     async def launch_manual(self, spec: "Runbook", target: str, *, dry_run: bool,
                             on_done: Callable[[Any], None] | None = None) -> Launch:
@@ -145,20 +149,21 @@ class RunLauncher:
         future.set_result(launch)
         return launch
 
-    async def _launch(self, spec: "Runbook", target: str, reason: str, idempotency_key: str) -> Launch:
+    async def _launch(self, spec: "Runbook", target: str, reason: str, idempotency_key: str,
+                      context: dict[str, Any] | None = None) -> Launch:
         from medic.orchestration.flow_kinds import choose
 
         key = (spec.name, target)
-        flap_check = _maybe_async(self.flap.tripped, key) if spec.kind == "remediation" else _false()
-        live, tripped = await asyncio.gather(self._live_run(key), flap_check)  # two questions, one wait
+        live = await self._live_run(key)  # first: a storm's duplicates are answered without asking more
         if live is not None:
             self.metrics.deduplicated.labels(spec.name).inc()
             return Launch(status=LaunchStatus.DUPLICATE, runbook=spec.name, target=target, flow_run_id=live,
                           detail="a remediation is already running")
+        tripped = spec.kind == "remediation" and await _maybe_async(self.flap.tripped, key)
         why = await _maybe_async(self.flap.explain, key) if tripped else ""
         if tripped:
             reason = f"{reason} — {why}"
-        choice = choose(spec, target, reason=reason, require_approval=bool(tripped))
+        choice = choose(spec, target, reason=reason, require_approval=bool(tripped), context=context)
         return await self._record(key, choice, idempotency_key, detail=why)
 
     async def _live_run(self, key: Key) -> str | None:
@@ -174,6 +179,11 @@ class RunLauncher:
         or leave it to the pool. No `await` after the execution starts: a cut-off answer never hides a run."""
         runbook, target = key
         run = await self._create(choice, idempotency_key, extra_tags)
+        for _ in range(RETRIES_PER_ALERT):  # a remediation that died on an error (Prometheus blinked) handled nothing
+            if idempotency_key is None or choice.kind != "remediation" or not _failed_on_an_error(run):
+                break
+            idempotency_key = f"{idempotency_key}:after:{run.id}"  # the resend's new run: found again by it
+            run = await self._create(choice, idempotency_key, extra_tags)
         owner = run_instance(run)
         if (run.state is not None and run.state.type.value not in ("PENDING", "SCHEDULED")) or owner != self.instance:
             by = f" (medic serve {owner})" if owner != self.instance else ""
@@ -207,7 +217,7 @@ class RunLauncher:
 
         async def attempt() -> "FlowRun":
             return await create_deployment_run(choice.deployment, choice.parameters, idempotency_key=idempotency_key,
-                                               tags=tags, scheduled=self.workers)
+                                               tags=tags, scheduled=self.workers, context=choice.context)
 
         return await retry_async(attempt, delays=backoff(0.1, factor=2.0, cap=0.5), retry_on=PrefectError,
                                  timeout=self.record_deadline_s)
@@ -292,13 +302,18 @@ class RunLauncher:
         return not any(t.is_alive() for t in self._threads)
 
 
+def _failed_on_an_error(run: "FlowRun") -> bool:
+    """The run raised (a dependency down, a bug) instead of reaching an outcome of its own: Prefect's
+    Failed with its exception message. A remediation re-checks before it acts, so running it again on
+    the alert's resend is safe; an outcome (NotRecovered, Rejected, ...) is an answer and stays one."""
+    state = run.state
+    return (state is not None and state.type.value == "FAILED"
+            and (state.message or "").startswith("Flow run encountered an exception"))
+
+
 def _not_recorded(key: Key, exc: BaseException) -> Launch:
     return Launch(status=LaunchStatus.ERROR, runbook=key[0], target=key[1],
                   detail=f"not recorded in Prefect, send it again: {str(exc)[:300]}")
-
-
-async def _false() -> bool:
-    return False
 
 
 async def _maybe_async(fn: Callable[..., Any], *args: Any) -> Any:

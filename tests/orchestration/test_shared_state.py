@@ -169,6 +169,44 @@ def test_flap_guard_trips_from_history_another_process_wrote(lab: LabState, tmp_
     assert FlapGuard.from_settings(get_settings()).max_runs == get_settings().flap_max_runs
 
 
+def test_a_storm_of_questions_shares_one_read_of_the_flap_history(lab: LabState, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    runbook = f"flap-storm-{uuid.uuid4().hex[:8]}"
+    wrote = subprocess.run([sys.executable, "-c", INTENTS, runbook], env=_env(lab, tmp_path / "other"),
+                           capture_output=True, text=True, timeout=120)
+    assert wrote.returncode == 0, wrote.stderr
+    reads: list[datetime | None] = []
+    real_read = read_records
+
+    def counted(**kwargs):  # the real read against Prefect, counted
+        reads.append(kwargs.get("since"))
+        return real_read(**kwargs)
+
+    monkeypatch.setattr("medic.orchestration.flap_guard.read_records", counted)
+    guard = FlapGuard(max_runs=2, window_s=600, fresh_s=3600)
+    keys = [(runbook, "web-1"), (runbook, "web-2")] * 25
+
+    async def storm() -> list[bool]:
+        return list(await asyncio.gather(*(guard.tripped(k) for k in keys)))
+
+    answers = asyncio.run(storm())
+    assert answers == [True, False] * 25, "web-1 has two intents within the window, web-2 none"
+    assert len(reads) == 1, f"50 concurrent questions read the history {len(reads)} times"
+    assert asyncio.run(guard.recent((runbook, "web-1"))) == 2 and len(reads) == 1, "a fresh read was not reused"
+    guard.record((runbook, "web-1"))  # a run this process saw act: its intent must count at once
+    assert asyncio.run(guard.tripped((runbook, "web-1"))) and len(reads) == 2
+
+    with temporary_settings(updates={PREFECT_API_URL: f"http://127.0.0.1:{free_port()}/api"}):
+        failing = FlapGuard(max_runs=2, window_s=600, fresh_s=3600)
+
+        async def unanswered() -> list[object]:
+            return list(await asyncio.gather(*(failing.tripped(k) for k in keys[:5]), return_exceptions=True))
+
+        outcomes = asyncio.run(unanswered())
+    assert all(isinstance(o, PrefectError) for o in outcomes), outcomes
+    assert failing._intents is None, "a failed read must not be kept as an empty history"
+
+
 def test_prefect_unreachable_fails_closed_with_a_clear_error(lab: LabState, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch,
                                                              caplog: pytest.LogCaptureFixture) -> None:
