@@ -109,6 +109,8 @@ class EwmaParams(DetectorParams):
         None, ge=0, le=1, description="values scoring at least this do not move the average (a drift that "
         "lasts stays a drift); None: learn every value")
     direction: Direction = Field("both", description="which deviations score: both, up or down")
+    min_change: float = Field(0.0, ge=0, description="a deviation smaller than this, in the metric's unit, "
+                              "scores 0 however many σ it is (a quiet series' 0.2 ms is noise, not drift)")
 
 
 class Ewma(Detector):
@@ -139,8 +141,8 @@ class Ewma(Detector):
             if self.rows >= p.min_rows:
                 sd = math.sqrt(self.var) or max(abs(self.mean) * 1e-3, 1e-9)
                 self.z = diff / sd
-                score = directed_score(self.z, p.z_half, p.direction)
-                self.streak.update(ts, self.z, p.z_half)
+                score = directed_score(self.z, p.z_half, p.direction) if abs(diff) >= p.min_change else 0.0
+                self.streak.update(ts, self.z if score else 0.0, p.z_half)
                 if p.learn_above is not None and score >= p.learn_above:
                     self.rows += 1
                     return score

@@ -348,10 +348,15 @@ def test_click_for_a_half_paused_run_ends_it_and_says_so(lab: LabState, slack: F
     `Paused` is set): the run can never take a decision. The click ends it, instead of answering
     "try again in a moment" for ever. The half-made pause is built through Prefect's API."""
     api = lab.prefect_api_url
-    flow_id = httpx.post(f"{api}/flows/", json={"name": "remediate"}, timeout=10).json()["id"]
+
+    def post(path: str, body: dict[str, Any]) -> httpx.Response:  # a busy SQLite Prefect answers 503: again
+        return wait_for(lambda: httpx.post(f"{api}{path}", json=body, timeout=10), what=f"POST {path} answered",
+                        timeout=60, done=lambda r: r.status_code != 503, interval=0.5)
+
+    flow_id = post("/flows/", {"name": "remediate"}).json()["id"]
     keyset = {"response": "half-paused-response", "schema": "half-paused-schema",
               "description": "half-paused-description"}
-    created = httpx.post(f"{api}/flow_runs/", timeout=10, json={
+    created = post("/flow_runs/", {
         "flow_id": flow_id, "parameters": {"runbook": "disk-full-slack", "target": "web-5"},
         "state": {"type": "PAUSED", "name": "Paused",
                   "state_details": {"pause_key": "approval-1", "run_input_keyset": keyset}}})

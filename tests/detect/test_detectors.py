@@ -73,6 +73,19 @@ def test_robust_z_and_ewma_say_how_many_sigma_and_for_how_long() -> None:
         assert re.fullmatch(rf"p99 latency 200 ms is \d+\.\dσ above its {word} .* for 10 min", text), text
 
 
+
+def test_ewma_ignores_deviations_below_its_noise_floor_however_many_sigma() -> None:
+    """A quiet service's 0.1 ms → 0.3 ms is many σ but nothing an SRE acts on; 10 ms more is."""
+    quiet = [0.0001 + 0.000001 * (i % 3) for i in range(60)]
+    plain = build("ewma", half_life=60, z_half=8, min_rows=30, direction="up")
+    floored = build("ewma", half_life=60, z_half=8, min_rows=30, direction="up", learn_above=0.25,
+                    min_change=0.005)
+    assert max(feed(plain, quiet + [0.0003] * 3)[-3:]) > 0.5, "without a floor the tiny step scores high"
+    assert feed(floored, quiet + [0.0003] * 3)[-3:] == [0.0, 0.0, 0.0]
+    assert "for" not in floored.reason().split("σ")[-1], floored.reason()
+    assert min(feed(floored, [0.0103] * 3, start=START + 63 * STEP)) > 0.5, "a 10 ms step is past the floor"
+    assert "above its moving average" in floored.reason()
+
 def test_seasonal_names_the_weekday_and_hour_it_compares_with() -> None:
     d = build("seasonal", period="weekly", metric="p99 latency", unit="ms")
     day = [100.0 + (80.0 if 9 <= (i * STEP // 3600) % 24 < 17 else 0.0) for i in range(288)]
