@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: setup demo demo-stop test lab-up lab-down cluster clean
+.PHONY: setup demo demo-stop test chaos lab-up lab-down cluster clean
 
 setup:
 	@scripts/setup.sh
@@ -16,6 +16,10 @@ demo-stop: setup
 
 test: setup
 	@$(PY) -m pytest $(PYTEST_ARGS)
+
+# The fault-injection suite (README "Chaos"), slow cases included; `make test` runs its quick core.
+chaos: setup
+	@$(PY) -m pytest -m chaos $(PYTEST_ARGS) tests/chaos
 
 lab-up: setup
 	@.venv/bin/medic lab up

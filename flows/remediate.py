@@ -40,6 +40,8 @@ from medic.core.report import (
     utcnow,
 )
 from medic.core.runbook import Runbook, find_runbook
+from medic.core.timeline import StageClock
+from medic.orchestration.incident_record import publish_times, times_for_run
 from medic.settings import get_settings
 from medic.clients.ssh import SSHSession
 from medic.orchestration.run_log import tell
@@ -135,14 +137,15 @@ class Findings(BaseModel):
 
 
 async def _stages(spec: Runbook, plan: stages.Plan, *, dry_run: bool, require_approval: bool, run_id: str,
-                  reason: str, timeline: IncidentTimeline) -> Findings:
+                  reason: str, timeline: IncidentTimeline, clock: StageClock) -> Findings:
     """detect → diagnose → [approval → re-check] → recover → verify; each stage a task that says what
     it found and decided in the run's logs and timeline."""
     settings = get_settings()
     hosts_by_name = {h.name: h for h in plan.hosts}
     with PrometheusClient(settings.prometheus_url) as prom, SSHSession() as ssh:
         timeline.announce("detect", f"checking {spec.detect.query} {spec.detect.condition}")
-        detect = detect_task(plan, prom)
+        with clock.stage("detect"):
+            detect = detect_task(plan, prom)
         affected = detect.matching
         tell(timeline, "detect", narration.detect_line(spec.detect, detect))
         if not affected:
@@ -154,7 +157,8 @@ async def _stages(spec: Runbook, plan: stages.Plan, *, dry_run: bool, require_ap
                                f"{spec.detect.condition} → {narration.values(detect, affected)}")
         targets = [hosts_by_name[n] for n in affected]
         timeline.announce("diagnose", f"gathering evidence from {', '.join(affected)}")
-        diagnosis = diagnose_task(plan, targets, ssh, prom)
+        with clock.stage("diagnose"):
+            diagnosis = diagnose_task(plan, targets, ssh, prom)
         tell(timeline, "diagnose", narration.diagnosis_line(diagnosis))
         await create_markdown_artifact(key=artifact_key("diagnosis", spec.name, plan.target),
                                        markdown=render_diagnosis(diagnosis), description=f"{spec.name} diagnosis")
@@ -179,7 +183,8 @@ async def _stages(spec: Runbook, plan: stages.Plan, *, dry_run: bool, require_ap
                              else Outcome.APPROVAL_TIMED_OUT)
             return found
         else:
-            recheck = recheck_task(plan, targets, prom)
+            with clock.stage("re-check"):
+                recheck = recheck_task(plan, targets, prom)
             tell(timeline, "re-check", narration.recheck_line(spec.detect, recheck, affected))
             targets = [h for h in targets if h.name in recheck.matching]
             found.affected = [h.name for h in targets] or affected
@@ -189,11 +194,12 @@ async def _stages(spec: Runbook, plan: stages.Plan, *, dry_run: bool, require_ap
                                 f"({narration.values(recheck, affected)})")
                 return found
         return await _act(spec, plan, targets, found, dry_run=dry_run, run_id=run_id, timeline=timeline,
-                          ssh=ssh, prom=prom)
+                          ssh=ssh, prom=prom, clock=clock)
 
 
 async def _act(spec: Runbook, plan: stages.Plan, targets: list[Host], found: Findings, *, dry_run: bool,
-               run_id: str, timeline: IncidentTimeline, ssh: SSHSession, prom: PrometheusClient) -> Findings:
+               run_id: str, timeline: IncidentTimeline, ssh: SSHSession, prom: PrometheusClient,
+               clock: StageClock) -> Findings:
     """recover → verify, after the decision to act; the action is audited whatever its result."""
     names = [h.name for h in targets]
     approvers = found.approval.approvers if found.approval else []
@@ -203,7 +209,8 @@ async def _act(spec: Runbook, plan: stages.Plan, targets: list[Host], found: Fin
             kind="intent", flow_run_id=run_id, runbook=spec.name, target=plan.target,
             who=", ".join(approvers) or "medic", what=spec.recover.description, where=", ".join(names),
             result="about to act"))
-    found.recovery = recovery = recover_task(plan, targets, dry_run, ssh)
+    with clock.stage("recover"):
+        found.recovery = recovery = recover_task(plan, targets, dry_run, ssh)
     tell(timeline, "recover", narration.recovery_line(recovery),
          level=logging.WARNING if recovery.errors else logging.INFO)
     audit_store.record(audit.AuditRecord(
@@ -219,7 +226,8 @@ async def _act(spec: Runbook, plan: stages.Plan, targets: list[Host], found: Fin
         found.outcome, found.detail = Outcome.FAILED, "; ".join(f"{h.host} {h.status}: {h.detail}" for h in bad)
         return found
     timeline.announce("verify", f"waiting up to {spec.verify.timeout:g} s for {spec.verify.query} {spec.verify.condition}")
-    found.verify = verify = verify_task(plan, targets, prom)
+    with clock.stage("verify"):
+        found.verify = verify = verify_task(plan, targets, prom)
     tell(timeline, "verify", narration.verify_line(spec.verify, verify, names),
          level=logging.WARNING if verify.timed_out else logging.INFO)
     if verify.timed_out:
@@ -257,12 +265,13 @@ async def remediate(
     tell(timeline, "start", f"{spec.name} on {plan.target} ({', '.join(h.name for h in plan.hosts)})"
                             f"{' — dry run' if dry_run else ''}; why: {reason}")
 
+    clock = StageClock()  # each stage's start and end, for the incident timeline
     lock = remediation_lock_name(spec.name, plan.target)
     await ensure_concurrency_limit(lock, 1)
     async with exclusive_slot(lock) as got_slot:
         if got_slot:
             found = await _stages(spec, plan, dry_run=dry_run, require_approval=require_approval, run_id=run_id,
-                                  reason=reason, timeline=timeline)
+                                  reason=reason, timeline=timeline, clock=clock)
         else:
             found = Findings(outcome=Outcome.ALREADY_RUNNING,
                              detail=f"another remediation of {spec.name} on {plan.target} is running")
@@ -282,6 +291,14 @@ async def remediate(
          level=logging.INFO if outcome.success else logging.WARNING)
     report.timeline = timeline.entries
     timeline.close()
+    if not dry_run:  # impact and recovered from Prometheus: a couple of queries after verify
+        by_name = {h.name: h for h in plan.hosts}
+        report.incident = await times_for_run(
+            spec, [by_name[n] for n in affected if n in by_name], load_inventory(),
+            prometheus_url=settings.prometheus_url, run_started=started, stages=clock.spans,
+            human_decision=approval.decided_at if approval and approval.required else None,
+            resolved=report.finished_at)
+        await publish_times(report.incident, spec.name, plan.target)
     await create_markdown_artifact(key=artifact_key("incident", spec.name, plan.target), markdown=report.to_markdown(),
                                    description=f"{spec.name} on {plan.target}: {outcome.value}")
     # Completed: recovered / not needed / dry run, and "already running" (another run is on it);

@@ -43,6 +43,8 @@ def assemble(runs: list[RunRecord], start: datetime, until: datetime, period: fl
                                                                                        until=until)))
     if report.incidents:
         charts.append(("Stage durations per incident", report_charts.stage_durations(report.incidents)))
+    if any(r.incident and r.incident.impact for r in report.incidents):
+        charts.append(("Incident timelines", report_charts.incident_timelines(report.incidents)))
     return report, charts
 
 

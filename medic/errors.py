@@ -8,6 +8,7 @@ it stands for (`exit_code`); `medic.cli.main.main` maps any MedicError through i
     ├── InputError                 2  bad input: fix what medic was given, then run again
     │   ├── ConfigError               settings or environment are wrong (no lab, SSH key missing, bad URL)
     │   │   └── MaintenanceConfigError   a maintenance window or batch size that cannot be understood
+    │   │       └── UpgradeConfigError   an upgrade parameter that is not acceptable (version, gate, limits)
     │   ├── InventoryError            the inventory file is missing or malformed
     │   │   └── UnknownTargetError    a host or group that the inventory does not have
     │   ├── UnsafeValueError          a value refused before it could reach a shell or a PromQL string
@@ -76,6 +77,10 @@ class ConfigError(InputError):
 
 class MaintenanceConfigError(ConfigError):
     """A maintenance window or batch size that cannot be understood."""
+
+
+class UpgradeConfigError(MaintenanceConfigError):
+    """An upgrade parameter that is not acceptable (unknown version, bad gate or limits)."""
 
 
 class InventoryError(InputError):

@@ -67,6 +67,16 @@ def cmd_fix(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_faults(args: argparse.Namespace) -> int:
+    """The injector's own record of every break and fix (medic_lab/fault_record.py)."""
+    from medic_lab import control
+    from medic_lab.fault_record import read_record, render_record
+
+    events = read_record(control.require_lab(get_settings().lab_dir))
+    _say(render_record(events[-args.last:] if args.last else events))
+    return 0
+
+
 def cmd_webhook(args: argparse.Namespace) -> int:
     from medic_lab import control  # ~100 ms, see module docstring
 
@@ -80,7 +90,11 @@ def fault_list() -> str:
     from medic_lab import faults  # ~100 ms, see module docstring
     from medic_lab.components import registered
 
-    groups = [("faults of web hosts", faults.FAULTS)]
+    from medic_lab import dependency_faults
+
+    groups = [("faults of web hosts", faults.FAULTS),
+              ("faults of medic's dependencies on a host", dependency_faults.HOST_FAULTS),
+              ("faults of medic's dependencies in the whole lab (no HOST)", dependency_faults.LAB_FAULTS)]
     groups += [(f"faults of {c.name} (`medic lab up --with {c.name}`)", c.faults()) for c in registered() if c.faults()]
     width = max(len(f.name) for _, group in groups for f in group)
     lines = []
@@ -118,13 +132,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     lab.add_parser("status", help="each component, its address and whether it is up").set_defaults(
         handler=cmd_status)
     for name, handler, verb in (("break", cmd_break, "inject"), ("fix", cmd_fix, "undo")):
-        p = lab.add_parser(name, help=f"{verb} a fault on a host (`medic lab {name} --help` lists them)",
-                           description=f"{verb.capitalize()} a fault on one lab host.",
+        p = lab.add_parser(name, help=f"{verb} a fault (`medic lab {name} --help` lists them)",
+                           description=f"{verb.capitalize()} a fault on one lab host, or of the whole lab.",
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.epilog_factory = fault_list
         p.add_argument("fault", metavar="FAULT", help="one of the faults listed below")
-        p.add_argument("host", metavar="HOST", help="a lab host, e.g. web-1 (or pg-1 for a database fault)")
+        p.add_argument("host", metavar="HOST", nargs="?",
+                       help="a lab host, e.g. web-1 (or pg-1 for a database fault); none for a whole-lab fault")
         p.set_defaults(handler=handler)
+    p = lab.add_parser("faults", help="the fault injector's record: every break and fix, when it took effect")
+    p.add_argument("--last", type=int, default=0, metavar="N", help="only the last N events")
+    p.set_defaults(handler=cmd_faults)
     p = lab.add_parser("webhook", help="point Alertmanager at another webhook URL")
     p.add_argument("url")
     p.set_defaults(handler=cmd_webhook)

@@ -210,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"\nmedic serve is listening on http://127.0.0.1:{settings.server_port} (Alertmanager posts there)")
         say(f"Prefect UI: {ui}   ·   Prometheus: {lab.prometheus_url}/alerts   ·   medic logs: {lab_dir}/logs/")
         incidents = [Incident(*i) for i in INCIDENTS]
+        demo_began = time.time()
         for incident in incidents:
             follow(incident, prom=lab.prometheus_url, api=lab.prefect_api_url, ui=ui)
         say("\n━━ summary ━━")
@@ -217,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
         for i in incidents:
             say(f"{i.fault + ' on ' + i.host:<26} {i.outcome:<12} {i.alert_after_s:>11.1f}s "
                 f"{i.recovered_after_s:>11.1f}s {i.run_s:>8.1f}s")
+        from medic_lab.demo_report import report_after_demo
+
+        report_after_demo(lab_dir, time.time() - demo_began, say)  # TTD / TTA / TTR, SLOs, charts
         say(f"\nEvery run, its stages and its incident report are in the Prefect UI: {ui}")
         ok = all(i.outcome == "Recovered" for i in incidents)
         return 0 if ok else 1

@@ -15,6 +15,8 @@ from pathlib import Path
 from medic.errors import LabError
 from medic_lab.components import Fault, active_components, registered
 from medic_lab.daemons import start_service, start_sshd
+from medic_lab.fault_record import recorded
+from medic_lab.dependency_faults import HOST_FAULTS, LAB_FAULTS, LabFault, lab_fault
 from medic_lab.hosts import DATA_CAPACITY_BYTES, ensure_user
 from medic_lab.processes import alive
 from medic_lab.readiness import wait_for_sshd
@@ -185,31 +187,37 @@ FAULTS: list[Fault] = [
 ]
 
 
-def catalog() -> list[Fault]:
+def catalog() -> list[Fault | LabFault]:
     """Every fault the lab knows, whether or not its component runs (for help texts)."""
-    return [*FAULTS, *(f for c in registered() for f in c.faults())]
+    return [*FAULTS, *HOST_FAULTS, *LAB_FAULTS, *(f for c in registered() for f in c.faults())]
 
 
 def all_faults(lab: LabState) -> dict[str, Fault]:
     """The faults this lab can inject: the web hosts' and those of its running components."""
-    return {f.name: f for f in [*FAULTS, *(f for c in active_components(lab) for f in c.faults())]}
+    return {f.name: f for f in [*FAULTS, *HOST_FAULTS, *(f for c in active_components(lab) for f in c.faults())]}
 
 
-def _resolve(lab: LabState, fault: str, host_name: str) -> tuple[Fault, LabHost]:
+def _resolve(lab: LabState, fault: str, host_name: str | None) -> tuple[Fault, LabHost]:
     known = all_faults(lab)
     if fault not in known:
-        raise LabError(f"unknown fault {fault!r} (known: {', '.join(known)})")
+        raise LabError(f"unknown fault {fault!r} (known: {', '.join([*known, *(f.name for f in LAB_FAULTS)])})")
+    if not host_name:
+        raise LabError(f"{fault} is a fault of one host: name it, e.g. `medic lab break {fault} {lab.hosts[0].name}`")
     host = lab.host(host_name)
     if host is None:
         raise LabError(f"unknown host {host_name!r} (lab hosts: {', '.join(h.name for h in lab.hosts)})")
     return known[fault], host
 
 
-def break_host(lab: LabState, fault: str, host_name: str) -> str:
+def break_host(lab: LabState, fault: str, host_name: str | None = None) -> str:
+    if (whole_lab := lab_fault(fault, host_name)) is not None:
+        return recorded(lab, "break", fault, None, lambda: whole_lab.inject(lab))
     chosen, host = _resolve(lab, fault, host_name)
-    return chosen.inject(host, lab)
+    return recorded(lab, "break", fault, host.name, lambda: chosen.inject(host, lab))  # the injector's record
 
 
-def fix_host(lab: LabState, fault: str, host_name: str) -> str:
+def fix_host(lab: LabState, fault: str, host_name: str | None = None) -> str:
+    if (whole_lab := lab_fault(fault, host_name)) is not None:
+        return recorded(lab, "fix", fault, None, lambda: whole_lab.repair(lab))
     chosen, host = _resolve(lab, fault, host_name)
-    return chosen.repair(host, lab)
+    return recorded(lab, "fix", fault, host.name, lambda: chosen.repair(host, lab))

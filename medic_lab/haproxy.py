@@ -60,7 +60,7 @@ def haproxy_config(lab: LabState) -> str:
         "    balance roundrobin",
         "    option httpchk GET /healthz",
         "    http-check expect status 200",
-        "    default-server check inter 250ms fall 2 rise 1",
+        "    default-server check inter 250ms fall 2 rise 1 weight 100",  # room for canary weights (1 %)
         *servers,
         "",
     ])

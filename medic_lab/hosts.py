@@ -8,6 +8,7 @@ known_hosts pins every host key: host-key checking stays on everywhere.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
@@ -26,6 +27,25 @@ from medic_lab.state import PUBLIC_ROOT, LabHost, LabState
 #: Capacity of each host's data dir as the demo service reports it; DiskAlmostFull fires above 90 %.
 DATA_CAPACITY_BYTES = 64 * 1024 * 1024
 USERS_HOME = PUBLIC_ROOT.parent
+#: The web service's versions (lab/host/versions.json: what each does) and the one hosts start at.
+VERSIONS_FILE = LAB_TEMPLATES_DIR / "host" / "versions.json"
+START_VERSION = "v1"
+
+
+def write_package(dest: Path, version: str) -> None:
+    """One version of the web service as a package: its code and its manifest (version.json)."""
+    catalog = json.loads(VERSIONS_FILE.read_text())
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(LAB_TEMPLATES_DIR / "host" / "webapp.py", dest / "webapp.py")
+    (dest / "version.json").write_text(json.dumps({"version": version, **catalog[version]}, indent=1) + "\n")
+
+
+def build_package_repo(lab: LabState) -> Path:
+    """``<lab>/packages/web/<version>/``: what playbooks/install-version.yml installs from."""
+    repo = lab.lab_dir / "packages" / "web"
+    for version in json.loads(VERSIONS_FILE.read_text()):
+        write_package(repo / version, version)
+    return repo
 
 
 def user_for(host: str) -> str:
@@ -104,7 +124,10 @@ def prepare_host(host: LabHost, lab: LabState) -> str:
         shutil.rmtree(root)
     for sub in ("bin", "etc", "run", "log", "data/app", "data/cache", "sshd"):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    shutil.copy2(LAB_TEMPLATES_DIR / "host" / "webapp.py", root / "bin" / "webapp.py")
+    # Installed like a package: versions/<v>/, `current` → it, bin/webapp.py → current/webapp.py.
+    write_package(root / "versions" / START_VERSION, START_VERSION)
+    (root / "current").symlink_to(Path("versions") / START_VERSION)
+    (root / "bin" / "webapp.py").symlink_to(Path("..") / "current" / "webapp.py")
     shutil.copy2(LAB_TEMPLATES_DIR / "host" / "servicectl", root / "bin" / "servicectl")
     (root / "etc" / "service.env").write_text(
         f"HOST_NAME={host.name}\nSERVICE_PORT={host.service_port}\nCAPACITY_BYTES={DATA_CAPACITY_BYTES}\n"
@@ -115,9 +138,9 @@ def prepare_host(host: LabHost, lab: LabState) -> str:
     for dirpath, dirnames, filenames in os.walk(root):
         if Path(dirpath).name == "sshd" or Path(dirpath).parent.name == "sshd":
             continue
-        os.chown(dirpath, account.pw_uid, account.pw_gid)
-        for f in filenames:
-            os.chown(os.path.join(dirpath, f), account.pw_uid, account.pw_gid)
+        os.lchown(dirpath, account.pw_uid, account.pw_gid)
+        for f in filenames + [d for d in dirnames if d != "sshd"]:  # symlinks too (current, bin/webapp.py)
+            os.lchown(os.path.join(dirpath, f), account.pw_uid, account.pw_gid)
     root.chmod(0o755)
     public = write_keypair(root / "sshd" / "ssh_host_ed25519_key")
     (root / "sshd" / "sshd_config").write_text(sshd_config(host, lab))
@@ -128,6 +151,7 @@ def prepare_host(host: LabHost, lab: LabState) -> str:
 def write_inventory(lab: LabState, extra_vars: dict[str, dict] | None = None) -> Path:
     """The single list of hosts that medic's SSH client and Ansible both use."""
     ssh_dir = lab.lab_dir / "ssh"
+    package_repo = build_package_repo(lab)
     groups: dict[str, dict] = {}
     for h in lab.hosts:
         groups.setdefault(h.group, {"hosts": {}})["hosts"][h.name] = {
@@ -138,10 +162,11 @@ def write_inventory(lab: LabState, extra_vars: dict[str, dict] | None = None) ->
             "medic_host_dir": str(h.root),
             "medic_data_dir": str(h.data_dir),
             "medic_servicectl": str(h.root / "bin" / "servicectl"),
+            "medic_package_repo": str(package_repo),
             **(extra_vars or {}).get(h.name, {}),
         }
         if h.group != "web":
-            for key in ("medic_service_port", "medic_servicectl"):
+            for key in ("medic_service_port", "medic_servicectl", "medic_package_repo"):
                 groups[h.group]["hosts"][h.name].pop(key, None)
     common_args = " ".join(
         [

@@ -8,27 +8,53 @@ state where every request is slow (the `slow` fault); only a restart or SIGUSR2 
 catches, for the anomaly detectors (only a restart or SIGRTMIN+2 clears them):
 SIGRTMIN starts a memory leak (LEAK_BYTES_PER_S, really allocated: the resident size grows);
 SIGRTMIN+1 starts a latency drift (DRIFT_PER_S more per second, never above DRIFT_MAX_S).
+
+Versions: the service is installed like a package (playbooks/install-version.yml): this file and a
+``version.json`` manifest in ``<host root>/versions/<version>/``, reached through the ``current``
+symlink. The manifest, read once at start-up next to the real path of this file, sets what the
+version does: ``latency_factor`` (v2-slow: 1.5 × the base service time), ``error_ratio`` (v2-errors:
+5 % of requests answer 500) and ``crash_after_s`` (v2-crash: the process exits that long after it
+started — a crash loop under any restart). ``demo_build_info{version=...}`` says what serves.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import random
 import signal
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+BUCKETS = (0.005, 0.0075, 0.01, 0.0125, 0.015, 0.02, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 SLOW_DELAY_S = 0.6
 LEAK_BYTES_PER_S = 1_000_000
 DRIFT_PER_S = 0.002
 DRIFT_MAX_S = 0.15  # p90 stays under HighLatency's 0.25 s: no rule fires
 PAGE = os.sysconf("SC_PAGE_SIZE")
+MAX_QUEUE_S = 5.0  # capacity model: shed a request that would wait longer for the worker
+#: Every request's own service time: uniform in BASE_DELAY_S × (1 ± BASE_JITTER), × the version's factor.
+BASE_DELAY_S = 0.008
+BASE_JITTER = 0.25
+DEFAULT_MANIFEST = {"version": "v1", "latency_factor": 1.0, "error_ratio": 0.0, "crash_after_s": None}
+
+
+def read_manifest() -> dict:
+    """The installed version's manifest (next to the real path of this file); v1 when there is none."""
+    path = os.path.join(os.path.dirname(os.path.realpath(__file__)), "version.json")
+    try:
+        with open(path) as f:
+            return {**DEFAULT_MANIFEST, **json.load(f)}
+    except (OSError, ValueError):
+        return dict(DEFAULT_MANIFEST)
 
 
 class State:
-    def __init__(self, host: str, data_dir: str, capacity: int) -> None:
+    def __init__(self, host: str, data_dir: str, capacity: int, manifest: dict | None = None) -> None:
+        self.manifest = manifest or dict(DEFAULT_MANIFEST)
+        self.version = str(self.manifest["version"])
         self.host = host
         self.data_dir = data_dir
         self.capacity = capacity
@@ -41,9 +67,12 @@ class State:
         self.counts = [0] * (len(BUCKETS) + 1)
         self.total = 0
         self.sum = 0.0
+        self.responses: dict[str, int] = {"200": 0, "500": 0}
+        self.free_at = 0.0  # capacity model (brief C): when the instance's one worker is next free
 
-    def observe(self, seconds: float) -> None:
+    def observe(self, seconds: float, code: int = 200) -> None:
         with self.lock:
+            self.responses[str(code)] = self.responses.get(str(code), 0) + 1
             for i, bound in enumerate(BUCKETS):
                 if seconds <= bound:
                     self.counts[i] += 1
@@ -52,12 +81,31 @@ class State:
             self.sum += seconds
 
     def delay(self) -> float:
-        """Seconds every request waits: the `slow` fault, or the drift grown since it started."""
+        """Seconds a request waits: the `slow` fault, or the base service time of the version plus the
+        drift grown since it started."""
         if self.slow:
             return SLOW_DELAY_S
+        base = random.uniform(1 - BASE_JITTER, 1 + BASE_JITTER) * BASE_DELAY_S * float(self.manifest["latency_factor"])
         if self.drift_since is not None:
-            return min(DRIFT_MAX_S, DRIFT_PER_S * (time.time() - self.drift_since))
-        return 0.0
+            return base + min(DRIFT_MAX_S, DRIFT_PER_S * (time.time() - self.drift_since))
+        return base
+
+    def queue(self, work_s: float) -> float | None:
+        """Capacity model of the lab (issue 15): a request waits FIFO for the work queued ahead of it
+        (``/?work_ms=N`` asks N ms of the instance's one worker), so latency grows as the load nears
+        1000/N req/s; None = shed (503), the wait would be over MAX_QUEUE_S. No work queued: no wait."""
+        with self.lock:
+            now = time.monotonic()
+            start = max(now, self.free_at)
+            if start - now > MAX_QUEUE_S:
+                self.responses["503"] = self.responses.get("503", 0) + 1
+                return None
+            self.free_at = start + work_s
+            return self.free_at - now
+
+    def fails(self) -> bool:
+        """Whether this request answers 500 (the version's error ratio)."""
+        return random.random() < float(self.manifest["error_ratio"] or 0.0)
 
     def leak(self) -> None:
         """Allocate and keep LEAK_BYTES_PER_S every second while leaking (written: really resident)."""
@@ -93,6 +141,9 @@ class State:
             lines.append(f'demo_request_duration_seconds_bucket{{{label},le="+Inf"}} {self.counts[-1]}')
             lines.append(f"demo_request_duration_seconds_sum{{{label}}} {self.sum:.6f}")
             lines.append(f"demo_request_duration_seconds_count{{{label}}} {self.total}")
+            lines += ["# HELP demo_http_responses_total Answers to requests to /, by status code.",
+                      "# TYPE demo_http_responses_total counter"]
+            lines += [f'demo_http_responses_total{{{label},code="{code}"}} {n}' for code, n in sorted(self.responses.items())]
         lines += [
             "# HELP demo_data_dir_used_bytes Bytes used under the host's data dir.",
             "# TYPE demo_data_dir_used_bytes gauge",
@@ -106,6 +157,9 @@ class State:
             "# HELP demo_degraded 1 while the process is in its slow state.",
             "# TYPE demo_degraded gauge",
             f"demo_degraded{{{label}}} {int(self.slow)}",
+            "# HELP demo_build_info The installed version that serves (from its manifest).",
+            "# TYPE demo_build_info gauge",
+            f'demo_build_info{{{label},version="{self.version}"}} 1',
             "# HELP demo_start_time_seconds When this process started.",
             "# TYPE demo_start_time_seconds gauge",
             f"demo_start_time_seconds{{{label}}} {self.started:.3f}",
@@ -133,13 +187,27 @@ def make_handler(state: State) -> type[BaseHTTPRequestHandler]:
                 self._send(200, state.metrics(), "text/plain; version=0.0.4")
             elif self.path == "/healthz":
                 self._send(200, "ok\n")
-            elif self.path == "/":
+            elif self.path.partition("?")[0] == "/":
                 began = time.perf_counter()
+                query = dict(p.partition("=")[::2] for p in self.path.partition("?")[2].split("&"))
+                try:
+                    work_s = min(max(float(query.get("work_ms") or 0), 0.0), 1000.0) / 1000
+                    if work_s != work_s:  # NaN
+                        raise ValueError
+                except ValueError:
+                    work_s = 0.0
+                queued = state.queue(work_s)
+                if queued is None:
+                    self._send(503, "overloaded\n")
+                    return
+                if queued:
+                    time.sleep(queued)
                 delay = state.delay()
                 if delay:
                     time.sleep(delay)
-                self._send(200, f"hello from {state.host}\n")
-                state.observe(time.perf_counter() - began)
+                code = 500 if state.fails() else 200
+                self._send(code, f"hello from {state.host}\n" if code == 200 else "internal error\n")
+                state.observe(time.perf_counter() - began, code)
             else:
                 self._send(404, "not found\n")
 
@@ -154,7 +222,7 @@ def main() -> None:
     parser.add_argument("--capacity-bytes", type=int, required=True)
     args = parser.parse_args()
 
-    state = State(args.host_name, args.data_dir, args.capacity_bytes)
+    state = State(args.host_name, args.data_dir, args.capacity_bytes, read_manifest())
 
     def set_slow(value: bool) -> None:
         state.slow = value
@@ -171,6 +239,9 @@ def main() -> None:
     signal.signal(signal.SIGRTMIN + 2, heal)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     threading.Thread(target=state.leak, name="leak", daemon=True).start()
+    crash_after = state.manifest.get("crash_after_s")
+    if crash_after is not None:  # a version that dies on its own: a crash loop under any restart
+        threading.Timer(float(crash_after), lambda: os._exit(70)).start()
     class QuietServer(ThreadingHTTPServer):
         def handle_error(self, request: object, client_address: object) -> None:
             return  # load-balancer health checks reset their connections; that is not an error

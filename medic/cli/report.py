@@ -18,6 +18,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     import asyncio
     from datetime import UTC, datetime, timedelta
 
+    from medic.cli.run import use_prefect_api
+    from medic.settings import get_settings
+
+    use_prefect_api(get_settings())  # the lab's (or MEDIC_PREFECT_API_URL's) Prefect, before Prefect is imported
     from flows.report import assemble
     from medic.core.report import artifact_key
     from medic.core.runbook import parse_duration

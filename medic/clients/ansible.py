@@ -50,6 +50,7 @@ import ansible_runner
 from pydantic import BaseModel, Field
 
 from medic.clients.ansible_env import clean_env, run_dir, runner_envvars, write_extravars
+from medic.clients.ansible_procs import stop_leftovers
 from medic.errors import AnsibleError
 from medic.core.inventory import Host, Inventory
 from medic.settings import get_settings
@@ -206,7 +207,8 @@ def run_playbook(
     check: bool = False,
     timeout: float = 300,
 ) -> PlaybookResult:
-    """Run a playbook on exactly these inventory hosts; failures and unreachable hosts are in the result."""
+    """Run a playbook on exactly these inventory hosts; failures and unreachable hosts are in the result.
+    The playbook gets ``medic_timeout_s`` to bound its remote commands (e.g. `timeout` in a command task)."""
     playbook = Path(playbook).resolve()
     if not playbook.is_file():
         raise AnsibleError(f"playbook {playbook} does not exist; check the runbook's `playbook:` path")
@@ -222,7 +224,8 @@ def run_playbook(
     started = time.monotonic()
     log.info("ansible: %s on %s%s", playbook.name, ",".join(names), " (check)" if check else "")
     try:
-        cmdline = f"-e @{shlex.quote(str(write_extravars(private_dir, extravars or {})))}"
+        values = {"medic_timeout_s": max(1, int(timeout)), **(extravars or {})}
+        cmdline = f"-e @{shlex.quote(str(write_extravars(private_dir, values)))}"
         runner = _clean(ansible_runner.interface.init_runner(
             private_data_dir=str(private_dir),
             playbook=str(playbook),
@@ -242,6 +245,7 @@ def run_playbook(
     except Exception as exc:  # noqa: BLE001 - ansible-runner raises many types when it cannot start at all
         raise AnsibleError(f"could not start ansible-playbook for {playbook}: {type(exc).__name__}: {exc}") from exc
     finally:
+        stop_leftovers(private_dir)  # a stopped run's workers (own sessions) and their ssh
         shutil.rmtree(private_dir, ignore_errors=True)
     duration = round(time.monotonic() - started, 3)
     if runner.rc == 127:

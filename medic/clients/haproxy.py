@@ -63,6 +63,7 @@ class ServerState(BaseModel):
     port: int | None = None
     check_status: str = Field("", description="last health check, e.g. L7OK, L4CON, L7STS")
     current_sessions: int = 0
+    weight: int | None = Field(None, description="the server's current (user) weight, 0-256")
 
     @property
     def up(self) -> bool:
@@ -131,6 +132,7 @@ class HAProxyRuntime:
                 port=int(f[18]) if f[18].isdigit() else None,
                 check_status=stat.get("check_status", ""),
                 current_sessions=int(stat.get("scur") or 0),
+                weight=int(f[7]) if f[7].isdigit() else None,
             ))
         return found
 
@@ -158,6 +160,16 @@ class HAProxyRuntime:
         if reply:
             raise LoadBalancerError(f"HAProxy at {self.address} refused to set {target} to {state}: {reply}")
         log.info("haproxy %s: %s → %s", self.address, target, state)
+
+    def set_weight(self, backend: str, server: str, weight: int) -> None:
+        """Set a server's weight (0-256): its share of new requests against the others' weights."""
+        target = f"{_check_name(backend, 'backend')}/{_check_name(server, 'server')}"
+        if not isinstance(weight, int) or not 0 <= weight <= 256:
+            raise LoadBalancerNameError(f"HAProxy weight {weight!r} is refused: give 0-256; nothing was sent")
+        reply = self.command(f"set weight {target} {weight}").strip()
+        if reply:
+            raise LoadBalancerError(f"HAProxy at {self.address} refused weight {weight} for {target}: {reply}")
+        log.info("haproxy %s: %s weight → %d", self.address, target, weight)
 
     def set_address(self, backend: str, server: str, addr: str, port: int) -> None:
         """Point a server at another address and port (e.g. a promoted database primary)."""

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 from pydantic import BaseModel, Field
 
 from medic.core.results import CommandResult
+from medic.core.timeline import IncidentTimes
 from medic.errors import ExitCode
 
 
@@ -243,6 +244,7 @@ class RemediationReport(BaseModel):
     recovery: RecoveryResult | None = None
     verify: CheckResult | None = None
     timeline: list[TimelineEntry] = Field(default_factory=list)
+    incident: IncidentTimes | None = Field(None, description="machine timestamps: impact → recovered (medic.core.timeline)")
 
     @property
     def duration_s(self) -> float:
@@ -307,6 +309,8 @@ def render_markdown(report: RemediationReport) -> str:
         "|---|---|---|",
     ]
     lines += [f"| {e.at.strftime('%H:%M:%S.%f')[:-3]} | {e.stage} | {e.message} |" for e in report.timeline]
+    if report.incident:
+        lines += ["", *report.incident.markdown_lines()]
     if report.detect:
         lines += ["", "## Detect", "", *_check_table(report.detect)]
     if report.diagnosis:

@@ -25,6 +25,10 @@ def server_env(home: Path, port: int) -> dict[str, str]:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_LOGGING_LEVEL": "WARNING",
         "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        # Concurrency-slot leases on disk under `home`, not in the server's memory: a restarted server
+        # still knows who holds a remediation slot, so the holder can release it (issue 12: in memory,
+        # a slot held across a restart stayed taken for good).
+        "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect.server.concurrency.lease_storage.filesystem",
     }
 
 

@@ -22,10 +22,11 @@ class FlowChoice(BaseModel):
     entrypoint: str
     deployment: str
     parameters: dict[str, Any]
+    context: dict[str, Any] = {}  # the run's Prefect context: the alert's times (medic.core.timeline)
 
 
 def choose(runbook: Runbook, target: str | None, *, reason: str, dry_run: bool = False,
-           require_approval: bool = False) -> FlowChoice:
+           require_approval: bool = False, context: dict[str, Any] | None = None) -> FlowChoice:
     entrypoint = ENTRYPOINTS[runbook.kind]
     flow_name = entrypoint.split(":")[1]
     if runbook.kind == "failover":
@@ -37,7 +38,7 @@ def choose(runbook: Runbook, target: str | None, *, reason: str, dry_run: bool =
         params = {"runbook": runbook.name, "target": target, "dry_run": dry_run, "reason": reason,
                   "require_approval": require_approval}
     return FlowChoice(kind=runbook.kind, entrypoint=entrypoint, deployment=f"{flow_name}/{runbook.name}",
-                      parameters=params)
+                      parameters=params, context=context or {})
 
 
 def load_flow(entrypoint: str) -> Any:

@@ -18,14 +18,17 @@ from prefect.client.schemas.objects import FlowRun, StateType, TaskRun
 from pydantic import BaseModel, Field
 
 from medic.core.report import ENDINGS, Outcome
+from medic.core.timeline import IncidentTimes
 from medic.errors import PrefectError
 from medic.orchestration.api import post_query
+from medic.orchestration.incident_record import read_times
 
 __all__ = ["RunRecord", "StageTime", "read_runs"]
 
 INCIDENT_FLOWS = ("remediate", "failover")
 _BY_STATE_NAME = {ending.state_name: outcome for outcome, ending in ENDINGS.items()}
 _PAGE = 200
+_PAUSE_MIN_S = 0.25  # a human takes longer; below it the run never waited for one
 _TASK_SUFFIX = re.compile(r"-[0-9a-f]{3}$")  # Prefect names task runs "<task>-<3 hex>"
 
 
@@ -50,6 +53,7 @@ class RunRecord(BaseModel):
     stages: list[StageTime] = Field(default_factory=list)
     human_wait_s: float = Field(0.0, description="time spent Paused, waiting for a human decision")
     asked_human: bool = False
+    incident: IncidentTimes | None = Field(None, description="the run's incident timeline (its timeline artifact)")
 
     @property
     def acted(self) -> bool:
@@ -68,6 +72,13 @@ def _paused_seconds(states: list) -> float:
             waited += (state.timestamp - since).total_seconds()
             since = None
     return waited
+
+
+def _not_running_s(run: FlowRun) -> float:
+    """Wall time minus Prefect's `total_run_time` (time in Running): what a pause took; inf while unfinished."""
+    if run.start_time is None or run.end_time is None:
+        return float("inf")
+    return (run.end_time - run.start_time).total_seconds() - run.total_run_time.total_seconds()
 
 
 def _record(run: FlowRun, flow_name: str) -> RunRecord:
@@ -112,13 +123,19 @@ async def read_runs(since: datetime, *, flows: tuple[str, ...] = INCIDENT_FLOWS)
             offset += len(tasks)
             if len(tasks) < _PAGE:
                 break
+    not_running = {str(r.id): _not_running_s(r) for r in runs}
     async with get_client() as client:  # one client for every run's state history
         for run_id, record in records.items():
             record.stages.sort(key=lambda s: s.started)
+            if not_running[run_id] < _PAUSE_MIN_S:  # never paused: no state history to read
+                continue
             try:
                 states = await client.read_flow_run_states(UUID(run_id))
             except Exception as exc:  # noqa: BLE001 - any client failure is "Prefect cannot answer"
                 raise PrefectError(f"cannot read the states of run {run_id}: {exc}") from exc
             record.asked_human = any(s.type is StateType.PAUSED for s in states)
             record.human_wait_s = _paused_seconds(states)
+    for run_id, times in (await read_times(ids)).items():  # impact → recovered, for TTD / TTA / TTR
+        if run_id in records:
+            records[run_id].incident = times
     return list(records.values())

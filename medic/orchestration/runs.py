@@ -185,6 +185,7 @@ async def create_deployment_run(
     idempotency_key: str | None = None,
     tags: list[str] | None = None,
     scheduled: bool = False,
+    context: Mapping[str, Any] | None = None,
 ) -> FlowRun:
     """Create a run of deployment `"flow-name/deployment-name"` and return it (or the run that
     already has `idempotency_key`: Prefect answers with it instead of creating a second one).
@@ -199,6 +200,8 @@ async def create_deployment_run(
         tags=list(tags or []),
         idempotency_key=idempotency_key,
     )
+    if context:  # e.g. the alert's times, read back by the run (medic.core.timeline.ALERT_CONTEXT_KEY)
+        create.context = dict(context)
     if not scheduled:
         create.state = to_state_create(Pending())
     body = create.model_dump(mode="json", exclude_unset=True)

@@ -63,6 +63,9 @@ class RunbookStats(BaseModel):
     total: Distribution | None = Field(None, description="incident run time, start to end")
     stages: dict[str, Distribution] = Field(default_factory=dict)
     flapping: list[str] = Field(default_factory=list, description=f"targets with ≥ {FLAPPING_RUNS} incidents")
+    ttd: Distribution | None = Field(None, description="time to detect: impact → alert fired (incident timelines)")
+    tta: Distribution | None = Field(None, description="time to acknowledge: alert fired → human decision or run start")
+    ttr: Distribution | None = Field(None, description="time to recover: impact → the SLI good again")
 
 
 class SLOStats(BaseModel):
@@ -99,6 +102,7 @@ def build_report(runs: list[RunRecord], *, since: datetime, until: datetime, slo
                 per_stage[stage.stage].append(stage.seconds)
         targets = Counter(r.target for r in acted)
         asked = [r for r in group if r.asked_human]
+        timed = [r.incident for r in acted if r.incident is not None]
         stats.append(RunbookStats(
             runbook=name, runs=len(group), incidents=len(acted),
             recovered=sum(1 for r in acted if r.outcome is not None and r.outcome.restored),
@@ -107,9 +111,15 @@ def build_report(runs: list[RunRecord], *, since: datetime, until: datetime, slo
             approvals=len(asked), human_wait=Distribution.of([r.human_wait_s for r in asked]),
             total=Distribution.of([r.seconds for r in acted]),
             stages={k: d for k, v in per_stage.items() if (d := Distribution.of(v)) is not None},
-            flapping=sorted(t for t, n in targets.items() if n >= FLAPPING_RUNS)))
+            flapping=sorted(t for t, n in targets.items() if n >= FLAPPING_RUNS),
+            ttd=_dist([t.time_to_detect_s for t in timed]), tta=_dist([t.time_to_acknowledge_s for t in timed]),
+            ttr=_dist([t.time_to_recover_s for t in timed])))
     return OpsReport(since=since, until=until, runbooks=stats, slos=slos or [],
                      incidents=[r for r in runs if r.acted])
+
+
+def _dist(values: list[float | None]) -> Distribution | None:
+    return Distribution.of([v for v in values if v is not None])
 
 
 def _one(prom: PrometheusClient, promql: str) -> float | None:
@@ -163,6 +173,15 @@ def render_markdown(report: OpsReport) -> str:
         lines.append(f"| {r.runbook} | {r.runs} | {r.incidents} | {r.recovered} | {r.not_needed} | {r.failed} | "
                      f"{r.approvals} ({r.human_wait.text() if r.human_wait else '—'}) | "
                      f"{r.total.text() if r.total else '—'} | {', '.join(r.flapping) or '—'} |")
+    timed = [r for r in report.runbooks if r.ttd or r.tta or r.ttr]
+    if timed:
+        lines += ["", "## Time to detect, acknowledge, recover (p50 / p90 / max)", "",
+                  "From each incident's timeline of machine timestamps: detect = impact (first bad sample) → "
+                  "alert fired; acknowledge = alert fired → first human decision, or → run start when no human "
+                  "was asked; recover = impact → the detect query good again.", "",
+                  "| runbook | time to detect | time to acknowledge | time to recover |", "|---|---|---|---|"]
+        lines += [f"| {r.runbook} | {r.ttd.text() if r.ttd else '—'} | {r.tta.text() if r.tta else '—'} | "
+                  f"{r.ttr.text() if r.ttr else '—'} |" for r in timed]
     for r in report.runbooks:
         if r.stages:
             lines += ["", f"### {r.runbook}: stage durations (p50 / p90 / max)", "",
@@ -179,6 +198,9 @@ def slack_summary(report: OpsReport) -> str:
             f"{sum(r.not_needed for r in report.runbooks)} alert(s) needed nothing.")
     if slowest and slowest.total:
         text += f" Slowest: {slowest.runbook} p90 {slowest.total.p90:.0f} s."
+    for r in report.runbooks:
+        if r.ttr:
+            text += f"\n• {r.runbook}: time to recover p50 {r.ttr.p50:.0f} s, p90 {r.ttr.p90:.0f} s (from impact)"
     for s in report.slos:
         text += f"\n• {s.slo}: availability {_pct(s.availability)}, budget left {_pct(s.budget_left, 1)}"
     return text

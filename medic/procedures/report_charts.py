@@ -2,7 +2,8 @@
 
 - budget burn-down: the error budget left over time, per SLO, from Prometheus;
 - availability per day, per SLO;
-- stage durations per incident: one stacked bar per incident, a colour per stage.
+- stage durations per incident: one stacked bar per incident, a colour per stage;
+- incident timelines: impact → alert → run → recovered → resolved, one bar per incident.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from medic.core.slo import SLOSpec
 from medic.orchestration.run_history import RunRecord
 from medic.procedures.slo_rules import error_ratio, prom_duration
 
-__all__ = ["availability_per_day", "budget_burndown", "stage_durations"]
+__all__ = ["availability_per_day", "budget_burndown", "incident_timelines", "stage_durations"]
 
 
 def _figure(height: float = 3.6) -> tuple[Any, Any]:
@@ -102,5 +103,39 @@ def stage_durations(incidents: list[RunRecord], limit: int = 30) -> bytes:
     handles = [Patch(color=c, label=s) for s, c in colours.items()]
     if handles:
         ax.legend(handles=handles, fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3, axis="x")
+    return _png(fig)
+
+
+#: An incident's phases, from its timeline (medic.core.timeline): where the time between impact and
+#: resolution went.
+PHASES = (("detect (impact → alert fired)", "impact", "alert_fired", "#c53030"),
+          ("deliver + start (→ run started)", "alert_fired", "run_started", "#dd6b20"),
+          ("run start → human decision", "run_started", "human_decision", "#cbd5e0"),
+          ("repair (→ SLI good again)", "human_decision", "recovered", "#2b6cb0"),
+          ("verify + report (→ resolved)", "recovered", "resolved", "#38a169"))
+
+
+def incident_timelines(incidents: list[RunRecord], limit: int = 30) -> bytes:
+    """One bar per incident with a timeline (most recent `limit`), from impact: the phases in colour."""
+    shown = [r for r in incidents if r.incident is not None and r.incident.impact is not None][-limit:]
+    fig, ax = _figure(max(3.0, 0.3 * len(shown) + 2.0))
+    for row, run in enumerate(shown):
+        times = run.incident
+        assert times is not None and times.impact is not None
+        for _, start, end, colour in PHASES:
+            a, b = getattr(times, start), getattr(times, end)
+            if start == "human_decision" and a is None:  # no human asked: repair from the run's start
+                a = times.run_started
+            if a is not None and b is not None and b >= a:
+                ax.barh(row, (b - a).total_seconds(), left=(a - times.impact).total_seconds(), color=colour)
+    ax.set_yticks(range(len(shown)), [f"{r.runbook} on {r.target}" for r in shown], fontsize=7)
+    ax.invert_yaxis()  # oldest on top, as the report's tables list them
+    ax.set_xlabel("seconds since impact (first bad sample)")
+    ax.set_title("incident timelines: where the time from impact to resolution went", loc="left", fontsize=10)
+    from matplotlib.patches import Patch
+
+    ax.legend(handles=[Patch(color=c, label=label) for label, _, _, c in PHASES], fontsize=7, loc="upper center",
+              bbox_to_anchor=(0.5, -0.3), ncol=3, frameon=False)
     ax.grid(alpha=0.3, axis="x")
     return _png(fig)

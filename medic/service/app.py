@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import datetime, timezone
 from typing import Any
 
 from starlette.applications import Starlette
@@ -16,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
+from medic.core.timeline import ALERT_CONTEXT_KEY, AlertReceipt
 from medic.errors import IntakeRefused, MedicError
 from medic.orchestration.launcher import LaunchStatus
 from medic.service.credentials import Credentials
@@ -65,6 +67,7 @@ async def metrics(request: Request) -> Response:
 
 async def alertmanager(request: Request) -> Response:
     state = service_state(request)
+    received = datetime.now(timezone.utc)  # the incident timeline's "delivered to medic"
     body = await request.body()
     try:
         payload = parse_webhook(body, request.headers.get("content-type"))
@@ -74,7 +77,7 @@ async def alertmanager(request: Request) -> Response:
         return JSONResponse({"error": exc.reason}, status_code=exc.status)
     decisions = decide(payload, state.runbooks, state.inventory())
     # Every alert of the group at once: a run recorded in Prefect, or the reason it could not be.
-    results = await asyncio.gather(*[_handle(state, payload, d) for d in decisions])
+    results = await asyncio.gather(*[_handle(state, payload, d, received) for d in decisions])
     unrecorded = [r for r in results if r.get("result") == LaunchStatus.ERROR.value]
     started = sum(1 for r in results if r.get("result") == LaunchStatus.STARTED.value)
     body = {"received": len(payload.alerts), "started": started, "alerts": results}
@@ -87,13 +90,14 @@ async def alertmanager(request: Request) -> Response:
     return JSONResponse(body)
 
 
-async def _handle(state: ServiceState, payload: Any, d: Any) -> dict[str, Any]:
+async def _handle(state: ServiceState, payload: Any, d: Any, received: datetime) -> dict[str, Any]:
     """One alert of a webhook: start (or find) its run, withdraw a resolved one's approval wait, or say why not."""
     entry = d.model_dump(mode="json", exclude_none=True)
     if d.action is Action.START and d.runbook and d.target:
         launch = await state.launcher.launch(
             state.runbooks[d.runbook], d.target, reason=f"alert {d.alertname} ({d.fingerprint})",
-            idempotency_key=f"{d.runbook}:{d.target}:{d.fingerprint}:{_starts_at(payload, d.fingerprint)}")
+            idempotency_key=f"{d.runbook}:{d.target}:{d.fingerprint}:{_starts_at(payload, d.fingerprint)}",
+            context=_alert_context(payload, d, received))
         entry.update(result=launch.status.value, flow_run_id=launch.flow_run_id, detail=launch.detail or d.detail)
         state.metrics.alerts.labels(launch.status.value).inc()
     elif d.action is Action.RESOLVED and d.runbook and d.target:
@@ -108,6 +112,13 @@ async def _handle(state: ServiceState, payload: Any, d: Any) -> dict[str, Any]:
         log.info("alert %s (%s): %s", d.alertname, d.fingerprint, d.detail)
         state.metrics.alerts.labels(d.action.value).inc()
     return entry
+
+
+def _alert_context(payload: Any, d: Any, received: datetime) -> dict[str, Any]:
+    """The alert's times for the run's incident timeline (kept in the run's Prefect context)."""
+    fired = next((a.startsAt for a in payload.alerts if a.fingerprint == d.fingerprint), received)
+    receipt = AlertReceipt(alertname=d.alertname, fingerprint=d.fingerprint, fired_at=fired, received_at=received)
+    return {ALERT_CONTEXT_KEY: receipt.model_dump(mode="json")}
 
 
 def _starts_at(payload: Any, fingerprint: str) -> str:

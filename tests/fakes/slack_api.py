@@ -106,6 +106,11 @@ class FakeSlack:
             fault = _Fault(status, retry_after if status == 429 else None)
             self._state.faults.extend([fault] * n)
 
+    def clear_faults(self) -> None:
+        """Answer normally again (the faults `fail_next` queued and not yet served are dropped)."""
+        with self._state.lock:
+            self._state.faults.clear()
+
     def set_usergroup(self, usergroup: str, users: list[str]) -> None:
         """Define a user group's members, as ``usergroups.users.list`` will answer them."""
         with self._state.lock:

@@ -17,7 +17,7 @@ from medic.core.report import Outcome
 from medic.orchestration.run_history import RunRecord, StageTime, read_runs
 from medic.procedures.ops_report import Distribution, SLOStats, build_report, render_markdown, slack_summary
 from medic_lab.state import LabState
-from tests.support.flows import remediate
+from tests.support.flows import remediate, remediate_and_decide
 from tests.support.lab_health import Inject, broken, seen  # noqa: F401 (fixture)
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -68,17 +68,36 @@ def test_runs_read_back_from_prefect_and_the_report_with_its_charts(lab: LabStat
     assert (mine.runbook, mine.target, mine.outcome) == ("service-down", "web-3", Outcome.RECOVERED)
     assert [s.stage for s in mine.stages] == ["detect", "diagnose", "recover", "verify"]
     assert all(s.seconds >= 0 for s in mine.stages) and mine.seconds >= sum(s.seconds for s in mine.stages) * 0.5
+    assert mine.incident is not None and mine.incident.time_to_recover_s  # its timeline artifact, read back
 
     cli = subprocess.run([sys.executable, "-m", "medic", "report", "--since", "1h", "--charts", str(tmp_path)],
                          capture_output=True, text=True, timeout=180)
     assert cli.returncode == 0, cli.stderr
     assert "| web-latency | web | 99.9 % |" in cli.stdout and "| service-down |" in cli.stdout
+    assert "## Time to detect, acknowledge, recover" in cli.stdout
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
-    assert pngs == ["availability-per-day.png", "error-budget-left.png", "stage-durations-per-incident.png"]
+    assert pngs == ["availability-per-day.png", "error-budget-left.png", "incident-timelines.png",
+                    "stage-durations-per-incident.png"]
     assert all((tmp_path / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
 
     flow_report = asyncio.run(ops_report(since="1h"))
     assert any(r.runbook == "service-down" and r.incidents >= 1 for r in flow_report.runbooks)
     artifact = httpx.post(f"{lab.prefect_api_url}/artifacts/filter", timeout=10,
                           json={"artifacts": {"key": {"any_": ["ops-report"]}}, "sort": "CREATED_DESC", "limit": 1}).json()
-    assert artifact and artifact[0]["data"].count("data:image/png;base64,") == 3
+    assert artifact and artifact[0]["data"].count("data:image/png;base64,") == 4
+
+
+@pytest.mark.lab
+def test_a_run_that_waited_for_a_human_is_read_back_with_its_wait_and_decision(lab: LabState, broken: Inject) -> None:
+    """Only runs whose wall time exceeds their Running time read their state history: a paused run must
+    still be found (asked a human, how long), and its timeline carry the decision."""
+    since = datetime.now(UTC) - timedelta(seconds=5)
+    broken("disk-full", "web-2")
+    seen(lab, "disk-full", "web-2")
+    run, report, statuses = asyncio.run(remediate_and_decide(
+        "disk-full", "web-2", [{"decision": "approve", "approver": "alice"}]))
+    assert statuses == ["accepted"] and report.outcome is Outcome.RECOVERED, report.summary
+    mine = {r.id: r for r in asyncio.run(read_runs(since))}[str(run.flow_run_id)]
+    assert mine.asked_human and mine.human_wait_s > 0
+    assert mine.incident is not None and mine.incident.human_decision == report.approval.decided_at
+    assert mine.incident.impact is not None and mine.incident.recovered is not None

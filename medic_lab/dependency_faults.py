@@ -1,0 +1,239 @@
+"""Faults of medic's own dependencies: the monitoring stack, Prefect, a host's sshd, a playbook's command.
+
+The target faults (`faults.FAULTS`) break what medic repairs; these break what medic *works with*, to
+show it keeps its promises on its worst day (issue 12). Two kinds:
+
+- `LAB_FAULTS` need no host (`medic lab break prometheus-down`): a daemon of the lab stops, or restarts.
+  A stopped daemon's command line is recorded under ``<lab>/faults/`` so that `fix` starts it again
+  exactly as `up` did (same port, same data), from any process.
+- `HOST_FAULTS` take a host like the target faults (`medic lab break sshd-hang web-2`).
+
+`faults.break_host` / `faults.fix_host` dispatch to both; `faults.catalog()` lists both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from medic.core.net import wait_healthy
+from medic.core.polling import wait_until
+from medic.errors import LabError
+from medic_lab.components import Fault
+from medic_lab.hosts import ensure_user
+from medic_lab.processes import alive, spawn
+from medic_lab.reaper import stat_fields
+from medic_lab.state import LabHost, LabState
+
+#: How long a stopped daemon gets to exit, and a started one to answer.
+STOP_TIMEOUT_S = 20.0
+START_TIMEOUT_S = 90.0
+
+
+@dataclass(frozen=True)
+class LabFault:
+    """A fault of the lab as a whole (no host): same one-line summary as `Fault`, actions take the lab."""
+
+    name: str
+    summary: str  # one line, for `medic lab break --help`
+    inject: Callable[[LabState], str]
+    repair: Callable[[LabState], str]
+
+
+# --- lab daemons: stop, remember how they ran, start again --------------------------------------------
+
+
+def _daemon_pid(lab: LabState, name: str) -> int | None:
+    try:
+        pid = int((lab.lab_dir / "pids" / f"{name}.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if alive(pid) else None
+
+
+def _record(lab: LabState, name: str) -> Path:
+    return lab.lab_dir / "faults" / f"{name}.json"
+
+
+def _stop_daemon(lab: LabState, name: str) -> str:
+    """SIGTERM the daemon's process group (spawned in its own session) and wait until it has exited."""
+    pid = _daemon_pid(lab, name)
+    if pid is None:
+        return f"{name} was already down"
+    argv = [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+    record = _record(lab, name)
+    record.parent.mkdir(mode=0o700, exist_ok=True)
+    record.write_text(json.dumps({"argv": argv, "cwd": os.readlink(f"/proc/{pid}/cwd")}))
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    wait_until(lambda: _group_members(pid), what=f"{name} (process group {pid}) to exit after SIGTERM",
+               timeout=STOP_TIMEOUT_S, done=lambda left: not left, error=LabError)
+    return f"stopped {name} (pid {pid})"
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live processes of a process group (zombies count as gone)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (fields := stat_fields(int(entry))) is not None:
+            if int(fields[2]) == pgid and fields[0] != b"Z":
+                found.append(int(entry))
+    return found
+
+
+def _start_daemon(lab: LabState, name: str, ready_url: str, *, env: dict[str, str] | None = None) -> str:
+    if _daemon_pid(lab, name) is not None:
+        return f"{name} is already running"
+    record = _record(lab, name)
+    if not record.is_file():
+        raise LabError(f"{name} is down but the lab has no record of how it ran ({record}); "
+                       f"restart the lab: `medic lab down && medic lab up`")
+    saved = json.loads(record.read_text())
+    proc = spawn(name, saved["argv"], lab_dir=lab.lab_dir, env=env, cwd=Path(saved["cwd"]))
+    waited = wait_healthy(ready_url, what=name, timeout=START_TIMEOUT_S, proc=proc, error=LabError)
+    record.unlink()
+    return f"started {name} again (pid {proc.pid}, ready in {waited:.1f} s)"
+
+
+def _prefect_env(lab: LabState) -> dict[str, str]:
+    if not lab.with_prefect or lab.options.get("cluster"):
+        raise LabError("the Prefect faults need the lab's own SQLite Prefect server (`medic lab up` without "
+                       "--no-prefect and without --with cluster)")
+    from medic.orchestration.embedded_server import server_env
+
+    return server_env(lab.lab_dir / "prefect", lab.ports.prefect)
+
+
+def _prefect_down(lab: LabState) -> str:
+    _prefect_env(lab)
+    return _stop_daemon(lab, "prefect")
+
+
+def _prefect_up(lab: LabState) -> str:
+    return _start_daemon(lab, "prefect", f"{lab.prefect_api_url}/health", env=_prefect_env(lab))
+
+
+def _prefect_restart(lab: LabState) -> str:
+    return f"{_prefect_down(lab)}; {_prefect_up(lab)} on the same port and database"
+
+
+LAB_FAULTS: list[LabFault] = [
+    LabFault("prometheus-down", "Prometheus stops: detect and verify queries are refused",
+             lambda lab: _stop_daemon(lab, "prometheus"),
+             lambda lab: _start_daemon(lab, "prometheus", f"{lab.prometheus_url}/-/ready")),
+    LabFault("alertmanager-down", "Alertmanager stops: no alert reaches medic, silences cannot be set",
+             lambda lab: _stop_daemon(lab, "alertmanager"),
+             lambda lab: _start_daemon(lab, "alertmanager", f"{lab.alertmanager_url}/-/ready")),
+    LabFault("prefect-down", "the lab's Prefect server stops (runs cannot report, pauses cannot resume)",
+             _prefect_down, _prefect_up),
+    LabFault("prefect-restart", "the lab's Prefect server stops and starts again on the same port and database",
+             _prefect_restart, _prefect_up),
+]
+
+
+# --- a host's sshd hangs ------------------------------------------------------------------------------
+
+
+def _sshd_tree(host: LabHost) -> list[int]:
+    """The host's sshd listener and every process under it (its sessions and their commands)."""
+    try:
+        root = int((host.root / "sshd" / "sshd.pid").read_text().strip())
+    except (OSError, ValueError):
+        return []
+    if not alive(root):
+        return []
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (fields := stat_fields(int(entry))) is not None and fields[0] != b"Z":
+            parents[int(entry)] = int(fields[1])
+    tree, grew = {root}, True
+    while grew:
+        more = {pid for pid, ppid in parents.items() if ppid in tree} - tree
+        tree |= more
+        grew = bool(more)
+    return sorted(tree)
+
+
+def _signal_tree(host: LabHost, sig: signal.Signals) -> list[int]:
+    pids = _sshd_tree(host)
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+    return pids
+
+
+def _hang_sshd(host: LabHost, lab: LabState) -> str:
+    pids = _signal_tree(host, signal.SIGSTOP)
+    if not pids:
+        raise LabError(f"sshd of {host.name} is not running; `medic lab fix host-down {host.name}` first")
+    return f"SIGSTOPped sshd of {host.name} and its sessions ({len(pids)} processes): connects hang, no banner"
+
+
+def _continue_sshd(host: LabHost, lab: LabState) -> str:
+    pids = _signal_tree(host, signal.SIGCONT)
+    return f"SIGCONTinued sshd of {host.name} ({len(pids)} processes)" if pids else (
+        f"sshd of {host.name} is not running; nothing to continue")
+
+
+# --- a playbook's remote command never returns ------------------------------------------------------------
+
+HANG_MARKER = "playbook-hang"
+#: servicectl while the fault is on: every action but `status` waits for the marker to go, then runs.
+HANGING_SERVICECTL = """#!/bin/sh
+# medic lab fault playbook-hang: `medic lab fix playbook-hang HOST` removes the marker and this wrapper.
+HERE=$(cd "$(dirname "$0")" && pwd)
+if [ "${1:-}" != status ]; then
+  while [ -e "$HERE/../run/%s" ]; do sleep 0.2; done
+fi
+[ -x "$HERE/servicectl.real" ] && exec "$HERE/servicectl.real" "$@"
+exec "$HERE/servicectl" "$@"  # fixed while waiting: the real one is back in place
+""" % HANG_MARKER
+
+
+def _hang_playbook(host: LabHost, lab: LabState) -> str:
+    bin_dir = host.root / "bin"
+    marker = host.root / "run" / HANG_MARKER
+    if not (bin_dir / "servicectl.real").exists():
+        shutil.copy2(bin_dir / "servicectl", bin_dir / "servicectl.real")
+        wrapper = bin_dir / "servicectl.hang"
+        wrapper.write_text(HANGING_SERVICECTL)
+        wrapper.chmod(0o755)
+        wrapper.replace(bin_dir / "servicectl")
+    marker.touch()
+    account = ensure_user(host.user)
+    os.chown(marker, account.pw_uid, account.pw_gid)
+    return f"`servicectl start|stop|restart` on {host.name} now blocks until fixed (`status` still answers)"
+
+
+def _release_playbook(host: LabHost, lab: LabState) -> str:
+    bin_dir = host.root / "bin"
+    (host.root / "run" / HANG_MARKER).unlink(missing_ok=True)
+    if not (bin_dir / "servicectl.real").exists():
+        return f"servicectl on {host.name} was not hanging"
+    (bin_dir / "servicectl.real").replace(bin_dir / "servicectl")
+    return f"servicectl on {host.name} answers again (blocked callers go on)"
+
+
+HOST_FAULTS: list[Fault] = [
+    Fault("sshd-hang", "SIGSTOP the host's sshd and its sessions: TCP connects, SSH never answers",
+          _hang_sshd, _continue_sshd),
+    Fault("playbook-hang", "`servicectl start|stop|restart` never returns (a playbook step hangs on it)",
+          _hang_playbook, _release_playbook),
+]
+
+
+def lab_fault(name: str, host_name: str | None) -> LabFault | None:
+    """The host-less fault of that name (refusing a host for it), or None if it is not one."""
+    chosen = next((f for f in LAB_FAULTS if f.name == name), None)
+    if chosen is not None and host_name:
+        raise LabError(f"{name} is a fault of the whole lab and takes no HOST: `medic lab break {name}`")
+    return chosen

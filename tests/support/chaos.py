@@ -1,0 +1,78 @@
+"""Helpers of the fault-injection suite (tests/chaos): alerts to medic serve, runs' ends, leftover processes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import httpx
+
+from medic_lab.reaper import stat_fields
+from medic_lab.state import LabState
+from tests.support.intake import intake_headers
+from tests.support.server import MedicServer
+from tests.support.waits import wait_for
+
+#: `inject(fault, host=None)`: the tests/chaos fixture that breaks the lab and fixes it at teardown.
+Inject = Callable[..., str]
+
+
+def _client_sockets(port: int) -> set[str]:
+    """Inodes of TCP sockets (any state but LISTEN) whose remote end is 127.0.0.1:`port`."""
+    inodes = set()
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            remote, state, inode = fields[2], fields[3], fields[9]
+            if state != "0A" and int(remote.split(":")[1], 16) == port:
+                inodes.add(inode)
+    return inodes
+
+
+def our_client_processes(port: int | None = None) -> list[str]:
+    """Live ssh / ansible-playbook processes started under this test process (an ssh ControlMaster of a
+    healthy host, detached to serve later runs, excepted), and any process holding a connection to
+    127.0.0.1:`port`."""
+    me, found = os.getpid(), []
+    sockets = _client_sockets(port) if port else set()
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (fields := stat_fields(int(entry))) is not None and fields[0] != b"Z":
+            parents[int(entry)] = int(fields[1])
+    for pid in parents:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            with open(f"/proc/{pid}/comm", "rb") as f:
+                comm = f.read().strip().decode(errors="replace")
+            fds = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")} if sockets else set()
+        except OSError:
+            continue
+        if sockets and {f"socket:[{inode}]" for inode in sockets} & fds:
+            found.append(f"{pid} {cmdline[:160]} (connected to port {port})")
+            continue
+        is_client = (comm == "ssh" and not cmdline.endswith("[mux]")) or "ansible-playbook" in cmdline
+        ancestor, seen = parents.get(pid), set()
+        while ancestor and ancestor != me and ancestor not in seen:
+            seen.add(ancestor)
+            ancestor = parents.get(ancestor)
+        if is_client and ancestor == me:
+            found.append(f"{pid} {cmdline[:160]}")
+    return found
+
+
+FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+
+
+def post_alert(server: MedicServer, payload: dict) -> dict:
+    """One notification as Alertmanager sends it; the answer for its one alert."""
+    response = httpx.post(f"{server.url}/alertmanager", json=payload, headers=intake_headers(), timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()["alerts"][0]
+
+
+def final_run(lab: LabState, run_id: str, timeout: float = 120) -> dict:
+    """The run as Prefect shows it once it has ended (bounded wait)."""
+    return wait_for(lambda: httpx.get(f"{lab.prefect_api_url}/flow_runs/{run_id}", timeout=10).json(),
+                    what=f"run {run_id} to end", timeout=timeout, done=lambda run: run["state"]["type"] in FINAL,
+                    ignore=httpx.HTTPError)
