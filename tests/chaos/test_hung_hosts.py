@@ -17,7 +17,7 @@ from medic.clients.ssh import SSHSession
 from medic.core.inventory import Host, load_inventory
 from medic.core.paths import PROJECT_ROOT
 from medic_lab.state import LabState
-from tests.support.chaos import Inject, our_client_processes
+from tests.support.chaos import Inject, close_ssh_masters, our_client_processes
 from tests.support.waits import wait_for
 
 RESTART = PROJECT_ROOT / "playbooks" / "restart-service.yml"
@@ -41,6 +41,7 @@ def test_a_hung_host_in_an_ssh_fan_out_times_out_alone(lab: LabState, hosts: lis
     """Nothing lost: three hosts asked, three results; the hung one's says it timed out (no banner),
     the two others answered; no client connection to the hung host is left open."""
     hung = hosts[1]
+    close_ssh_masters(hung.port)  # an earlier test's master to this host would hold a connection of its own
     inject("sshd-hang", hung.name)
     with SSHSession(connect_timeout=2) as ssh:
         results = ssh.fan_out(hosts, "echo up", timeout=5)
@@ -56,6 +57,7 @@ def test_a_hung_host_in_a_playbook_batch_is_unreachable_and_the_others_done(
     with ssh's own timeout message, the others' tasks ran — and no ssh or ansible-playbook process
     of ours is left (ControlPersist masters of the healthy hosts name no hung port)."""
     hung = hosts[1]
+    close_ssh_masters(hung.port)  # an earlier test's master to this host would hold a connection of its own
     inject("sshd-hang", hung.name)
     result = run_playbook(RESTART, hosts=hosts, timeout=60)
     assert set(result.hosts) == {h.name for h in hosts}, result

@@ -38,7 +38,9 @@ class Workspace:
         path.write_text(text.replace(old, new))
         return path
 
-    def summary(self, problems: int, *, playbooks: int = 4, hosts: bool = True) -> str:
+    def summary(self, problems: int, *, playbooks: int | None = None, hosts: bool = True) -> str:
+        """The summary line; `playbooks` defaults to the playbooks now in the workspace (all are checked)."""
+        playbooks = len(list(self.playbooks.glob("*.yml"))) if playbooks is None else playbooks
         checked = f"the hosts they name in {self.inventory}" if hosts else "hosts not checked (no inventory configured)"
         return f"6 runbook(s), {playbooks} playbook(s) checked, {checked}: {problems} problem(s)\n"
 
@@ -67,7 +69,7 @@ def test_a_missing_playbook_is_reported(workspace: Workspace) -> None:
     (workspace.playbooks / "cleanup-data-dir.yml").unlink()
     done = workspace.validate()
     assert done.returncode == 2
-    assert done.stdout == workspace.summary(1, playbooks=3)
+    assert done.stdout == workspace.summary(1)
     assert done.stderr == (f"{workspace.runbooks / 'disk-full.yaml'}: playbook not found; "
                            "field: recover.playbook; "
                            f"expected: a file {workspace.playbooks / 'cleanup-data-dir.yml'}; "
@@ -148,7 +150,7 @@ def test_a_playbook_no_runbook_names_is_checked_too(workspace: Workspace) -> Non
     assert done.returncode == 2
     assert done.stderr.startswith(f"{extra}:3: ansible-playbook --syntax-check: couldn't resolve module/action "
                                   "'ansible.builtin.no_such_module'"), done.stderr
-    assert done.stdout == workspace.summary(1, playbooks=5)
+    assert done.stdout == workspace.summary(1)
 
 
 def test_approval_warnings_do_not_fail_validation_but_say_what_to_fix(workspace: Workspace) -> None:

@@ -61,6 +61,34 @@ def our_client_processes(port: int | None = None) -> list[str]:
     return found
 
 
+def close_ssh_masters(port: int) -> None:
+    """End the ssh ControlMasters ([mux]) earlier tests left connected to 127.0.0.1:`port` (they live
+    60 s after their run), so a test that hangs that host starts from no connection and counts only its own."""
+    import signal
+
+    def masters() -> list[int]:
+        inodes = {f"socket:[{i}]" for i in _client_sockets(port)}
+        pids = []
+        for entry in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+                fds = {os.readlink(f"/proc/{entry}/fd/{fd}") for fd in os.listdir(f"/proc/{entry}/fd")}
+            except OSError:
+                continue
+            if cmdline.startswith("ssh") and cmdline.endswith("[mux]") and inodes & fds:
+                pids.append(int(entry))
+        return pids
+
+    for pid in masters():
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    wait_for(masters, what=f"no ssh ControlMaster connected to port {port}", timeout=10,
+             done=lambda left: not left)
+
+
 FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 
 
