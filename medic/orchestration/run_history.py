@@ -28,7 +28,6 @@ __all__ = ["RunRecord", "StageTime", "read_runs"]
 INCIDENT_FLOWS = ("remediate", "failover")
 _BY_STATE_NAME = {ending.state_name: outcome for outcome, ending in ENDINGS.items()}
 _PAGE = 200
-_PAUSE_MIN_S = 0.25  # a human takes longer; below it the run never waited for one
 _TASK_SUFFIX = re.compile(r"-[0-9a-f]{3}$")  # Prefect names task runs "<task>-<3 hex>"
 
 
@@ -74,11 +73,6 @@ def _paused_seconds(states: list) -> float:
     return waited
 
 
-def _not_running_s(run: FlowRun) -> float:
-    """Wall time minus Prefect's `total_run_time` (time in Running): what a pause took; inf while unfinished."""
-    if run.start_time is None or run.end_time is None:
-        return float("inf")
-    return (run.end_time - run.start_time).total_seconds() - run.total_run_time.total_seconds()
 
 
 def _record(run: FlowRun, flow_name: str) -> RunRecord:
@@ -123,12 +117,9 @@ async def read_runs(since: datetime, *, flows: tuple[str, ...] = INCIDENT_FLOWS)
             offset += len(tasks)
             if len(tasks) < _PAGE:
                 break
-    not_running = {str(r.id): _not_running_s(r) for r in runs}
     async with get_client() as client:  # one client for every run's state history
         for run_id, record in records.items():
             record.stages.sort(key=lambda s: s.started)
-            if not_running[run_id] < _PAUSE_MIN_S:  # never paused: no state history to read
-                continue
             try:
                 states = await client.read_flow_run_states(UUID(run_id))
             except Exception as exc:  # noqa: BLE001 - any client failure is "Prefect cannot answer"

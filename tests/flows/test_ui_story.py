@@ -31,7 +31,14 @@ from medic_lab.state import LabState
 from tests.support.approvals import code_of
 from tests.support.intake import intake_headers
 from tests.support.lab_health import Inject, broken, seen  # noqa: F401 (a fixture)
-from tests.support.server import MedicServer, alert_payload, cancel_leftover_runs, medic_server
+from tests.support.server import (
+    FLAP_TEST_WINDOW_S,
+    MedicServer,
+    alert_payload,
+    cancel_leftover_runs,
+    flap_free_host,
+    medic_server,
+)
 from tests.support.waits import wait_for
 
 DEADLINE = re.compile(r"\*\*Deadline:\*\* (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC")
@@ -193,7 +200,8 @@ def test_the_resume_dialog_and_the_slack_card_show_the_same_facts() -> None:
 def flap_server(lab: LabState, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MedicServer]:
     """medic serve asking a human after one remediation of the same thing; its runs log to the API."""
     cancel_leftover_runs(lab.prefect_api_url)
-    env = {"MEDIC_FLAP_MAX_RUNS": "1", "PREFECT_LOGGING_TO_API_ENABLED": "true"}
+    env = {"MEDIC_FLAP_MAX_RUNS": "1", "MEDIC_FLAP_WINDOW_S": str(FLAP_TEST_WINDOW_S),
+           "PREFECT_LOGGING_TO_API_ENABLED": "true"}
     with medic_server(tmp_path_factory.mktemp("flap-serve"), env=env) as server:
         yield server
 
@@ -214,11 +222,7 @@ def _idle(server: MedicServer, host: str, timeout: float = 30) -> None:
 def test_flap_guard_counts_only_runs_that_acted_and_says_when_it_asks(lab: LabState, flap_server: MedicServer,
                                                                       broken: Inject) -> None:
     api = lab.prefect_api_url
-    # The flap history is site-wide: take a web host no earlier test remediated within the window.
-    guard = FlapGuard(max_runs=1, window_s=3600)
-    host = next((h.name for h in reversed(lab.hosts) if h.group == "web"
-                 and guard.count(("service-down", h.name)) == 0), None)
-    assert host is not None, "every web host was remediated by an earlier test within the flap window"
+    host = flap_free_host(lab)  # the flap history is site-wide
     for n in (1, 2):  # a storm of false alerts: the host is healthy, nothing is done, nothing counts
         answer = _alert(flap_server, host, n)
         assert answer["result"] == "started" and not answer["detail"], answer

@@ -23,7 +23,14 @@ from medic_lab.state import LabState
 from tests.support.flows import metric, wait_metric
 from tests.support.intake import intake_headers
 from tests.support.lab_health import Inject, broken, restored, seen  # noqa: F401 (fixtures)
-from tests.support.server import MedicServer, alert_payload, cancel_leftover_runs, medic_server
+from tests.support.server import (
+    FLAP_TEST_WINDOW_S,
+    MedicServer,
+    alert_payload,
+    cancel_leftover_runs,
+    flap_free_host,
+    medic_server,
+)
 from tests.support.waits import wait_for
 
 
@@ -39,7 +46,8 @@ def server(lab: LabState, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 @pytest.fixture
 def flap_server(server: MedicServer, tmp_path: Path) -> Iterator[MedicServer]:
     """A second medic serve (its own instance name) whose flap guard trips after one remediation."""
-    with medic_server(tmp_path / "flap-serve", env={"MEDIC_FLAP_MAX_RUNS": "1", "MEDIC_INSTANCE": "flap-test"}) as srv:
+    with medic_server(tmp_path / "flap-serve", env={"MEDIC_FLAP_MAX_RUNS": "1", "MEDIC_INSTANCE": "flap-test",
+                                                              "MEDIC_FLAP_WINDOW_S": str(FLAP_TEST_WINDOW_S)}) as srv:
         yield srv
 
 
@@ -141,25 +149,27 @@ def test_flap_guard_asks_a_human_and_a_resolved_alert_ends_the_wait(lab: LabStat
                                                                     broken: Inject) -> None:
     """MEDIC_FLAP_MAX_RUNS=1: after one remediation that acted, the next alert waits for a human, and the
     alert's resolution ends that wait. (That runs which found nothing to do do not count: test_ui_story.)"""
+    host = flap_free_host(lab)  # the flap history is site-wide
+
     def alert(name: str, status: str = "firing") -> dict:
-        return alert_payload("ServiceDown", "web-6", fingerprint=name, starts_at="2026-11-22T02:00:00Z",
+        return alert_payload("ServiceDown", host, fingerprint=name, starts_at="2026-11-22T02:00:00Z",
                              status=status)
 
-    broken("service-down", "web-6")
-    seen(lab, "service-down", "web-6")
+    broken("service-down", host)
+    seen(lab, "service-down", host)
     acted = _post(flap_server, alert(_unique("flap-acted"))).json()["alerts"][0]
     assert acted["result"] == "started" and "flap guard" not in acted.get("detail", ""), acted
     assert _wait_final(lab, acted["flow_run_id"])["state"]["name"] == "Recovered"
-    _wait_server_idle(flap_server, "web-6")
+    _wait_server_idle(flap_server, host)
 
-    broken("service-down", "web-6")
-    seen(lab, "service-down", "web-6")
+    broken("service-down", host)
+    seen(lab, "service-down", host)
     third = alert(_unique("flap-third"))
     answer = _post(flap_server, third).json()["alerts"][0]
     assert answer["result"] == "started" and "flap guard" in answer["detail"], answer
     run_id = answer["flow_run_id"]
     _wait_state(lab, run_id, ("PAUSED",), timeout=90)
-    assert metric(lab, 'up{job="web",host="web-6"}')[0][1] == 0, "nothing may be done before a decision"
+    assert metric(lab, f'up{{job="web",host="{host}"}}')[0][1] == 0, "nothing may be done before a decision"
     third["status"] = third["alerts"][0]["status"] = "resolved"
     resolved = _post(flap_server, third).json()["alerts"][0]
     assert resolved["result"] == "resolved" and run_id in resolved["detail"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import os
 import signal
 import subprocess
@@ -82,3 +84,21 @@ def cancel_leftover_runs(prefect_api_url: str) -> int:
         httpx.post(f"{prefect_api_url}/flow_runs/{run['id']}/set_state", json={
             "state": {"type": "CANCELLED", "message": "left over by an earlier test"}, "force": True})
     return len(runs)
+
+
+FLAP_TEST_WINDOW_S = 300  # the flap servers' window: an earlier module's repairs soon stop counting
+
+
+def flap_free_host(lab: "LabState", runbook: str = "service-down", window_s: float = FLAP_TEST_WINDOW_S) -> str:
+    """A web host no earlier test remediated with `runbook` within the flap window (the history is
+    site-wide in Prefect, so a flap test must start from a host with none)."""
+    from medic.orchestration.flap_guard import FlapGuard
+
+    guard = FlapGuard(max_runs=1, window_s=window_s)
+    host = next((h.name for h in reversed(lab.hosts) if h.group == "web" and guard.count((runbook, h.name)) == 0), None)
+    assert host is not None, f"every web host was remediated ({runbook}) by an earlier test within {window_s:g} s"
+    return host
+
+
+if TYPE_CHECKING:
+    from medic_lab.state import LabState
