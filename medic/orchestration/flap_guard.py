@@ -51,20 +51,18 @@ class FlapGuard:
     def count(self, key: Key, now: datetime | None = None) -> int:
         """Blocking: the intents of `key` within the window ending `now` (default: the current time)."""
         now = now or datetime.now(timezone.utc)
+        return self._within(read_records(kinds=["intent"], since=now - timedelta(seconds=self.window_s)), key, now)
+
+    def _within(self, intents: list[AuditRecord], key: Key, now: datetime) -> int:
+        """How many of `intents` are of `key` and inside the window ending `now`."""
         since = now - timedelta(seconds=self.window_s)
-        runbook, target = key
-        return sum(1 for entry in read_records(kinds=["intent"], since=since)
-                   if entry.runbook == runbook and entry.target == target and entry.at <= now)
+        return sum(1 for e in intents if (e.runbook, e.target) == key and since <= e.at <= now)
 
     async def recent(self, key: Key, now: datetime | None = None) -> int:
         """The intents of `key` within the window, from a read at most `fresh_s` old (one read in flight)."""
         if now is not None:
             return await asyncio.to_thread(self.count, key, now)
-        now = datetime.now(timezone.utc)
-        runbook, target = key
-        return sum(1 for entry in await self._recent_intents()
-                   if entry.runbook == runbook and entry.target == target
-                   and now - timedelta(seconds=self.window_s) <= entry.at <= now)
+        return self._within(await self._recent_intents(), key, datetime.now(timezone.utc))
 
     async def _recent_intents(self) -> list[AuditRecord]:
         loop = asyncio.get_running_loop()
