@@ -16,36 +16,14 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import Field
 
 from medic.clients.slack import SlackNotifier
-from medic.clients.prometheus import PrometheusClient
-from medic.core.paths import SLOS_DIR
 from medic.core.runbook import parse_duration
-from medic.core.slo import load_slos
 from medic.orchestration.charts import chart_markdown
-from medic.orchestration.run_history import RunRecord, read_runs
-from medic.procedures import report_charts
-from medic.procedures.ops_report import OpsReport, build_report, render_markdown, slack_summary, slo_stats
+from medic.orchestration.run_history import read_runs
+from medic.procedures.ops_report import OpsReport, render_markdown, slack_summary
+from medic.procedures.report_assembly import assemble
 from medic.settings import get_settings
 
 log = logging.getLogger("medic.flows.report")
-
-
-def assemble(runs: list[RunRecord], start: datetime, until: datetime, period: float,
-             ) -> tuple[OpsReport, list[tuple[str, bytes]]]:
-    """The report over [start, until] from `runs`, and its charts (title, PNG)."""
-    settings = get_settings()
-    slos = list(load_slos(SLOS_DIR).values())
-    charts: list[tuple[str, bytes]] = []
-    with PrometheusClient(settings.prometheus_url) as prom:
-        report = build_report(runs, since=start, until=until, slos=slo_stats(slos, prom, period_s=period))
-        if slos:
-            charts.append(("Error budget left", report_charts.budget_burndown(slos, prom, since=start, until=until)))
-            charts.append(("Availability per day", report_charts.availability_per_day(slos, prom, since=start,
-                                                                                       until=until)))
-    if report.incidents:
-        charts.append(("Stage durations per incident", report_charts.stage_durations(report.incidents)))
-    if any(r.incident and r.incident.impact for r in report.incidents):
-        charts.append(("Incident timelines", report_charts.incident_timelines(report.incidents)))
-    return report, charts
 
 
 @flow(name="ops-report", description="Weekly operations report: incidents, stage percentiles, SLOs, charts.")

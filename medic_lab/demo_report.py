@@ -19,7 +19,8 @@ __all__ = ["report_after_demo"]
 
 def report_after_demo(lab_dir: Path, since_s: float, say: Callable[[str], None]) -> Path:
     """The report over the last `since_s` seconds; returns the directory its charts were written to."""
-    from flows.report import assemble, ops_report
+    from flows.report import ops_report
+    from medic.procedures.report_assembly import assemble
     from medic.orchestration.run_history import read_runs
 
     period = f"{int(since_s) + 60}s"

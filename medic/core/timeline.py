@@ -28,10 +28,11 @@ from datetime import datetime, timezone
 
 from pydantic import BaseModel, Field
 
-__all__ = ["ALERT_CONTEXT_KEY", "AlertReceipt", "BudgetBurn", "IncidentTimes", "StageClock", "StageSpan"]
+__all__ = ["ALERT_CONTEXT_KEY", "TIMELINE_PREFIX", "AlertReceipt", "BudgetBurn", "IncidentTimes", "StageClock", "StageSpan"]
 
 #: Where medic serve's intake leaves the alert's times in the flow run's Prefect `context`.
 ALERT_CONTEXT_KEY = "medic_alert"
+TIMELINE_PREFIX = "timeline-"  # key of each run's timeline artifact: timeline-<runbook>-<target>
 
 
 def _now() -> datetime:

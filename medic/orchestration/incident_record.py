@@ -9,7 +9,6 @@ a one-row table artifact `timeline-<runbook>-<target>` (the UI shows it; the rep
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from datetime import datetime
 
@@ -23,16 +22,13 @@ from medic.core.paths import SLOS_DIR
 from medic.core.report import artifact_key
 from medic.core.runbook import Runbook
 from medic.core.slo import load_slos
-from medic.core.timeline import ALERT_CONTEXT_KEY, AlertReceipt, IncidentTimes, StageSpan
+from medic.core.timeline import ALERT_CONTEXT_KEY, TIMELINE_PREFIX, AlertReceipt, IncidentTimes, StageSpan
 from medic.errors import MedicError
-from medic.orchestration.api import post_query
 from medic.procedures.incident_times import incident_times
 
-__all__ = ["TIMELINE_PREFIX", "alert_receipt", "publish_times", "read_times", "times_for_run"]
+__all__ = ["alert_receipt", "publish_times", "times_for_run"]
 
 log = logging.getLogger("medic.orchestration.incident_record")
-TIMELINE_PREFIX = "timeline-"
-_PAGE = 200
 
 
 def alert_receipt() -> AlertReceipt | None:
@@ -78,24 +74,3 @@ async def publish_times(times: IncidentTimes, runbook: str, target: str) -> None
            "tta_s": times.time_to_acknowledge_s, "ttr_s": times.time_to_recover_s}
     await acreate_table_artifact(table=[row], key=artifact_key(TIMELINE_PREFIX + runbook, target),
                                  description=f"{runbook} on {target}: incident timeline (machine timestamps)")
-
-
-async def read_times(run_ids: list[str]) -> dict[str, IncidentTimes]:
-    """Each run's timeline artifact, by run id (runs without one are left out)."""
-    found: dict[str, IncidentTimes] = {}
-    for start in range(0, len(run_ids), _PAGE):
-        chunk, offset = run_ids[start:start + _PAGE], 0
-        while True:
-            page = await post_query("the runs' incident timelines", "/artifacts/filter", {
-                "artifacts": {"flow_run_id": {"any_": chunk}, "key": {"like_": TIMELINE_PREFIX},
-                              "type": {"any_": ["table"]}}, "limit": _PAGE, "offset": offset})
-            for artifact in page:
-                try:
-                    rows = json.loads(artifact["data"]) if isinstance(artifact["data"], str) else artifact["data"]
-                    found[str(artifact["flow_run_id"])] = IncidentTimes.model_validate_json(rows[0]["timeline"])
-                except (ValueError, KeyError, IndexError, TypeError, ValidationError) as exc:
-                    log.warning("unreadable timeline artifact %s: %s", artifact.get("key"), exc)
-            offset += len(page)
-            if len(page) < _PAGE:
-                break
-    return found

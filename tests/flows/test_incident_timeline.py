@@ -24,7 +24,8 @@ import httpx
 import pytest
 
 from medic.core.report import Outcome
-from medic.orchestration.incident_record import read_times
+from medic.orchestration.api import PrefectReader
+from medic.orchestration.run_history import read_timelines
 from medic.procedures.incident_times import STEP_S
 from medic_lab import control
 from medic_lab.fault_record import read_record
@@ -67,7 +68,11 @@ def test_a_runs_timeline_agrees_with_the_fault_injectors_record(lab: LabState, s
     run = wait_for(lambda: _finished_run(lab, HOST, earlier), what=f"a finished service-down run on {HOST} "
                    "started by the ServiceDown alert", timeout=120, interval=1.0, ignore=httpx.HTTPError)
     assert run["state"]["name"] == "Recovered", (run["state"], server.logs()[-2000:])
-    times = wait_for(lambda: asyncio.run(read_times([run["id"]])).get(run["id"]), timeout=30,
+    async def timeline() -> object:
+        async with PrefectReader() as reader:
+            return (await read_timelines(reader, [run["id"]])).get(run["id"])
+
+    times = wait_for(lambda: asyncio.run(timeline()), timeout=30,
                      what=f"the timeline artifact of run {run['id']}")
 
     slack = timedelta(seconds=STEP_S + 0.05)

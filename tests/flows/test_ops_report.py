@@ -89,7 +89,7 @@ def test_runs_read_back_from_prefect_and_the_report_with_its_charts(lab: LabStat
 
 @pytest.mark.lab
 def test_a_run_that_waited_for_a_human_is_read_back_with_its_wait_and_decision(lab: LabState, broken: Inject) -> None:
-    """Only runs whose wall time exceeds their Running time read their state history: a paused run must
+    """Only runs with a pause key recorded by Prefect have their state history read: a paused run must
     still be found (asked a human, how long), and its timeline carry the decision."""
     since = datetime.now(UTC) - timedelta(seconds=5)
     broken("disk-full", "web-2")
