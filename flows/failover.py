@@ -36,10 +36,12 @@ from medic.procedures import failover as fo
 from medic.approval.gate import ApprovalRequest, request_decision
 from medic.core.inventory import Inventory, load_inventory
 from medic.orchestration.ending import final_state
+from medic.orchestration.incident_record import publish_times, times_for_run
 from medic.orchestration.locks import ensure_concurrency_limit, exclusive_slot, remediation_lock_name
 from medic.orchestration.run_log import tell
 from medic.core.progress import Timeline
 from medic.core.report import ApprovalDecision, ApprovalRecord, Outcome, artifact_key, utcnow
+from medic.core.timeline import IncidentTimes, StageClock
 from medic.clients.prometheus import PrometheusClient
 from medic.core.runbook import Runbook, find_runbook
 from medic.settings import get_settings
@@ -91,9 +93,28 @@ async def finish(report: fo.FailoverReport, timeline: Timeline, outcome: Outcome
     tell(timeline, "report", f"{outcome.state_name}: {summary}",
          level=logging.ERROR if loud else logging.INFO if outcome.success else logging.WARNING)
     report.timeline, report.finished_at = timeline.entries, utcnow()
+    if report.flow == "failover" and report.detection is not None:  # an incident was looked at
+        report.incident = await failover_times(report)
+        await publish_times(report.incident, report.runbook, report.cluster)
     await create_markdown_artifact(key=artifact_key(report.flow, report.cluster), markdown=report.to_markdown(),
                                    description=f"{report.flow} of {report.cluster}: {outcome.value}")
     return final_state(outcome, summary, report)
+
+
+async def failover_times(report: fo.FailoverReport) -> IncidentTimes:
+    """The incident's timeline: impact from the detect query on the old primary; recovered = the end of
+    the verify step that wrote through the client endpoint (the old primary itself stays down)."""
+    settings = get_settings()
+    spec, inventory = find_runbook(report.runbook, settings.runbooks_dir), load_inventory()
+    verified = next((s.ended for s in report.stages if s.stage == "verify"), None)
+    approval = report.approval
+    times = await times_for_run(
+        spec, [inventory.hosts[report.old_primary]] if report.old_primary in inventory.hosts else [], inventory,
+        prometheus_url=settings.prometheus_url, run_started=report.started_at, stages=report.stages,
+        human_decision=approval.decided_at if approval and approval.required else None,
+        resolved=report.finished_at or utcnow(), recovered=verified if report.outcome is Outcome.PROMOTED else None)
+    times.recovered_by = "the verify step's write through the client endpoint succeeded"
+    return times
 
 
 @contextlib.asynccontextmanager
@@ -160,9 +181,10 @@ def not_approved(approval: ApprovalRecord, what: str) -> tuple[Outcome, str]:
 
 
 def _assess(spec: Runbook, cluster: fo.Cluster, old: str, ssh: SSHSession, prom: PrometheusClient, timeline: Timeline,
-            *, allow_lag: bool, allow_unfenced: bool) -> tuple[fo.FailoverDiagnosis, fo.Decision]:
+            clock: StageClock, *, allow_lag: bool, allow_unfenced: bool) -> tuple[fo.FailoverDiagnosis, fo.Decision]:
     timeline.announce("diagnose", "every node's state and role, LSNs, writes at risk")
-    diag = diagnose_task(cluster, old, ssh, prom)
+    with clock.stage("diagnose"):
+        diag = diagnose_task(cluster, old, ssh, prom)
     tell(timeline, "diagnose", f"{old}: ssh {'ok' if diag.primary.ssh_reachable else 'UNREACHABLE'}, "
                                f"{diag.primary.process}; writable primaries besides it: "
                                f"{', '.join(diag.writable) or 'none'}; candidate {diag.candidate or 'none'}; {diag.risk()}")
@@ -188,9 +210,11 @@ async def _failover(spec: Runbook, inventory: Inventory, cluster: fo.Cluster, re
     report.overrides_asked = asked = fo.asked_overrides(allow_lag=allow_lag, allow_unfenced=allow_unfenced)
     tell(timeline, "start", f"{cluster.name}: primary {old} (routed by {cluster.endpoint}); why: {report.reason}"
                             + (f"; {'; '.join(asked)}" if asked else ""))
+    clock = StageClock(report.stages)  # each step's start and end, for the incident timeline
     with PrometheusClient(settings.prometheus_url) as prom, SSHSession() as ssh:
         timeline.announce("detect", f"is {old} down for {spec.detect.hold:g} s in Prometheus, and silent to a query?")
-        report.detection = d = detect_task(spec, cluster, old, prom)
+        with clock.stage("detect"):
+            report.detection = d = detect_task(spec, cluster, old, prom)
         prom_down = old in d.prometheus.matching
         tell(timeline, "detect", f"{old}: Prometheus says {'down' if prom_down else 'up'} "
                                  f"(`{d.prometheus.query}` {d.prometheus.condition}); direct query: {d.direct.detail}"
@@ -203,7 +227,7 @@ async def _failover(spec: Runbook, inventory: Inventory, cluster: fo.Cluster, re
         approved: fo.Evidence | None = None
         changed: list[str] = []
         for n in range(1, MAX_ASKS + 2):
-            diag, decision = _assess(spec, cluster, old, ssh, prom, timeline, allow_lag=allow_lag,
+            diag, decision = _assess(spec, cluster, old, ssh, prom, timeline, clock, allow_lag=allow_lag,
                                      allow_unfenced=allow_unfenced)
             report.diagnosis, report.new_primary = diag, diag.candidate
             report.overrides = list(decision.overrides)
@@ -235,7 +259,8 @@ async def _failover(spec: Runbook, inventory: Inventory, cluster: fo.Cluster, re
                 return await finish(report, timeline, outcome, f"{said}; nothing changed")
             approved = fo.Evidence.of(diag, decision)
             # Minutes may have passed: is the primary still down, still the routed one?
-            report.detection = d = recheck_task(spec, cluster, old, prom)
+            with clock.stage("recheck"):
+                report.detection = d = recheck_task(spec, cluster, old, prom)
             tell(timeline, "recheck", f"{old} after the decision: Prometheus "
                                       f"{'down' if old in d.prometheus.matching else 'up'}, direct query: "
                                       f"{d.direct.detail}")
@@ -253,7 +278,8 @@ async def _failover(spec: Runbook, inventory: Inventory, cluster: fo.Cluster, re
             report.overrides.append(f"approved with {', '.join(asked)}")
 
         timeline.announce("fence", f"fencing {old}")
-        report.fence = f = fence_task(cluster, old, ssh)
+        with clock.stage("fence"):
+            report.fence = f = fence_task(cluster, old, ssh)
         tell(timeline, "fence", f"{old}: {f.stop_detail}; {f.endpoint_detail} → "
                                 + ("fenced" if f.confirmed else "NOT confirmed"),
              level=logging.INFO if f.confirmed else logging.ERROR)
@@ -273,15 +299,16 @@ async def _failover(spec: Runbook, inventory: Inventory, cluster: fo.Cluster, re
             return await finish(report, timeline, Outcome.REFUSED,
                                  f"{', '.join(found)} answers as a writable primary just before promoting {new}: "
                                  f"NOT promoted (it would be a second primary); check {', '.join(found)} by hand")
-        return await _promote_route_verify(spec, inventory, cluster, report, timeline, prom, old=old, new=new,
-                                           diag=diag)
+        return await _promote_route_verify(spec, inventory, cluster, report, timeline, prom, clock, old=old,
+                                           new=new, diag=diag)
 
 
 async def _promote_route_verify(spec: Runbook, inventory: Inventory, cluster: fo.Cluster, report: fo.FailoverReport,
-                                timeline: Timeline, prom: PrometheusClient, *, old: str, new: str,
+                                timeline: Timeline, prom: PrometheusClient, clock: StageClock, *, old: str, new: str,
                                 diag: fo.FailoverDiagnosis) -> State:
     timeline.announce("promote", f"promoting {new}")
-    report.promote = p = promote_task(spec, cluster, new, inventory)
+    with clock.stage("promote"):
+        report.promote = p = promote_task(spec, cluster, new, inventory)
     tell(timeline, "promote", f"{spec.recover.playbook} on {new}: {p.detail} ({p.duration_s:.1f} s) {p.reported}"
                               f" → {'promoted' if p.ok else 'FAILED'}",
          level=logging.INFO if p.ok else logging.ERROR)
@@ -291,7 +318,8 @@ async def _promote_route_verify(spec: Runbook, inventory: Inventory, cluster: fo
                              f"{'fenced' if report.fence and report.fence.confirmed else 'out of the endpoint'}: "
                              f"the cluster has NO primary")
 
-    report.route = r = route_task(cluster, new)
+    with clock.stage("route"):
+        report.route = r = route_task(cluster, new)
     tell(timeline, "route", f"{cluster.endpoint}: {r.detail} → {'routed to ' + new if r.routed else 'NOT routed'}",
          level=logging.INFO if r.routed else logging.ERROR)
     if not r.routed:
@@ -299,7 +327,8 @@ async def _promote_route_verify(spec: Runbook, inventory: Inventory, cluster: fo
                              f"{new} is the new primary but the endpoint does NOT route to it ({r.detail}): "
                              f"clients cannot write — set {cluster.backend}/{new} ready on {cluster.admin}")
 
-    report.verification = v = verify_task(spec, cluster, new, prom)
+    with clock.stage("verify"):
+        report.verification = v = verify_task(spec, cluster, new, prom)
     tell(timeline, "verify", f"write through {cluster.endpoint}: {v.write.detail}; Prometheus sees {new} as "
                              f"primary: {'yes' if not v.prometheus.timed_out else 'no'} → "
                              f"{'verified' if v.ok else 'NOT verified'}",

@@ -64,8 +64,8 @@ class StageClock:
     Prefect records task runs through events, written a moment later: a report built at the end of
     the run cannot wait for them, so the flow keeps its own clock (the same moments, ±ms)."""
 
-    def __init__(self) -> None:
-        self.spans: list[StageSpan] = []
+    def __init__(self, spans: list[StageSpan] | None = None) -> None:
+        self.spans: list[StageSpan] = [] if spans is None else spans  # e.g. a report's own list
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -100,6 +100,7 @@ class IncidentTimes(BaseModel):
     stages: list[StageSpan] = Field(default_factory=list)
     human_decision: datetime | None = None
     recovered: datetime | None = Field(None, description="first good sample of the detect query after the bad run")
+    recovered_by: str = Field("the detect query good again (Prometheus)", description="how `recovered` was found")
     resolved: datetime
     step_s: float = Field(description="resolution of the impact/recovered look-ups (range-query step)")
     budget: list[BudgetBurn] = Field(default_factory=list)
@@ -141,7 +142,8 @@ class IncidentTimes(BaseModel):
     def markdown_lines(self) -> list[str]:
         origin = self.impact or self.alert_fired or self.run_started
         lines = ["## Incident timeline", "",
-                 f"Machine timestamps (UTC); impact and recovered from Prometheus at a {self.step_s:g} s step.", "",
+                 f"Machine timestamps (UTC); impact from Prometheus at a {self.step_s:g} s step; recovered: "
+                 f"{self.recovered_by}.", "",
                  "| moment | time | since impact |", "|---|---|---|"]
         for name, at in self.ordered():
             since = (at - origin).total_seconds()

@@ -48,7 +48,7 @@ def _service_size(hosts: list[Host], inventory: Inventory) -> int:
 
 async def times_for_run(spec: Runbook, hosts: list[Host], inventory: Inventory, *, prometheus_url: str | None,
                         run_started: datetime, stages: list[StageSpan], human_decision: datetime | None,
-                        resolved: datetime) -> IncidentTimes:
+                        resolved: datetime, recovered: datetime | None = None) -> IncidentTimes:
     """The run's timeline: two or three Prometheus look-ups after verify, off the event loop."""
     def compute() -> IncidentTimes:
         try:
@@ -59,13 +59,13 @@ async def times_for_run(spec: Runbook, hosts: list[Host], inventory: Inventory, 
         with PrometheusClient(prometheus_url) as prom:
             return incident_times(spec, hosts, prom, alert=alert_receipt(), run_started=run_started, stages=stages,
                                   human_decision=human_decision, resolved=resolved, slos=slos,
-                                  service_size=_service_size(hosts, inventory))
+                                  service_size=_service_size(hosts, inventory), recovered=recovered)
     try:
         return await asyncio.to_thread(compute)
     except MedicError as exc:  # no Prometheus at all: the moments medic knows by itself
         log.warning("incident timeline without Prometheus: %s", exc)
         return IncidentTimes(run_started=run_started, stages=stages, human_decision=human_decision,
-                             resolved=resolved, step_s=0)
+                             resolved=resolved, recovered=recovered, step_s=0)
 
 
 async def publish_times(times: IncidentTimes, runbook: str, target: str) -> None:

@@ -107,11 +107,13 @@ def _burn(slo: SLOSpec, prom: PrometheusClient, impact: datetime, recovered: dat
 def incident_times(spec: Runbook, hosts: list[Host], prom: PrometheusClient, *, alert: AlertReceipt | None,
                    run_started: datetime, stages: list[StageSpan], human_decision: datetime | None,
                    resolved: datetime, slos: list[SLOSpec], service_size: int, step_s: float = STEP_S,
-                   lookback_s: float = LOOKBACK_S) -> IncidentTimes:
-    """The incident's timeline; `service_size`: hosts in the target's service (each one's share of traffic)."""
+                   lookback_s: float = LOOKBACK_S, recovered: datetime | None = None) -> IncidentTimes:
+    """The incident's timeline; `service_size`: hosts in the target's service (each one's share of traffic).
+    `recovered`: the moment service came back when the flow knows it better than the detect query does
+    (a failover: the old primary stays down, the write through the endpoint proves the new one)."""
     times = IncidentTimes(alert_fired=alert.fired_at if alert else None, delivered=alert.received_at if alert else None,
                           run_started=run_started, stages=stages, human_decision=human_decision, resolved=resolved,
-                          step_s=step_s)
+                          step_s=step_s, recovered=recovered)
     if not hosts:
         return times
     check: Check = spec.detect
@@ -130,7 +132,7 @@ def incident_times(spec: Runbook, hosts: list[Host], prom: PrometheusClient, *, 
                 before = _series(check, hosts, prom, anchor - n * step_s, detect_end.timestamp(), step_s)
                 impact, times.impact_before_lookback = first_bad(before, bad, detect_end.timestamp())
             times.impact = None if impact is None else _utc(impact)
-        if recover_start is not None:
+        if recover_start is not None and recovered is None:
             start, end = recover_start.timestamp(), resolved.timestamp()
             step = max(step_s, (end - start) / MAX_POINTS)
             recovered = first_good(_series(check, hosts, prom, start, end, step), bad, start)

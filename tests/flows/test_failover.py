@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ from medic.core.report import Outcome
 from medic.procedures.failover import FailoverReport, read_route
 from medic.settings import get_settings
 from medic_lab import faults
+from medic_lab.fault_record import read_record
 from medic_lab.postgres import PgPorts, pg_data, psql
 from medic_lab.processes import process_gone
 from medic_lab.state import LabState
@@ -36,6 +38,7 @@ from tests.support.pg_cluster import (cluster as _cluster, db_lab as pg_db_lab, 
 from tests.support.waits import wait_for
 
 BASE_PORT = int(os.environ.get("MEDIC_TEST_DB_LAB_BASE_PORT", "27000"))
+SCRAPE_S = 1.0  # medic_lab/monitoring.py: scrape_interval
 
 
 @pytest.fixture(scope="module")
@@ -164,6 +167,7 @@ def test_killed_primary_is_replaced_and_clients_rerouted(cluster: LabState) -> N
     primary, standby = roles()
     before = write_through(_cluster().endpoint)
     assert before.ok and before.server_port == PgPorts.of(cluster).nodes[primary]
+    since = datetime.now(UTC)
     faults.break_host(cluster, "pg-primary-down", primary)
     seen_down(cluster, primary)
     run, report = failover([APPROVE])
@@ -180,6 +184,17 @@ def test_killed_primary_is_replaced_and_clients_rerouted(cluster: LabState) -> N
              done=lambda samples: samples == [] or samples[0][1] == 0)
     stages = [e.stage for e in report.timeline]
     assert stages.index("approval") < stages.index("fence") < stages.index("promote") < stages.index("route")
+    # its incident timeline, against the fault injector's own record of the kill
+    (kill,) = [e for e in read_record(cluster, since=since) if e.action == "break" and e.host == primary]
+    times, steps = report.incident, {s.stage: s for s in report.stages}
+    assert times is not None and list(steps) == ["detect", "diagnose", "recheck", "fence", "promote", "route",
+                                                 "verify"], report.stages
+    assert times.impact is not None, times  # the exporter's next scrape after the kill said pg_up 0 (or up 0)
+    assert kill.began - timedelta(seconds=0.2) <= times.impact <= kill.at + timedelta(seconds=2 * SCRAPE_S + 0.2), \
+        (kill, times)
+    assert times.recovered == steps["verify"].ended and times.human_decision == report.approval.decided_at
+    assert times.impact < times.run_started < steps["fence"].started < times.recovered <= times.resolved
+    assert f"| recovered | {times.recovered.strftime('%H:%M:%S.%f')[:-3]} |" in report.to_markdown()
     # the fenced old primary refuses to come back as a primary
     with pytest.raises(LabError, match="fenced"):
         faults.fix_host(cluster, "pg-primary-down", primary)

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from medic.clients.postgres import NodeState, format_lsn
 from medic.core.report import ApprovalRecord, Outcome, TimelineEntry, utcnow
+from medic.core.timeline import IncidentTimes, StageSpan
 from medic.procedures.failover.act import FenceResult, RouteResult, StepResult, Verification
 from medic.procedures.failover.asks import Ask
 from medic.procedures.failover.assess import Detection, FailoverDiagnosis
@@ -41,6 +42,8 @@ class FailoverReport(BaseModel):
     rejoin: StepResult | None = None
     rejoined_state: NodeState | None = None
     timeline: list[TimelineEntry] = Field(default_factory=list)
+    stages: list[StageSpan] = Field(default_factory=list, description="each step's start and end, as the flow timed it")
+    incident: IncidentTimes | None = Field(None, description="machine timestamps: impact → clients write again")
     flow_run_id: str | None = None
 
     @property
@@ -72,6 +75,8 @@ class FailoverReport(BaseModel):
             lines += ["", "## Approval", "", f"- decision: **{a.decision}** by {', '.join(a.approvers) or '—'} "
                                              f"via {a.channel or '—'} · waited {a.waited_s:.1f} s"]
             lines += [f"- asked: {k.title} → {k.decision or 'no decision'} ({k.risk})" for k in self.asks]
+        if self.incident:
+            lines += ["", *self.incident.markdown_lines()]
         for title, step in (("Fence", self.fence), ("Promote", self.promote), ("Route", self.route),
                             ("Verify", self.verification), ("Rejoin", self.rejoin)):
             if step is not None:
