@@ -48,11 +48,12 @@ LAB_DIR = Path("/tmp/medic-lab-alertbench")
 BASE_PORT = 17000
 
 
-def first_stage_started(api: str, run_id: str, timeout: float = 30) -> float:
+def first_stage_started(api: str, run_id: str, timeout: float = 30, headers: dict[str, str] | None = None) -> float:
     """Epoch seconds at which the run's detect task started (Prefect's own timestamp)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        runs = httpx.post(f"{api}/task_runs/filter", json={"flow_runs": {"id": {"any_": [run_id]}}, "limit": 50}).json()
+        runs = httpx.post(f"{api}/task_runs/filter", json={"flow_runs": {"id": {"any_": [run_id]}}, "limit": 50},
+                          headers=headers).json()
         for t in runs:
             if t["task_key"].startswith("detect") or t["name"].startswith("detect"):
                 started = t.get("start_time") or t.get("expected_start_time")

@@ -12,7 +12,9 @@ is broken (service-down), so every run repairs something. Printed:
 - alert → first stage executing on a worker (median of a few, before the storm).
 
 Starts its own lab (base port 17500, /tmp/medic-lab-stormbench), workers and medic serve, and
-always stops them all.
+always stops them all. `--cluster`: the production topology instead (`medic lab up --with cluster`):
+Prefect on PostgreSQL behind API auth, the lab's two workers as their own unix users, its intake-only
+medic serve — the bench starts nothing of its own there.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from alert_path import Answer, _auth, first_stage_started, storm  # noqa: E402
 LAB_DIR = Path("/tmp/medic-lab-stormbench")
 BASE_PORT = 17500
 FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+API_HEADERS: dict[str, str] = {}  # the Prefect API's auth header (the cluster's Prefect wants one)
 
 
 class Worker:
@@ -92,7 +95,7 @@ def runs_of_storm(api: str) -> list[dict]:
     runs: list[dict] = []
     offset = 0
     while True:
-        page = httpx.post(f"{api}/flow_runs/filter", timeout=30, json={
+        page = httpx.post(f"{api}/flow_runs/filter", timeout=30, headers=API_HEADERS, json={
             "flow_runs": {"tags": {"all_": ["medic-serve"]}}, "limit": 200, "offset": offset}).json()
         runs += [r for r in page if "storm-" in (r["parameters"].get("reason") or "")]
         if len(page) < 200:
@@ -113,13 +116,43 @@ def latency(url: str, api: str, n: int) -> list[tuple[float, float]]:
         answered = time.time()
         if entry.get("result") != "started":
             raise SystemExit(f"bench: latency alert {i} did not start a run: {entry}")
-        samples.append((answered - sent, first_stage_started(api, entry["flow_run_id"], timeout=60) - sent))
+        samples.append((answered - sent, first_stage_started(api, entry["flow_run_id"], timeout=60,
+                                                             headers=API_HEADERS) - sent))
         deadline = time.monotonic() + 60
-        while httpx.get(f"{api}/flow_runs/{entry['flow_run_id']}").json()["state"]["type"] not in FINAL:
+        while httpx.get(f"{api}/flow_runs/{entry['flow_run_id']}", headers=API_HEADERS).json()["state"]["type"] \
+                not in FINAL:
             if time.monotonic() > deadline:
                 raise SystemExit(f"bench: latency run {entry['flow_run_id']} did not end within 60 s")
             time.sleep(0.2)
     return samples
+
+
+def start_workers_and_intake(stack: ExitStack, api: str, workers: int, tmp: Path) -> str:
+    """The lab's Prefect (SQLite): `medic deploy`, N `medic worker`s and an intake-only medic serve."""
+    from tests.support.server import medic_server
+
+    env = {**os.environ, "PREFECT_API_URL": api, "MEDIC_PREFECT_API_URL": api, "MEDIC_EXECUTION": "workers"}
+    deployed = subprocess.run([sys.executable, "-m", "medic", "deploy"], env=env, capture_output=True, text=True)
+    if deployed.returncode:
+        raise SystemExit(f"bench: medic deploy failed: {deployed.stdout}{deployed.stderr}")
+    for k in range(workers):
+        worker = Worker(f"storm-w{k + 1}", {**env, "MEDIC_STATE_DIR": f"{tmp}/w{k + 1}"}, tmp / f"w{k + 1}.log")
+        stack.callback(worker.stop)
+    srv = stack.enter_context(medic_server(tmp / "serve", env={"MEDIC_EXECUTION": "workers",
+                                                               "MEDIC_INSTANCE": "storm-intake"}))
+    return srv.url
+
+
+def start_cluster_clients(lab: object) -> str:
+    """The cluster runs its own workers and intake; the bench only needs the API's auth string."""
+    from medic_lab.cluster_prefect import AUTH_KEY, cluster_secret
+    from medic_lab.cluster_workers import intake_url
+
+    os.environ[AUTH_KEY] = cluster_secret(lab.lab_dir).get_secret_value()  # type: ignore[attr-defined]
+    from medic.orchestration.api import prefect_auth_headers
+
+    API_HEADERS.update(prefect_auth_headers())
+    return intake_url(lab)  # type: ignore[arg-type]
 
 
 def main() -> None:
@@ -129,30 +162,30 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("-n", type=int, default=5, help="alert → first stage samples")
+    parser.add_argument("--cluster", action="store_true", help="the production topology (medic lab up --with cluster)")
     args = parser.parse_args()
 
     from medic_lab import control, faults
-    from tests.support.server import medic_server
+    from medic_lab.cluster_workers import WORKERS
 
     os.environ.update(MEDIC_LAB_DIR=str(LAB_DIR), MEDIC_LAB_BASE_PORT=str(BASE_PORT))
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="medic-storm-") as tmp:
-        print(f"bench: starting a {args.hosts}-host lab …", flush=True)
+        print(f"bench: starting a {args.hosts}-host lab{' with the cluster topology' if args.cluster else ''} …",
+              flush=True)
         stack.callback(control.down, LAB_DIR)
-        lab = control.up(LAB_DIR, hosts=args.hosts, base_port=BASE_PORT, webhook_url="http://127.0.0.1:9/unused")
+        lab = control.up(LAB_DIR, hosts=args.hosts, base_port=BASE_PORT, webhook_url="http://127.0.0.1:9/unused",
+                         options={"cluster": True} if args.cluster else None)
         api = lab.prefect_api_url
-        env = {**os.environ, "PREFECT_API_URL": api, "MEDIC_PREFECT_API_URL": api, "MEDIC_EXECUTION": "workers"}
         os.environ["PREFECT_API_URL"] = api
-        deployed = subprocess.run([sys.executable, "-m", "medic", "deploy"], env=env, capture_output=True, text=True)
-        if deployed.returncode:
-            raise SystemExit(f"bench: medic deploy failed: {deployed.stdout}{deployed.stderr}")
-        for k in range(args.workers):
-            worker = Worker(f"storm-w{k + 1}", {**env, "MEDIC_STATE_DIR": f"{tmp}/w{k + 1}"}, Path(tmp) / f"w{k + 1}.log")
-            stack.callback(worker.stop)
-        srv = stack.enter_context(medic_server(Path(tmp) / "serve", env={"MEDIC_EXECUTION": "workers",
-                                                                         "MEDIC_INSTANCE": "storm-intake"}))
-        print(f"bench: intake-only medic serve at {srv.url}, {args.workers} worker(s)", flush=True)
+        if args.cluster:
+            url = start_cluster_clients(lab)
+            print(f"bench: the cluster's intake at {url}, Prefect on PostgreSQL, workers "
+                  f"{', '.join(WORKERS)} as their own users", flush=True)
+        else:
+            url = start_workers_and_intake(stack, api, args.workers, Path(tmp))
+            print(f"bench: intake-only medic serve at {url}, {args.workers} worker(s)", flush=True)
 
-        samples = latency(srv.url, api, args.n)
+        samples = latency(url, api, args.n)
         acks, firsts = [a for a, _ in samples], [f for _, f in samples]
         print(f"\nalert answered (run recorded Scheduled): median {statistics.median(acks) * 1000:.0f} ms "
               f"(max {max(acks) * 1000:.0f})")
@@ -162,7 +195,7 @@ def main() -> None:
         for h in range(1, args.hosts + 1):
             faults.break_host(lab, "service-down", f"web-{h}")
         print(f"bench: broke service-down on all {args.hosts} targets; storm …", flush=True)
-        times, answers, sent = timed_storm(srv.url, args.hosts, args.per_host, args.seconds)
+        times, answers, sent = timed_storm(url, args.hosts, args.per_host, args.seconds)
         statuses = Counter(a.status if isinstance(a, Answer) else type(a).__name__ for a in answers)
         results = Counter(a.body["alerts"][0]["result"] for a in answers if isinstance(a, Answer) and a.status == 200)
         print(f"\nstorm: {len(answers)} notifications over {args.hosts} targets sent in {sent:.1f} s")
@@ -183,7 +216,7 @@ def main() -> None:
                                     starts_at="2026-11-22T05:00:00Z")
             for delay in (0.5, 1, 2, 4, 8, 16):
                 resends += 1
-                if httpx.post(f"{srv.url}/alertmanager", json=payload, headers=_auth(), timeout=30).status_code == 200:
+                if httpx.post(f"{url}/alertmanager", json=payload, headers=_auth(), timeout=30).status_code == 200:
                     break
                 time.sleep(delay)
         print(f"  Alertmanager-style resends of refused targets ({len(refused_hosts)}): {resends} request(s)")
