@@ -41,6 +41,7 @@ from medic.core.report import (
 )
 from medic.core.runbook import Runbook, find_runbook
 from medic.core.timeline import StageClock
+from medic.errors import PrometheusUnreachable
 from medic.orchestration.incident_record import publish_times, times_for_run
 from medic.settings import get_settings
 from medic.clients.ssh import SSHSession
@@ -72,12 +73,25 @@ def recover_task(plan: stages.Plan, hosts: list[Host], dry_run: bool, ssh: SSHSe
                           inventory=load_inventory())
 
 
-@task(name="re-check", retries=2, retry_delay_seconds=1, **STAGE)
+#: Re-check and verify come after a human's decision or after acting: a Prometheus restart there must
+#: not throw the decision or the result away (the alert is not resent for repeat_interval), so these
+#: read-only stages wait out ~1 min of Prometheus being unreachable. Any other failure is an answer.
+BLINK_DELAYS_S = [1, 2, 4, 8, 15, 15, 15]
+
+
+def prometheus_unreachable(task: object, task_run: object, state: State) -> bool:
+    """Prefect's retry condition: retry only when the stage could not reach Prometheus."""
+    return isinstance(state.data, PrometheusUnreachable)
+
+
+@task(name="re-check", retries=len(BLINK_DELAYS_S), retry_delay_seconds=BLINK_DELAYS_S,
+      retry_condition_fn=prometheus_unreachable, **STAGE)
 def recheck_task(plan: stages.Plan, hosts: list[Host], prom: PrometheusClient) -> CheckResult:
     return stages.recheck(plan, hosts, prom)
 
 
-@task(name="verify", retries=1, retry_delay_seconds=1, **STAGE)
+@task(name="verify", retries=len(BLINK_DELAYS_S), retry_delay_seconds=BLINK_DELAYS_S,
+      retry_condition_fn=prometheus_unreachable, **STAGE)
 def verify_task(plan: stages.Plan, hosts: list[Host], prom: PrometheusClient) -> CheckResult:
     return stages.verify(plan, hosts, prom)
 

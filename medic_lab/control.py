@@ -28,6 +28,7 @@ from medic_lab import hosts as lab_hosts
 from medic_lab import readiness
 from medic_lab.components import ComponentStatus, active_components
 from medic_lab.daemons import start_host, start_monitoring, start_prefect
+from medic_lab.dependency_faults import unmount_state_disk
 from medic_lab.monitoring import alertmanager_config, write_monitoring_configs
 from medic_lab.processes import find_lab_processes, stop_lab_processes, stop_process
 from medic_lab.state import PUBLIC_ROOT, STATE_FILE, LabHost, LabPorts, LabState, public_dir_for
@@ -107,6 +108,7 @@ def lab_is_running(lab_dir: Path) -> bool:
 
 def _clear_layout(lab_dir: Path) -> None:
     """Remove what an earlier lab in this dir laid out (never anything else in the dir)."""
+    unmount_state_disk(lab_dir)
     for stale in ("hosts", "prometheus", "alertmanager", "ssh", "logs", "pids", "prefect", "postgres", "haproxy",
                   "cluster"):
         shutil.rmtree(lab_dir / stale, ignore_errors=True)
@@ -209,6 +211,7 @@ def down(lab_dir: Path) -> int:
     if serve_pid is not None and any(p.pid == serve_pid for p in find_lab_processes(lab_dir)):
         stopped += stop_process(serve_pid, grace=SERVE_STOP_GRACE_S)
     stopped += stop_lab_processes(lab_dir)
+    unmount_state_disk(lab_dir)  # the state-disk-full fault's tmpfs, if it was mounted
     LabState.forget(lab_dir)
     shutil.rmtree(public_dir_for(lab_dir), ignore_errors=True)
     return stopped

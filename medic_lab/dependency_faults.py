@@ -9,14 +9,18 @@ show it keeps its promises on its worst day (issue 12). Two kinds:
 - `HOST_FAULTS` take a host like the target faults (`medic lab break sshd-hang web-2`).
 
 `faults.break_host` / `faults.fix_host` dispatch to both; `faults.catalog()` lists both.
+
+The fake Slack's faults (slack-slow, slack-down) live in `medic_lab.slack_faults`.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import signal
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +32,7 @@ from medic_lab.components import Fault
 from medic_lab.hosts import ensure_user
 from medic_lab.processes import alive, spawn
 from medic_lab.reaper import stat_fields
+from medic_lab.slack_faults import SLACK_DELAY_S, SLACK_DOWN_STATUS, slack_back, slack_down, slack_slow
 from medic_lab.state import LabHost, LabState
 
 #: How long a stopped daemon gets to exit, and a started one to answer.
@@ -124,6 +129,96 @@ def _prefect_restart(lab: LabState) -> str:
     return f"{_prefect_down(lab)}; {_prefect_up(lab)} on the same port and database"
 
 
+# --- the state disk fills up ----------------------------------------------------------------------------
+#
+# What medic and its Prefect keep on disk in the lab: the lab's Prefect home (`<lab>/prefect`: the SQLite
+# database holding runs, audit records, approval cards, the flap guard's history; concurrency leases),
+# medic serve's state dir (its log; `<lab>/medic` by default) and the run dirs of Ansible (under TMPDIR).
+# `state_disk(lab)` puts the first on a small tmpfs mounted at `<lab>/state-disk` (Prefect is stopped,
+# its home moved there, `<lab>/prefect` left as a symlink to it, and Prefect started again on the same
+# port and database), with `medic/` and `tmp/` beside it for a medic serve to use as MEDIC_STATE_DIR
+# and TMPDIR. A tmpfs suits SQLite (POSIX locks, mmap for the WAL index) and fails a write with ENOSPC
+# like a full disk. `medic lab down` unmounts it (`unmount_state_disk`).
+
+STATE_DISK = "state-disk"
+#: The tmpfs's size while not full: room for the rest of a long test session's runs (a tmpfs takes
+#: memory only for what it holds). The fault shrinks it to what it holds plus a little, then fills that.
+STATE_DISK_ROOM_BYTES = 2 * 1024**3
+FULL_MARGIN_BYTES = 4 * 1024**2
+FILLER = "filler.state-disk-full"
+
+
+def state_disk(lab: LabState) -> Path:
+    """The lab's state disk, mounted first if it is not (the lab's own SQLite Prefect moves onto it)."""
+    mount = lab.lab_dir / STATE_DISK
+    if os.path.ismount(mount):
+        return mount
+    _prefect_env(lab)  # refuses a lab without its own SQLite Prefect: there is no state disk to move
+    home = lab.lab_dir / "prefect"
+    if home.is_symlink():
+        raise LabError(f"{home} is a symlink but {mount} is not mounted: restart the lab "
+                       f"(`medic lab down && medic lab up`)")
+    used = sum(f.stat().st_size for f in home.rglob("*") if f.is_file())
+    _stop_daemon(lab, "prefect")
+    mount.mkdir(mode=0o700, exist_ok=True)
+    _run(["mount", "-t", "tmpfs", "-o", f"size={used * 2 + STATE_DISK_ROOM_BYTES},mode=0700", "medic-lab-state",
+          str(mount)])
+    shutil.copytree(home, mount / "prefect", symlinks=True)
+    shutil.rmtree(home)
+    home.symlink_to(mount / "prefect")
+    for d in ("medic", "tmp"):
+        (mount / d).mkdir(mode=0o700)
+    _prefect_up(lab)
+    return mount
+
+
+def unmount_state_disk(lab_dir: Path) -> None:
+    """Unmount the lab's state disk if it is mounted (its processes are stopped: `medic lab down`)."""
+    mount = lab_dir / STATE_DISK
+    if os.path.ismount(mount):
+        if subprocess.run(["umount", str(mount)], capture_output=True).returncode != 0:
+            _run(["umount", "--lazy", str(mount)])  # still busy: detach now, freed when the last user goes
+    if (lab_dir / "prefect").is_symlink():
+        (lab_dir / "prefect").unlink()
+    if mount.is_dir():
+        mount.rmdir()
+
+
+def _run(argv: list[str]) -> None:
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        raise LabError(f"`{' '.join(argv)}` failed ({done.returncode}): {done.stderr.strip()[:300]}; "
+                       f"the state-disk fault needs root and a kernel with tmpfs")
+
+
+def _fill_state_disk(lab: LabState) -> str:
+    """Shrink the tmpfs to what it holds plus a few MiB, then fill those: writes fail with ENOSPC."""
+    mount = state_disk(lab)
+    _run(["mount", "-o", f"remount,size={shutil.disk_usage(mount).used + FULL_MARGIN_BYTES}", str(mount)])
+    block = b"\0" * (256 * 1024)
+    written = 0
+    with open(mount / FILLER, "ab", buffering=0) as out:  # unbuffered: nothing left to flush at close
+        try:
+            while True:  # bounded by the tmpfs size
+                written += out.write(block) or 0
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+    free = shutil.disk_usage(mount).free
+    return f"filled the state disk {mount} ({written // 1024} KiB more; {free} bytes free)"
+
+
+def _free_state_disk(lab: LabState) -> str:
+    mount = lab.lab_dir / STATE_DISK
+    filler = mount / FILLER
+    if not filler.exists():
+        return "the state disk was not full"
+    size = filler.stat().st_size
+    filler.unlink()
+    _run(["mount", "-o", f"remount,size={shutil.disk_usage(mount).used * 2 + STATE_DISK_ROOM_BYTES}", str(mount)])
+    return f"freed {size // 1024} KiB on the state disk {mount}, and gave it its room back"
+
+
 LAB_FAULTS: list[LabFault] = [
     LabFault("prometheus-down", "Prometheus stops: detect and verify queries are refused",
              lambda lab: _stop_daemon(lab, "prometheus"),
@@ -135,6 +230,12 @@ LAB_FAULTS: list[LabFault] = [
              _prefect_down, _prefect_up),
     LabFault("prefect-restart", "the lab's Prefect server stops and starts again on the same port and database",
              _prefect_restart, _prefect_up),
+    LabFault("slack-slow", f"the fake Slack answers every Web API call after N s (MEDIC_LAB_SLACK_DELAY_S, "
+             f"default {SLACK_DELAY_S:g})", slack_slow, slack_back),
+    LabFault("slack-down", f"the fake Slack answers every Web API call with HTTP {SLACK_DOWN_STATUS}",
+             slack_down, slack_back),
+    LabFault("state-disk-full", "the state disk (a tmpfs under the lab: Prefect's SQLite, medic's state, run "
+             "dirs) fills up", _fill_state_disk, _free_state_disk),
 ]
 
 

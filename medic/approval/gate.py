@@ -187,12 +187,16 @@ async def _collect(request: ApprovalRequest, policy: "Approval", cards: "Approva
                 target=", ".join(request.targets), who=f"{answer.approver[:64] or '?'} (unverified)",
                 what=answer.decision, where=verdict.via or "unknown", result=f"refused: {verdict.reason}"),
                 settings=cards.settings, fail_closed=False)
+        decided = None
         if record is not None:  # decided: mark the card before counting the input (a click waits on the count)
             record.waited_s = time.monotonic() - began
-            await asyncio.to_thread(cards.decide, request.flow_run_id, _CARD_DECISION[record.decision],
-                                    by=_shown(record.approvers, cards.settings), note=record.comment)
+            decided = await asyncio.to_thread(cards.decide, request.flow_run_id, _CARD_DECISION[record.decision],
+                                              by=_shown(record.approvers, cards.settings), note=record.comment,
+                                              show=False)
         await asyncio.to_thread(cards.consumed, request.flow_run_id, approved_by=_shown(tally.approved, cards.settings))
         if record is not None:
+            if decided is not None:  # Slack after the count: a slow Slack never holds up the click's answer
+                await asyncio.to_thread(cards.refresh, decided)
             return record
 
 

@@ -123,33 +123,40 @@ class ApprovalCards:
         return record
 
     def consumed(self, flow_run_id: str, *, approved_by: list[str]) -> None:
-        """The flow took one input: count it (the endpoint waits for this) and show the approvals so far."""
+        """The flow took one input: count it (the endpoint waits for this) and show the approvals so far.
+
+        Slack is called after the change, outside the card lock all cards share: a slow Slack must
+        delay neither this count nor any other card's change (a click waits at most 10 s for it)."""
+        shown_before: list[list[str]] = []
+
         def edit(record: CardRecord | None) -> CardRecord | None:
             if record is None:
                 return None
-            changed = record.card.approved_by != approved_by
-            record = record.model_copy(update={
+            shown_before.append(record.card.approved_by)
+            return record.model_copy(update={
                 "consumed": record.consumed + 1,
                 "card": record.card.model_copy(update={"approved_by": list(approved_by)})})
-            if changed and record.ts and record.waiting:
-                self.notifier.update(record.channel or self.channel, record.ts, _fallback(record.card),
-                                     approval_card_blocks(record.card))
-            return record
 
-        self.store.change(flow_run_id, edit)
+        saved = self.store.change(flow_run_id, edit)
+        if (saved is not None and saved.ts and saved.waiting
+                and shown_before and shown_before[-1] != saved.card.approved_by):
+            self.notifier.update(saved.channel or self.channel, saved.ts, _fallback(saved.card),
+                                 approval_card_blocks(saved.card))
 
     def decide(self, flow_run_id: str, decision: Decision, *, by: list[str] | None = None,
-               note: str | None = None) -> CardRecord | None:
-        """Mark the card decided, and replace it in Slack: the outcome instead of the buttons."""
+               note: str | None = None, show: bool = True) -> CardRecord | None:
+        """Mark the card decided, and (`show`) replace it in Slack: the outcome instead of the buttons.
+        Slack is called after the change, outside the card lock (see `consumed`)."""
         def edit(record: CardRecord | None) -> CardRecord | None:
             if record is None:
                 return None
-            record = record.model_copy(update={"decision": decision, "decided_by": list(by or []),
-                                               "decided_at": utcnow(), "note": note})
-            self.refresh(record)
-            return record
+            return record.model_copy(update={"decision": decision, "decided_by": list(by or []),
+                                             "decided_at": utcnow(), "note": note})
 
-        return self.store.change(flow_run_id, edit)
+        saved = self.store.change(flow_run_id, edit)
+        if saved is not None and show:
+            self.refresh(saved)
+        return saved
 
     def refresh(self, record: CardRecord) -> None:
         """Show a decided record's card as decided (buttons removed)."""

@@ -21,6 +21,7 @@ from medic.core.timeline import ALERT_CONTEXT_KEY, AlertReceipt
 from medic.errors import IntakeRefused, MedicError
 from medic.orchestration.launcher import LaunchStatus
 from medic.service.credentials import Credentials
+from medic.service.disk_space import low_disk_space
 from medic.service.guard import IntakeGuard, TokenBuckets, describe_client
 from medic.service.health import PrefectProbe
 from medic.service.intake import Action, decide, parse_webhook
@@ -34,14 +35,17 @@ log = logging.getLogger("medic.service.app")
 
 
 async def healthz(request: Request) -> Response:
-    """Status only (ok / degraded) for anyone; the details for a client with a credential (`?verbose=1`,
-    checked by the guard): which Prefect, which runbooks, which runs are active."""
+    """Status only (ok / degraded: Prefect unreachable, or medic's disk full) for anyone; the details for
+    a client with a credential (`?verbose=1`, checked by the guard): which Prefect, the disk, which
+    runbooks, which runs are active."""
     state = service_state(request)
     prefect_ok = await _probe(request).healthy()
-    status = 200 if prefect_ok else 503
+    disk_short = low_disk_space(state.settings)  # no run can start: as degraded as Prefect gone
+    status = 200 if prefect_ok and not disk_short else 503
+    said = "ok" if status == 200 else "degraded"
     if not (_asks_verbose(request) and describe_client(request.scope)):
-        return JSONResponse({"status": "ok" if prefect_ok else "degraded"}, status_code=status)
-    body = {"status": "ok" if prefect_ok else "degraded", "prefect_api": state.settings.prefect_api_url,
+        return JSONResponse({"status": said}, status_code=status)
+    body = {"status": said, "prefect_api": state.settings.prefect_api_url, "disk": disk_short or "ok",
             "prefect_reachable": prefect_ok, "runbooks": sorted(state.runbooks),
             "active_runs": [{"runbook": k[0], "target": k[1], "flow_run_id": v}
                             for k, v in state.launcher.active().items()]}
@@ -93,6 +97,11 @@ async def alertmanager(request: Request) -> Response:
 async def _handle(state: ServiceState, payload: Any, d: Any, received: datetime) -> dict[str, Any]:
     """One alert of a webhook: start (or find) its run, withdraw a resolved one's approval wait, or say why not."""
     entry = d.model_dump(mode="json", exclude_none=True)
+    if d.action is Action.START and d.runbook and d.target and (short := low_disk_space(state.settings)):
+        entry.update(result=LaunchStatus.ERROR.value, detail=short)  # refused up front: answered 503
+        state.metrics.alerts.labels(LaunchStatus.ERROR.value).inc()
+        log.warning("alert %s on %s not taken: %s", d.alertname, d.target, short)
+        return entry
     if d.action is Action.START and d.runbook and d.target:
         launch = await state.launcher.launch(
             state.runbooks[d.runbook], d.target, reason=f"alert {d.alertname} ({d.fingerprint})",

@@ -27,6 +27,7 @@ from medic.core.progress import add_listener
 from medic.core.report import TimelineEntry
 from medic.core.runbook import find_runbook
 from medic.procedures.stages import plan
+from medic.service.disk_space import low_disk_space
 from medic.service.state import service_state
 
 
@@ -54,6 +55,8 @@ async def start_run(request: Request) -> Response:
         return JSONResponse({"error": str(exc)}, status_code=400)
     except ValueError as exc:
         return JSONResponse({"error": f"bad request: {exc}"}, status_code=400)
+    if short := low_disk_space(state.settings):  # refused up front, not failed halfway
+        return JSONResponse({"error": short}, status_code=503, headers={"Retry-After": "5"})
 
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()

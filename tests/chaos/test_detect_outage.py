@@ -1,4 +1,5 @@
 """Prometheus down when a run detects: the run fails saying so, and the alert's next resend fixes it.
+Prometheus down after a human approved: the run waits for it (the approval is not thrown away).
 
 A real `medic serve` subprocess on the session lab and its Prefect; the alert is posted the way
 Alertmanager posts it (same fingerprint and startsAt on every resend: one alert instance).
@@ -6,13 +7,17 @@ Alertmanager posts it (same fingerprint and startsAt on every resend: one alert 
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
+import httpx
 import pytest
 
+from medic.orchestration.pause import ResumeStatus
 from medic_lab import faults
 from medic_lab.state import LabState
-from tests.support.chaos import Inject, final_run, post_alert
+from tests.support.approvals import answer_as
+from tests.support.chaos import FINAL, Inject, final_run, post_alert
 from tests.support.lab_health import broken, seen  # noqa: F401 (fixtures)
 from tests.support.lab_health import Inject as BreakHost
 from tests.support.server import MedicServer, alert_payload
@@ -49,3 +54,43 @@ def test_prometheus_down_at_detect_fails_clearly_and_the_resend_starts_a_run_tha
     third = wait_for(lambda: post_alert(server, payload), what="the second resend to be answered (not a duplicate)",
                      timeout=30, done=lambda answer: answer["result"] != "duplicate", interval=0.5)
     assert third["result"] == "already handled" and third["flow_run_id"] == second["flow_run_id"], third
+
+
+def _recheck_waiting(lab: LabState, run_id: str) -> list[dict]:
+    """The run's re-check task runs (their state says whether one is waiting to retry)."""
+    rows = httpx.post(f"{lab.prefect_api_url}/task_runs/filter", timeout=10, json={
+        "flow_runs": {"id": {"any_": [run_id]}}, "limit": 50}).json()
+    return [t for t in rows if t["name"].startswith("re-check")]
+
+
+def test_prometheus_down_after_the_approval_the_run_waits_for_it_and_recovers(
+        lab: LabState, server: MedicServer, broken: BreakHost, inject: Inject) -> None:
+    """Nothing lost: a human approved, then Prometheus went away before the re-check. The approval is
+    not thrown away (Alertmanager would not resend the still-firing alert for its repeat_interval): the
+    re-check waits for Prometheus — its task run retrying — and once Prometheus is back the run
+    re-checks, repairs and verifies, ending Recovered."""
+    host = [h.name for h in lab.hosts if h.group == "web"][-2]
+    broken("disk-full", host)
+    seen(lab, "disk-full", host)
+    payload = alert_payload("DiskAlmostFull", host, fingerprint=f"chaos-prom-approved-{uuid.uuid4().hex[:8]}",
+                            starts_at="2026-11-23T02:00:00Z")
+    answer = post_alert(server, payload)
+    assert answer["result"] == "started", answer
+    run_id = answer["flow_run_id"]
+    paused = wait_for(lambda: httpx.get(f"{lab.prefect_api_url}/flow_runs/{run_id}", timeout=10).json(),
+                      what=f"run {run_id} to wait for approval", timeout=180, ignore=httpx.HTTPError,
+                      done=lambda r: r["state"]["type"] in ("PAUSED", *FINAL))
+    assert paused["state"]["type"] == "PAUSED", (paused["state"], server.logs()[-3000:])
+
+    inject("prometheus-down")
+    outcome = asyncio.run(answer_as(run_id, {"decision": "approve", "approver": "alice"}))
+    assert outcome.status is ResumeStatus.ACCEPTED, outcome
+    # Three attempts failed and it still waits: more than a quick retry (1 + 2 attempts) would give.
+    retrying = wait_for(lambda: _recheck_waiting(lab, run_id), what="the re-check to keep waiting for Prometheus",
+                        timeout=60, interval=0.5, ignore=httpx.HTTPError,
+                        done=lambda ts: any(t["run_count"] >= 3 and t["state"]["name"] == "AwaitingRetry" for t in ts))
+    assert retrying, retrying
+
+    faults.fix_host(lab, "prometheus-down")
+    ended = final_run(lab, run_id, timeout=180)
+    assert ended["state"]["name"] == "Recovered", (ended["state"], server.logs()[-3000:])

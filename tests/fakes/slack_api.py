@@ -11,6 +11,10 @@ runs unchanged against it::
 
 Blocks are checked with slack_sdk's own Block Kit models, so a block over Slack's limits gets
 ``invalid_blocks`` here as it would from Slack.
+
+Outages come from the lab: ``FakeSlack(control_file=...)`` reads that file (written by `medic lab
+break slack-slow|slack-down`, `medic_lab.slack_faults.slack_control`) on every request, so a fault
+injected from any process — the CLI, a test's `inject` — reaches this in-process server.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -45,6 +50,8 @@ class Call:
     args: dict[str, Any]
     status: int
     response: dict[str, Any]
+    began: float = 0.0  # time.time() when the request arrived, and when its answer was sent
+    ended: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -66,6 +73,8 @@ class _State:
     messages: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     usergroups: dict[str, list[str]] = field(default_factory=dict)
     next_ts: int = 100
+    control_file: Path | None = None
+    in_flight: dict[int, tuple[str, dict[str, Any], float]] = field(default_factory=dict)
 
     def new_ts(self) -> str:
         """Unique, increasing ts like Slack's: "1700000000.000100", "1700000000.000101", …"""
@@ -77,9 +86,9 @@ class _State:
 class FakeSlack:
     """The fake server; a context manager. ``base_url`` ends in "/" as ``WebClient`` requires."""
 
-    def __init__(self, *, token: str = DEFAULT_TOKEN) -> None:
+    def __init__(self, *, token: str = DEFAULT_TOKEN, control_file: Path | None = None) -> None:
         self.token = token
-        self._state = _State(token=token)
+        self._state = _State(token=token, control_file=control_file)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self._state))
         self._server.daemon_threads = True
         self._thread = threading.Thread(
@@ -116,6 +125,11 @@ class FakeSlack:
         with self._state.lock:
             self._state.usergroups[usergroup] = list(users)
 
+    def in_flight(self) -> list[tuple[str, dict[str, Any], float]]:
+        """Requests being answered right now (held by a slack-slow fault): (method, args, arrival time)."""
+        with self._state.lock:
+            return list(self._state.in_flight.values())
+
     def calls(self, method: str | None = None) -> list[Call]:
         """Every request so far (of ``method``, if given), in arrival order."""
         with self._state.lock:
@@ -144,11 +158,22 @@ class FakeSlack:
 def _handler_for(state: _State) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            began = time.time()
             method = self.path.split("?")[0].removeprefix("/api/")
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             args = _parse_args(self.headers.get("Content-Type", ""), body)
+            outage = _lab_outage(state.control_file)
+            if outage.get("delay_s"):  # slack-slow: hold the answer, not the lock (other requests go on)
+                with state.lock:
+                    state.in_flight[id(self)] = (method, args, began)
+                    state.lock.notify_all()
+                time.sleep(float(outage["delay_s"]))  # not a synchronisation: the fault itself, Slack answering late
+                with state.lock:
+                    state.in_flight.pop(id(self), None)
             with state.lock:
                 fault = state.faults.pop(0) if state.faults else None
+                if outage.get("status"):  # slack-down: Slack's outage page for every method
+                    fault = _Fault(int(outage["status"]), None)
                 if fault is not None:
                     error = "ratelimited" if fault.status == 429 else "fatal_error"
                     status, response = fault.status, {"ok": False, "error": error}
@@ -156,7 +181,8 @@ def _handler_for(state: _State) -> type[BaseHTTPRequestHandler]:
                     status, response = 200, {"ok": False, "error": "invalid_auth"}
                 else:
                     status, response = _answer(state, method, args)
-                state.calls.append(Call(method=method, args=args, status=status, response=response))
+                state.calls.append(Call(method=method, args=args, status=status, response=response, began=began,
+                                        ended=time.time()))  # `ended`: the answer goes out right after this
                 state.lock.notify_all()
             self._send(status, response, retry_after=fault.retry_after if fault else None)
 
@@ -174,6 +200,16 @@ def _handler_for(state: _State) -> type[BaseHTTPRequestHandler]:
             log.debug("fake slack: " + format, *args)
 
     return Handler
+
+
+def _lab_outage(control_file: Path | None) -> dict[str, Any]:
+    """The lab's Slack fault now: {"delay_s": N} (slack-slow), {"status": 503} (slack-down), or {}."""
+    if control_file is None:
+        return {}
+    try:
+        return json.loads(control_file.read_text())
+    except (OSError, ValueError):  # no fault (the file is absent), or being replaced this instant
+        return {}
 
 
 def _parse_args(content_type: str, body: bytes) -> dict[str, Any]:
