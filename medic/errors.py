@@ -168,6 +168,10 @@ class DependencyError(MedicError):
     exit_code = ExitCode.DEPENDENCY
 
 
+class StateDiskError(DependencyError):
+    """medic's own state directory (this machine's disk) refused a write; the message names the path."""
+
+
 class PrefectError(DependencyError):
     """The Prefect API cannot be reached or refused a request."""
 

@@ -294,8 +294,15 @@ def cmd_approve(args: argparse.Namespace) -> int:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     use_prefect_api(get_settings())  # the log is kept in Prefect, reachable from any machine
-    from medic.orchestration.audit_store import read_records, where  # after use_prefect_api
+    from medic.orchestration.audit_spool import pending
+    from medic.orchestration.audit_store import read_records, replay_spooled, where  # after use_prefect_api
 
+    state_dir = get_settings().state_dir
+    if state_dir is not None and pending(state_dir):  # kept here while Prefect was unreachable: send them now
+        replay_spooled(state_dir)
+        if left := pending(state_dir):
+            print(f"{len(left)} audit record(s) still wait on this machine in {state_dir} for Prefect",
+                  file=sys.stderr)
     entries = read_records(flow_run_id=args.run, limit=args.limit)
     for entry in entries:
         print(format_record(entry))

@@ -21,8 +21,9 @@ When Prefect cannot take a record: a record written *before* acting (`record(...
 `fail_closed=True`) is retried ~5 s and then raises `PrefectError` (a DependencyError), so the
 caller does not act unaudited. A record of something already done, or after which nothing acts
 (`fail_closed=False`: the result of an action, a click already forwarded, an escalation, a refusal)
-is retried ~30 s, then logged at ERROR with the whole (scrubbed) record and `False` is returned:
-what happened cannot be undone, and the run's own report still holds it. While Prefect is down, the records
+is retried ~30 s, then kept on this machine (`medic.orchestration.audit_spool`, sent first by the
+next record written here or by `medic audit`), logged at ERROR, and `False` is returned: what
+happened cannot be undone, and the run's own report still holds it. While Prefect is down, the records
 already written stay readable in its database: table `artifact`, `key LIKE 'medic-audit-%'`.
 """
 
@@ -33,16 +34,18 @@ import logging
 import uuid
 from collections.abc import Iterable
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from medic.core.audit import AuditKind, AuditRecord, format_record, scrubbed
-from medic.errors import PrefectError
+from medic.errors import PrefectError, StateDiskError
+from medic.orchestration import audit_spool
 from medic.orchestration.prefect_rest import api_url, call
 from medic.settings import Settings, get_settings
 
-__all__ = ["KEY_PREFIX", "audit_key", "read_records", "record", "where"]
+__all__ = ["KEY_PREFIX", "audit_key", "read_records", "record", "replay_spooled", "where"]
 
 log = logging.getLogger("medic.orchestration.audit_store")
 KEY_PREFIX = "medic-audit-"
@@ -79,20 +82,37 @@ def record(entry: AuditRecord, *, settings: Settings | None = None, fail_closed:
     fail_closed (default): raises PrefectError when Prefect cannot take it, so nothing is done
     unaudited. Otherwise: retries longer, then logs the record at ERROR and returns False.
     """
-    clean = scrubbed(entry, settings or get_settings())
-    body = {"key": audit_key(clean.kind), "type": "table", "description": format_record(clean),
-            "data": json.dumps([clean.model_dump(mode="json")]), "flow_run_id": _run_uuid(clean.flow_run_id)}
+    settings = settings or get_settings()
+    clean = scrubbed(entry, settings)
+    state_dir = settings.state_dir or Path(".")
+    replay_spooled(state_dir)  # what waited for Prefect goes first: the log stays in order
     try:
-        call("POST", "/artifacts/", json=body, what=f"write the audit record ({clean.kind}: {clean.what})",
-             retry_for=BEFORE_ACTING_RETRY_S if fail_closed else AFTER_ACTING_RETRY_S)
+        _send(clean, retry_for=BEFORE_ACTING_RETRY_S if fail_closed else AFTER_ACTING_RETRY_S)
     except PrefectError as exc:
         if fail_closed:
             raise PrefectError(f"{exc} — medic does not act unaudited, so nothing was changed; "
                                "start the run again once Prefect answers", status=exc.status) from exc
-        log.error("AUDIT RECORD NOT STORED (%s) — keep this line, it is the only copy: %s",
-                  exc, clean.model_dump_json())
+        try:
+            kept = audit_spool.keep(clean, state_dir)
+        except StateDiskError as disk:
+            log.error("AUDIT RECORD NOT STORED (%s; %s) — keep this line, it is the only copy: %s",
+                      exc, disk, clean.model_dump_json())
+            return False
+        log.error("audit record kept in %s until Prefect answers (%s): %s", kept, exc, format_record(clean))
         return False
     return True
+
+
+def _send(clean: AuditRecord, *, retry_for: float) -> None:
+    body = {"key": audit_key(clean.kind), "type": "table", "description": format_record(clean),
+            "data": json.dumps([clean.model_dump(mode="json")]), "flow_run_id": _run_uuid(clean.flow_run_id)}
+    call("POST", "/artifacts/", json=body, what=f"write the audit record ({clean.kind}: {clean.what})",
+         retry_for=retry_for)
+
+
+def replay_spooled(state_dir: Path) -> int:
+    """Send the records this machine kept while Prefect was unreachable (one quick try each)."""
+    return audit_spool.replay(lambda e: _send(e, retry_for=1.0), state_dir)
 
 
 def _parse(artifact: dict[str, Any]) -> AuditRecord | None:

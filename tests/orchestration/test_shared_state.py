@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import os
+import stat
 import subprocess
 import sys
 import uuid
@@ -29,6 +30,7 @@ from medic.core.net import free_port
 from medic.core.report import Outcome
 from medic.errors import DependencyError, ExitCode, PrefectError
 from medic.orchestration import audit_store
+from medic.orchestration.audit_spool import SPOOL_NAME, pending
 from medic.orchestration.audit_store import read_records, record
 from medic.orchestration.flap_guard import FlapGuard
 from medic.settings import Settings, get_settings
@@ -43,6 +45,7 @@ import json, sys
 from medic.approval.card_store import CardStore
 from medic.core.audit import AuditRecord
 from medic.core.polling import wait_until
+from medic.orchestration.audit_spool import SPOOL_NAME, pending
 from medic.orchestration.audit_store import read_records, record
 
 name, run, count, total = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -220,13 +223,47 @@ def test_prefect_unreachable_fails_closed_with_a_clear_error(lab: LabState, tmp_
         assert isinstance(refused.value, PrefectError)
         message = str(refused.value)
         assert f"the Prefect API at {dead} is unreachable" in message and "nothing was changed" in message
+        kept = entry.model_copy(update={"kind": "action"})
         with caplog.at_level(logging.ERROR, logger="medic.orchestration.audit_store"):
-            assert record(entry.model_copy(update={"kind": "action"}), fail_closed=False) is False
-        assert "AUDIT RECORD NOT STORED" in caplog.text and entry.id in caplog.text
+            assert record(kept, settings=get_settings().model_copy(update={"state_dir": tmp_path}),
+                          fail_closed=False) is False
+        assert f"audit record kept in {tmp_path / SPOOL_NAME} until Prefect answers" in caplog.text
+        assert [r.id for r in pending(tmp_path)] == [entry.id]  # the intent refused above was not kept
+        assert stat.S_IMODE((tmp_path / SPOOL_NAME).stat().st_mode) == 0o600
     shown = subprocess.run([sys.executable, "-m", "medic", "audit"], capture_output=True, text=True, timeout=120,
                            env={**os.environ, "MEDIC_PREFECT_API_URL": dead, "MEDIC_STATE_DIR": str(tmp_path)})
     assert shown.returncode == ExitCode.DEPENDENCY, (shown.returncode, shown.stderr)
     assert "cannot read the audit log" in shown.stderr and "unreachable" in shown.stderr
+    assert "1 audit record(s) still wait on this machine" in shown.stderr
+
+
+def test_a_record_kept_while_prefect_was_down_is_sent_first_once_it_answers(lab: LabState, tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing lost: an action's record that Prefect could not take (down longer than the retries) waits
+    in the state dir, whole; the next record written there sends it first (the log keeps its order), and
+    `medic audit` sends what still waits. An unreadable line in the spool is skipped, not fatal."""
+    dead = f"http://127.0.0.1:{free_port()}/api"
+    monkeypatch.setattr(audit_store, "AFTER_ACTING_RETRY_S", 0.5)
+    settings = get_settings().model_copy(update={"state_dir": tmp_path})
+    run = str(uuid.uuid4())
+    made = [AuditRecord(kind=kind, flow_run_id=run, runbook="spool-test", target="web-1", who="medic", what=what)
+            for kind, what in (("action", "restart"), ("decision", "approve"), ("action", "cleanup"))]
+    with temporary_settings(updates={PREFECT_API_URL: dead}):
+        assert record(made[0], settings=settings, fail_closed=False) is False
+    assert record(made[1], settings=settings) is True
+    assert [r.id for r in read_records(flow_run_id=run)] == [made[0].id, made[1].id]
+    assert not (tmp_path / SPOOL_NAME).exists()
+
+    with temporary_settings(updates={PREFECT_API_URL: dead}):
+        assert record(made[2], settings=settings, fail_closed=False) is False
+    with open(tmp_path / SPOOL_NAME, "a") as spool:
+        spool.write("{not a record\n")
+    shown = subprocess.run([sys.executable, "-m", "medic", "audit", "--run", run], capture_output=True, text=True,
+                           timeout=120, env={**os.environ, "MEDIC_PREFECT_API_URL": lab.prefect_api_url,
+                                             "MEDIC_STATE_DIR": str(tmp_path)})
+    assert shown.returncode == 0, shown.stderr
+    assert [r.id for r in read_records(flow_run_id=run)] == [m.id for m in made]
+    assert "cleanup" in shown.stdout and not (tmp_path / SPOOL_NAME).exists()
 
 
 def test_a_real_remediation_audits_intent_before_action_and_leaves_no_local_state(lab: LabState,
