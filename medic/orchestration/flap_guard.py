@@ -41,7 +41,7 @@ class FlapGuard:
     def __init__(self, *, max_runs: int, window_s: float, fresh_s: float = 1.0) -> None:
         self.max_runs, self.window_s, self.fresh_s = max_runs, window_s, fresh_s
         self._intents: tuple[float, list[AuditRecord]] | None = None  # (monotonic read time, records)
-        self._reading: asyncio.Future[list[AuditRecord]] | None = None
+        self._reading: asyncio.Future[list[AuditRecord]] | None = None  # the read in flight, shared
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
@@ -70,23 +70,19 @@ class FlapGuard:
             self._loop, self._reading = loop, None
         if self._intents is not None and time.monotonic() - self._intents[0] < self.fresh_s:
             return self._intents[1]
-        if self._reading is None:
-            self._reading = loop.create_future()
-            reading = self._reading
+        if self._reading is None:  # one read for every asker; an asker that gives up does not cancel it
             since = datetime.now(timezone.utc) - timedelta(seconds=self.window_s)
-            try:
-                records = await asyncio.to_thread(read_records, kinds=["intent"], since=since)
-            except BaseException as exc:
-                reading.set_exception(exc)
-                reading.exception()  # retrieved: a read nobody else awaited must not warn
-                raise
-            else:
-                self._intents = (time.monotonic(), records)
-                reading.set_result(records)
-            finally:
-                self._reading = None
-            return records
+            self._reading = asyncio.ensure_future(self._read(since))
+            self._reading.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: no warning
         return await asyncio.shield(self._reading)
+
+    async def _read(self, since: datetime) -> list[AuditRecord]:
+        try:
+            records = await asyncio.to_thread(read_records, kinds=["intent"], since=since)
+        finally:
+            self._reading = None
+        self._intents = (time.monotonic(), records)
+        return records
 
     async def tripped(self, key: Key) -> bool:
         return await self.recent(key) >= self.max_runs

@@ -199,6 +199,18 @@ def test_a_storm_of_questions_shares_one_read_of_the_flap_history(lab: LabState,
     guard.record((runbook, "web-1"))  # a run this process saw act: its intent must count at once
     assert asyncio.run(guard.tripped((runbook, "web-1"))) and len(reads) == 2
 
+    async def the_first_asker_gives_up() -> list[object]:
+        """The asker whose question started the read is cancelled (its webhook's deadline): the read goes
+        on for the others, who get answers — not a CancelledError they never asked for."""
+        fresh = FlapGuard(max_runs=2, window_s=600, fresh_s=3600)
+        first = asyncio.ensure_future(fresh.tripped(keys[0]))
+        await asyncio.sleep(0)  # one step of the loop: `first` starts the read and waits on it
+        others = [asyncio.ensure_future(fresh.tripped(k)) for k in keys[1:5]]
+        first.cancel()
+        return list(await asyncio.gather(*others, return_exceptions=True))
+
+    assert asyncio.run(the_first_asker_gives_up()) == [False, True, False, True] and len(reads) == 3
+
     with temporary_settings(updates={PREFECT_API_URL: f"http://127.0.0.1:{free_port()}/api"}):
         failing = FlapGuard(max_runs=2, window_s=600, fresh_s=3600)
 
