@@ -15,7 +15,9 @@ flows/rejoin.py rebuilds the old primary as a standby of the new one (pg_rewind,
 
 One failover or rejoin per cluster at a time (a Prefect global concurrency limit); a second request
 ends at once as "already running". The order approve → fence is deliberate: a rejection changes
-nothing, and nothing is promoted before the old primary is fenced.
+nothing, and nothing is promoted before the old primary is fenced. From the fence on the run also
+keeps a durable hold on the cluster naming its step (medic.orchestration.cluster_hold): a run that dies
+half-way leaves it, and every failover and rejoin is refused until `medic failover-ack` (audited).
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from medic.approval.gate import ApprovalRequest, request_decision
 from medic.core.inventory import Inventory, load_inventory
 from medic.orchestration.ending import final_state
 from medic.orchestration.incident_record import publish_times, times_for_run
+from medic.orchestration.cluster_hold import Hold, holder_live, read_hold, release, set_step
+from medic.orchestration.prefect_compat import latest_lease_id
 from medic.orchestration.locks import ensure_concurrency_limit, exclusive_slot, remediation_lock_name
 from medic.orchestration.run_log import tell
 from medic.core.progress import Timeline
@@ -98,6 +102,8 @@ async def finish(report: fo.FailoverReport, timeline: Timeline, outcome: Outcome
         await publish_times(report.incident, report.runbook, report.cluster)
     await create_markdown_artifact(key=artifact_key(report.flow, report.cluster), markdown=report.to_markdown(),
                                    description=f"{report.flow} of {report.cluster}: {outcome.value}")
+    if report.flow_run_id:  # the run ended on its own and says how: its hold (if any) is given back
+        await release(remediation_lock_name(report.runbook, report.cluster), report.flow_run_id)
     return final_state(outcome, summary, report)
 
 
@@ -130,6 +136,21 @@ def already_running(cluster: fo.Cluster) -> str:
     return f"a failover or rejoin of {cluster.name} is already running; nothing was done"
 
 
+async def left_held(spec: Runbook, cluster: fo.Cluster, run_id: str) -> Hold | None:
+    """The hold an interrupted failover left on the cluster (medic.orchestration.cluster_hold), if any:
+    with the slot in hand, a hold of another run means that run died half-way and no human has said
+    the cluster was checked since."""
+    held = await read_hold(remediation_lock_name(spec.name, cluster.name))
+    if held is None or held.flow_run_id == run_id or await holder_live(held):
+        return None  # none, ours, or a run still going (the slot says "already running")
+    return held
+
+
+async def step(spec: Runbook, cluster: fo.Cluster, hold: Hold, name: str) -> None:
+    """Record the step about to change the cluster in the run's durable hold (before it acts)."""
+    await set_step(remediation_lock_name(spec.name, cluster.name), hold, name)
+
+
 def setup(runbook: str) -> tuple[Runbook, Inventory, fo.Cluster, str, Timeline]:
     settings = get_settings()
     spec = find_runbook(runbook, settings.runbooks_dir)
@@ -152,10 +173,13 @@ async def failover(
     report = fo.FailoverReport(runbook=spec.name, cluster=cluster.name, outcome=Outcome.REFUSED, summary="",
                                reason=reason, flow_run_id=run_id)
     async with one_per_cluster(spec, cluster) as got:
+        if held := await left_held(spec, cluster, run_id):  # before "already running": its lease may live on
+            return await finish(report, timeline, Outcome.REFUSED, held.refusal())
         if not got:
             return await finish(report, timeline, Outcome.ALREADY_RUNNING, already_running(cluster))
+        lease = latest_lease_id()
         return await _failover(spec, inventory, cluster, report, timeline, primary=primary, allow_lag=allow_lag,
-                               allow_unfenced=allow_unfenced)
+                               allow_unfenced=allow_unfenced, lease=str(lease) if lease else None)
 
 
 #: Approvals of fence + promote in one run before it refuses: evidence that keeps changing is a finding.
@@ -194,7 +218,8 @@ def _assess(spec: Runbook, cluster: fo.Cluster, old: str, ssh: SSHSession, prom:
 
 
 async def _failover(spec: Runbook, inventory: Inventory, cluster: fo.Cluster, report: fo.FailoverReport,
-                    timeline: Timeline, *, primary: str | None, allow_lag: bool, allow_unfenced: bool) -> State:
+                    timeline: Timeline, *, primary: str | None, allow_lag: bool, allow_unfenced: bool,
+                    lease: str | None = None) -> State:
     settings = get_settings()
     if not primary or (primary == "primary" and "primary" not in [h.name for h in cluster.members]):
         primary = None  # the UI's empty field, or `POST /runs` without a target: the routed primary
@@ -277,6 +302,9 @@ async def _failover(spec: Runbook, inventory: Inventory, cluster: fo.Cluster, re
         if allow_unfenced or allow_lag:
             report.overrides.append(f"approved with {', '.join(asked)}")
 
+        hold = Hold(flow_run_id=report.flow_run_id or "", runbook=spec.name, cluster=cluster.name, step="fence",
+                    lease_id=lease)
+        await step(spec, cluster, hold, "fence")  # from here on, a run that dies leaves the cluster held
         timeline.announce("fence", f"fencing {old}")
         with clock.stage("fence"):
             report.fence = f = fence_task(cluster, old, ssh)
@@ -300,12 +328,13 @@ async def _failover(spec: Runbook, inventory: Inventory, cluster: fo.Cluster, re
                                  f"{', '.join(found)} answers as a writable primary just before promoting {new}: "
                                  f"NOT promoted (it would be a second primary); check {', '.join(found)} by hand")
         return await _promote_route_verify(spec, inventory, cluster, report, timeline, prom, clock, old=old,
-                                           new=new, diag=diag)
+                                           new=new, diag=diag, hold=hold)
 
 
 async def _promote_route_verify(spec: Runbook, inventory: Inventory, cluster: fo.Cluster, report: fo.FailoverReport,
                                 timeline: Timeline, prom: PrometheusClient, clock: StageClock, *, old: str, new: str,
-                                diag: fo.FailoverDiagnosis) -> State:
+                                diag: fo.FailoverDiagnosis, hold: Hold) -> State:
+    await step(spec, cluster, hold, "promote")
     timeline.announce("promote", f"promoting {new}")
     with clock.stage("promote"):
         report.promote = p = promote_task(spec, cluster, new, inventory)
@@ -318,6 +347,7 @@ async def _promote_route_verify(spec: Runbook, inventory: Inventory, cluster: fo
                              f"{'fenced' if report.fence and report.fence.confirmed else 'out of the endpoint'}: "
                              f"the cluster has NO primary")
 
+    await step(spec, cluster, hold, "route")
     with clock.stage("route"):
         report.route = r = route_task(cluster, new)
     tell(timeline, "route", f"{cluster.endpoint}: {r.detail} → {'routed to ' + new if r.routed else 'NOT routed'}",
@@ -327,6 +357,7 @@ async def _promote_route_verify(spec: Runbook, inventory: Inventory, cluster: fo
                              f"{new} is the new primary but the endpoint does NOT route to it ({r.detail}): "
                              f"clients cannot write — set {cluster.backend}/{new} ready on {cluster.admin}")
 
+    await step(spec, cluster, hold, "verify")
     with clock.stage("verify"):
         report.verification = v = verify_task(spec, cluster, new, prom)
     tell(timeline, "verify", f"write through {cluster.endpoint}: {v.write.detail}; Prometheus sees {new} as "

@@ -16,7 +16,7 @@ from prefect import flow, task
 from prefect.states import State
 from pydantic import Field
 
-from flows.failover import STAGE, already_running, ask_human, finish, not_approved, one_per_cluster, setup
+from flows.failover import STAGE, already_running, ask_human, finish, left_held, not_approved, one_per_cluster, setup
 from medic.clients.postgres import NodeState, format_lsn, node_state
 from medic.clients.ssh import SSHSession
 from medic.core.inventory import Inventory
@@ -52,6 +52,8 @@ async def rejoin(
     report = fo.FailoverReport(flow="rejoin", runbook=spec.name, cluster=cluster.name, outcome=Outcome.REJOIN_FAILED,
                                summary="", reason=reason, flow_run_id=run_id, old_primary=host)
     async with one_per_cluster(spec, cluster) as got:
+        if held := await left_held(spec, cluster, run_id):  # before "already running": its lease may live on
+            return await finish(report, timeline, Outcome.REFUSED, held.refusal())
         if not got:
             return await finish(report, timeline, Outcome.ALREADY_RUNNING, already_running(cluster))
         route = fo.read_route(cluster)

@@ -14,6 +14,7 @@ from importlib.metadata import entry_points
 
 from medic.cli.deploy_worker import add_commands as add_deploy_worker_commands
 from medic.cli.detect import add_commands as add_detect_commands
+from medic.cli.failover_ack import add_commands as add_failover_ack_commands
 from medic.cli.report import add_commands as add_report_commands
 from medic.cli.run import add_commands as add_run_commands
 from medic.cli.slo import add_commands as add_slo_commands
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_slo_commands(sub)
     add_report_commands(sub)
     add_deploy_worker_commands(sub)
+    add_failover_ack_commands(sub)
     add_plugin_commands(sub)
     p = sub.add_parser("serve", help="run medic as a service: alerts, Slack, deployments, metrics")
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")

@@ -111,18 +111,48 @@ def write_extravars(private_dir: Path, extravars: Mapping[str, Any]) -> Path:
     return path
 
 
-def _alive(pid: int) -> bool:
+def _alive(pid: int, since: float | None = None) -> bool:
+    """Whether `pid` runs — and, given the dir's creation time `since`, is still the process that made
+    it: on a busy host pids wrap within a minute (pid_max 32768), and a newer process reusing a dead
+    medic's pid must not keep that medic's leftovers alive."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    if since is not None:
+        started = _started_at(pid)
+        if started is not None and started > since + 1:
+            return False
     return True
 
 
+def _started_at(pid: int) -> float | None:
+    """The process's start (epoch seconds): /proc/<pid>/stat field 22 (ticks after boot) + /proc/stat btime."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
+
+
 def sweep_stale(parent: Path | None = None) -> list[Path]:
-    """Remove run dirs whose medic process is gone (SIGKILL, OOM): nothing in them is needed."""
+    """Remove run dirs whose medic process is gone (SIGKILL, OOM), after stopping what still runs from
+    them: an ansible-playbook (and its workers, their ssh) outlives a SIGKILLed medic and would go on
+    changing a host for a run that is already marked Crashed."""
+    from medic.clients.ansible_procs import stop_leftovers
+
     parent = Path(parent or tempfile.gettempdir())
     removed = []
     try:
@@ -131,9 +161,10 @@ def sweep_stale(parent: Path | None = None) -> list[Path]:
         return removed
     for entry in entries:
         m = _STALE.match(entry.name)
-        if m and int(m["pid"]) != os.getpid() and not _alive(int(m["pid"])):
+        if m and int(m["pid"]) != os.getpid() and not _alive(int(m["pid"]), since=_mtime(entry)):
             try:
                 if entry.is_dir() and not entry.is_symlink() and entry.stat().st_uid == os.getuid():
+                    stop_leftovers(entry)
                     shutil.rmtree(entry, ignore_errors=True)
                     removed.append(entry)
             except OSError:

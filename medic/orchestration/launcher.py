@@ -301,6 +301,10 @@ class RunLauncher:
             thread.join(max(0.0, deadline - time.monotonic()))
         return not any(t.is_alive() for t in self._threads)
 
+    def still_running(self) -> list[str]:
+        """Ids of the runs whose threads are still executing here (thread name `run-<id>`)."""
+        return [t.name.removeprefix("run-") for t in list(self._threads) if t.is_alive() and t.name.startswith("run-")]
+
 
 def _failed_on_an_error(run: "FlowRun") -> bool:
     """The run raised (a dependency down, a bug) instead of reaching an outcome of its own: Prefect's

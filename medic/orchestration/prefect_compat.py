@@ -14,6 +14,7 @@ medic_lab/, bench/) uses a private Prefect name. Upgrading Prefect = run that fi
     pause_keyset(), run_input_model(), load_run_input() the "paused-<key>" keyset, run_input_subclass_from_type
     is_input_schema_race(), is_expired_pause()          resume-endpoint answers we interpret
     force_flow_run_state(), reset_concurrency_slots()   forced state changes; slot count reset vs. leases
+    latest_lease_id()                                   ConcurrencyContext.cleanup_lease_ids (the slot's lease)
 """
 
 from __future__ import annotations
@@ -268,3 +269,21 @@ async def force_flow_run_state(client: PrefectClient, flow_run_id: UUID | str, s
     stops doing so, adopted runs cannot restart and orphaned ones stay "Running" forever.
     """
     await client.set_flow_run_state(flow_run_id, state, force=True)
+
+
+def latest_lease_id() -> UUID | None:
+    """The lease of the concurrency slot this flow run acquired last (None outside a run, or none yet).
+
+    Private: `prefect.concurrency.context.ConcurrencyContext.cleanup_lease_ids`, to which Prefect appends
+    every lease it grants inside a flow or task run (so that a cancelled run still releases it). Why:
+    `concurrency()` does not expose the lease id, and a failover records it in its cluster hold so that
+    `medic failover-ack` can release exactly the dead run's lease (`POST
+    /v2/concurrency_limits/decrement-with-lease`) instead of resetting the count, which the dead lease's
+    later lapse would decrement a second time — under a new holder. If an upgrade renames it, the
+    hold has no lease id and the slot frees itself when the lease lapses (300 s): slower, never wrong.
+    """
+    from prefect.concurrency.context import ConcurrencyContext
+
+    ctx = ConcurrencyContext.get()
+    ids = getattr(ctx, "cleanup_lease_ids", None) if ctx is not None else None
+    return ids[-1] if ids else None

@@ -74,6 +74,9 @@ async def run_service(settings: Settings, host: str, port: int) -> None:
             await runner.astop()
             runner_task.cancel()
             await asyncio.gather(runner_task, return_exceptions=True)
-        await asyncio.to_thread(state.launcher.wait_idle, SHUTDOWN_GRACE_S)
+        if not await asyncio.to_thread(state.launcher.wait_idle, SHUTDOWN_GRACE_S):
+            from medic.orchestration.orphans import abandon_runs
+
+            await abandon_runs(state.launcher.still_running())  # Crashed naming the step; no playbook left
         if not await asyncio.to_thread(flush_prefect_telemetry):
             log.warning("medic serve: some Prefect events/logs could not be delivered before exit")

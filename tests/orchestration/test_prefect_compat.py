@@ -106,6 +106,33 @@ def test_resetting_slots_frees_them_and_a_later_release_does_not_go_below_zero(l
 
 
 
+def test_the_latest_lease_id_is_the_slot_just_taken_and_releasing_it_frees_the_slot(lab: LabState) -> None:
+    """What `medic failover-ack` relies on: inside a flow run, the lease of the slot just acquired is
+    found, and releasing that lease (as the ack does for a dead run) frees the slot exactly once — the
+    holder's own release at exit finds no lease and leaves the count at 0."""
+    name = f"medic-compat-lease-{uuid.uuid4().hex[:6]}"
+
+    async def active() -> int:
+        async with get_client() as client:
+            return (await client.read_global_concurrency_limit_by_name(name)).active_slots
+
+    @flow(name="compat-lease")
+    async def holder() -> list:
+        await ensure_concurrency_limit(name, 1)
+        seen: list = [compat.latest_lease_id()]
+        async with exclusive_slot(name) as got:
+            lease = compat.latest_lease_id()
+            seen += [got, lease is not None, await active()]
+            async with get_client() as client:
+                await client.release_concurrency_slots_with_lease(lease_id=lease)
+            seen.append(await active())
+        seen.append(await active())
+        return seen
+
+    assert compat.latest_lease_id() is None  # outside any run
+    assert asyncio.run(holder()) == [None, True, True, 1, 0, 0]
+
+
 def test_slot_services_bound_to_another_prefect_are_stopped_and_the_next_slot_uses_the_current_one(lab: LabState) -> None:
     name = f"medic-compat-moved-{uuid.uuid4().hex[:6]}"
 

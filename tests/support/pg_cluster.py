@@ -58,6 +58,10 @@ def db_lab(base_port: int, options: dict[str, bool]) -> Iterator[LabState]:
         state = control.up(lab_dir, hosts=1, base_port=base_port, options=options, with_prefect=True,
                            webhook_url="http://127.0.0.1:9/unused")
         get_settings.cache_clear()  # the lab's settings.json (inventory, …) exists only now
+        # A fresh Prefect (new database) may answer on a URL an earlier db lab of this session used:
+        # the limits this process remembers creating there are not in it.
+        from medic.orchestration import locks
+        locks._KNOWN_LIMITS.clear()
         # The environment only: a prefect `temporary_settings` entered across this yield is not
         # undone at teardown, and every later test module would talk to this (stopped) lab.
         point_prefect_at(state.prefect_api_url)
