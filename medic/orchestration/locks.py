@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import re
+import threading
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -26,12 +28,17 @@ from medic.orchestration.prefect_compat import (
     SlotTimeout,
     forget_slot_services_of_other_apis,
     slot_refusal,
+    stop_slot_service,
 )
 
 __all__ = ["ensure_concurrency_limit", "exclusive_slot", "remediation_lock_name"]
 
 _LIMIT_NAME_UNSAFE = re.compile(r"[^a-z0-9._-]+")
 _KNOWN_LIMITS: set[tuple[str | None, str, int]] = set()
+# Holders (and would-be holders) of each limit name in this process, across its threads and loops: the
+# last one out stops Prefect's per-name acquisition service (a thread and a client per name otherwise).
+_USERS: Counter[str] = Counter()
+_USERS_LOCK = threading.Lock()
 
 
 def remediation_lock_name(runbook: str, target: str) -> str:
@@ -104,6 +111,22 @@ async def exclusive_slot(name: str, *, wait_seconds: float = 0.0) -> AsyncIterat
     api_url = get_current_settings().api.url
     if api_url:  # Prefect's acquisition service keeps the API it started with; we may have moved on
         forget_slot_services_of_other_apis(api_url)
+    with _USERS_LOCK:
+        _USERS[name] += 1
+    try:
+        async with _held(name, wait_seconds) as got:
+            yield got
+    finally:
+        with _USERS_LOCK:
+            _USERS[name] -= 1
+            if _USERS[name] <= 0:
+                del _USERS[name]
+                stop_slot_service(name)  # under the lock: a new user starts a fresh service after this
+
+
+@contextlib.asynccontextmanager
+async def _held(name: str, wait_seconds: float) -> AsyncIterator[bool]:
+    """Prefect's strict `concurrency()` on one slot of `name`, refusals turned into False."""
     kwargs: dict[str, Any] = {"max_retries": 0} if wait_seconds <= 0 else {"timeout_seconds": wait_seconds}
     holder = concurrency(name, occupy=1, strict=True, **kwargs)
     try:

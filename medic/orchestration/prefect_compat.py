@@ -7,6 +7,7 @@ medic_lab/, bench/) uses a private Prefect name. Upgrading Prefect = run that fi
 
     SlotTimeout, SlotAcquisitionError, slot_refusal()   prefect.concurrency._asyncio + its error texts
     forget_slot_services_of_other_apis()                the slot services' registry and their bound client
+    stop_slot_service()                                 the same registry: one service per set of limit names
     telemetry_workers(), drain_telemetry()              EventsWorker._instances / QueueService._drain
     no_flow_heartbeats()                                flows.heartbeat_frequency=None (Python-only)
     shared_sync_client(), engine_run_flow()             SyncClientContext, prefect.flow_engine.run_flow
@@ -50,6 +51,7 @@ __all__ = [
     "engine_run_flow",
     "force_flow_run_state",
     "forget_slot_services_of_other_apis",
+    "stop_slot_service",
     "is_expired_pause",
     "is_input_schema_race",
     "load_run_input",
@@ -126,6 +128,27 @@ def forget_slot_services_of_other_apis(api_url: str) -> int:
     for service in stale:
         service._drain(at_exit=False)
     return len(stale)
+
+
+def stop_slot_service(name: str) -> bool:
+    """Stop Prefect's acquisition services for the one limit `name`, if any; whether one was running.
+
+    Private: `QueueService._instances`, keyed by `hash((service class, frozenset(names)))` — Prefect
+    starts one service per set of limit names (a thread, a task on its global loop, its own API client
+    with a CA bundle and a connection) and never stops it. A long-lived medic serve that remediated N
+    (runbook, target) pairs kept N of each: +2 MB RSS and 1-2 fds per pair, the 30-minute soak's slope
+    (issue 12). `locks.exclusive_slot` calls this when the last holder of a name in this process lets
+    go; what is queued is still served (`_drain` stops taking new items, finishes the rest), and the
+    next acquisition starts a fresh service. If the registry changes this raises AttributeError.
+    """
+    names = frozenset([name])
+    stopped = False
+    for cls in (ConcurrencySlotAcquisitionWithLeaseService, ConcurrencySlotAcquisitionService):
+        service = cls._instances.get(hash((cls, names)))
+        if isinstance(service, cls) and getattr(service, "_done_event", None) is not None:
+            service._drain(at_exit=False)
+            stopped = True
+    return stopped
 
 
 # -------------------------------------------------------------------------------------- telemetry

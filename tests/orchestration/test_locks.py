@@ -11,6 +11,7 @@ from prefect.client.orchestration import get_client
 from medic.errors import PrefectError
 from medic.orchestration.locks import ensure_concurrency_limit, exclusive_slot, remediation_lock_name
 from medic_lab.state import LabState
+from tests.support.waits import wait_for
 
 
 def test_remediation_lock_name() -> None:
@@ -79,3 +80,28 @@ def test_exclusive_slot_missing_limit_is_an_error(lab: LabState) -> None:
 def test_negative_limit_is_refused_before_asking_prefect() -> None:
     with pytest.raises(PrefectError, match="limit must be >= 0, got -1"):
         asyncio.run(ensure_concurrency_limit("medic-test-negative", -1))
+
+
+def test_slots_of_many_targets_leave_no_thread_per_target_behind(lab: LabState) -> None:
+    """Prefect starts an acquisition service (thread + API client) per limit name and keeps it: medic
+    stops it when the name's last holder lets go, so a long-lived medic serve does not grow per target."""
+    import threading
+
+    names = [remediation_lock_name("service-down", f"web-{uuid.uuid4().hex[:6]}") for _ in range(12)]
+
+    def slot_threads() -> int:
+        return sum(1 for t in threading.enumerate() if t.name.startswith("ConcurrencySlotAcquisition"))
+
+    async def go() -> list[bool]:
+        got = []
+        for name in names:
+            await ensure_concurrency_limit(name, 1)
+            async with exclusive_slot(name) as held:
+                got.append(held)
+        return got
+
+    before = slot_threads()
+    assert asyncio.run(go()) == [True] * len(names)
+    # A stopped service ends its thread on Prefect's loop a moment later; without the stop all 12 stay.
+    wait_for(slot_threads, what=f"the slot-acquisition threads of {len(names)} released limits to end "
+             f"(there were {before} before)", timeout=10, done=lambda n: n <= before)

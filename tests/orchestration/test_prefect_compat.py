@@ -140,20 +140,46 @@ def test_slot_services_bound_to_another_prefect_are_stopped_and_the_next_slot_us
         return [s for s in EventsWorker._instances.values()
                 if type(s).__name__.startswith("ConcurrencySlotAcquisition")]
 
-    async def hold() -> bool:
+    async def hold(while_held=lambda: None) -> tuple[bool, object]:
         await ensure_concurrency_limit(name, 1)
         async with exclusive_slot(name) as got:
-            return got
+            return got, while_held()
 
-    assert asyncio.run(hold()) is True
-    bound_here = slot_services()
+    def forget_while_held() -> tuple[list, int, bool, int, bool]:
+        bound_here = slot_services()
+        kept = compat.forget_slot_services_of_other_apis(lab.prefect_api_url)
+        still_there = all(s in EventsWorker._instances.values() for s in bound_here)
+        # As seen by a process that now talks to another Prefect: the services of this one are stale.
+        stale = compat.forget_slot_services_of_other_apis("http://127.0.0.1:9/api")
+        gone = not any(s in EventsWorker._instances.values() for s in bound_here)
+        return bound_here, kept, still_there, stale, gone
+
+    got, (bound_here, kept, still_there, stale, gone) = asyncio.run(hold(forget_while_held))
+    assert got is True
     assert bound_here, "holding a slot started no acquisition service"
-    assert compat.forget_slot_services_of_other_apis(lab.prefect_api_url) == 0
-    assert all(s in EventsWorker._instances.values() for s in bound_here), "stopped a service of this API"
-    # As seen by a process that now talks to another Prefect: the services of this one are stale.
-    assert compat.forget_slot_services_of_other_apis("http://127.0.0.1:9/api") == len(bound_here)
-    assert not any(s in EventsWorker._instances.values() for s in bound_here), "stale service still registered"
-    assert asyncio.run(hold()) is True, "a slot after the services were forgotten was not acquired"
+    assert kept == 0 and still_there, "stopped a service of this API"
+    assert stale == len(bound_here) and gone, "stale service still registered"
+    assert asyncio.run(hold())[0] is True, "a slot after the services were forgotten was not acquired"
+
+
+def test_the_slot_service_of_one_limit_name_is_stopped_and_the_next_acquisition_starts_a_new_one(lab: LabState) -> None:
+    name = f"medic-compat-stop-{uuid.uuid4().hex[:6]}"
+
+    def services_of_name() -> list:
+        return [s for s in EventsWorker._instances.values() if type(s).__name__.startswith("ConcurrencySlotAcquisition")
+                and getattr(s, "concurrency_limit_names", None) == [name]]
+
+    async def hold() -> tuple[bool, list, bool]:
+        await ensure_concurrency_limit(name, 1)
+        async with exclusive_slot(name) as got:
+            held = services_of_name()
+        return got, held, compat.stop_slot_service(name)
+
+    got, held, stopped_again = asyncio.run(hold())
+    assert got is True and len(held) == 1, f"expected one acquisition service for {name}, saw {held}"
+    assert services_of_name() == [], "the service of a name nobody holds is still registered"
+    assert stopped_again is False, "stop_slot_service found a service exclusive_slot had already stopped"
+    assert asyncio.run(hold())[0] is True, "no slot after the name's service was stopped"
 
 
 # -------------------------------------------------------------------------------------- telemetry
@@ -166,17 +192,20 @@ def test_telemetry_workers_are_found_and_drained_and_other_services_are_left_alo
 
     async def go():
         await ensure_concurrency_limit(name, 1)
-        async with exclusive_slot(name):  # starts Prefect's slot-acquisition service
-            pass
-        return await run_flow_now(adder, {"x": 2})  # queues events
+        async with exclusive_slot(name):  # Prefect's slot-acquisition service lives while the slot is held
+            outcome = await run_flow_now(adder, {"x": 2})  # queues events
+            workers = compat.telemetry_workers()
+            others = [s for s in EventsWorker._instances.values() if s not in workers]
+            drained = await asyncio.to_thread(compat.drain_telemetry, 30)
+            kept = all(s in EventsWorker._instances.values() for s in others)
+            return outcome, workers, others, drained, compat.telemetry_workers(), kept
 
-    outcome = asyncio.run(go())
-    assert compat.telemetry_workers(), "a flow run queued events but no events worker was found"
-    others = [s for s in EventsWorker._instances.values() if s not in compat.telemetry_workers()]
+    outcome, workers, others, drained, left, kept = asyncio.run(go())
+    assert workers, "a flow run queued events but no events worker was found"
     assert others, "expected Prefect's concurrency services in the shared registry"
-    assert compat.drain_telemetry(timeout=30) is True
-    assert not compat.telemetry_workers()
-    assert all(s in EventsWorker._instances.values() for s in others), "drained a non-telemetry service"
+    assert drained is True
+    assert not left
+    assert kept, "drained a non-telemetry service"
     assert "prefect.flow-run.Completed" in events_of(lab.prefect_api_url, outcome.flow_run_id,
                                                      until="prefect.flow-run.Completed")
 
