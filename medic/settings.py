@@ -125,6 +125,10 @@ class Settings(BaseSettings):
     intake_rate_per_s: float = Field(100.0, gt=0, description="requests per second a client may keep up (token bucket)")
     intake_burst: int = Field(1000, ge=1, description="requests a client may send at once before the rate applies")
     health_cache_s: float = Field(5.0, ge=0, description="how long /healthz and /metrics reuse Prefect's answers")
+    alert_sweep_s: float = Field(
+        15.0, ge=0, description="how often medic serve asks Alertmanager for firing alerts it has not taken; 0: never")
+    alert_sweep_receiver: str | None = Field(
+        None, description="sweep only alerts Alertmanager routes to this receiver (regex); default: every alert")
     tls_cert: Path | None = Field(None, description="serve HTTPS with this certificate (PEM, may hold the key)")
     tls_key: Path | None = Field(None, description="the certificate's private key (PEM)")
     tls_client_ca: Path | None = Field(None, description="require client certificates signed by this CA (mTLS)")

@@ -13,13 +13,14 @@ import re
 import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
+from urllib.parse import urlencode
 
 import httpx
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medic.errors import AlertmanagerError, UnsafeValueError
 
-__all__ = ["AlertmanagerClient", "AlertmanagerError", "Matcher", "RaisedAlert", "Silence"]
+__all__ = ["ActiveAlert", "AlertmanagerClient", "AlertmanagerError", "Matcher", "RaisedAlert", "Silence"]
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,19 @@ def _check_id(silence_id: str) -> str:
         raise UnsafeValueError(f"silence id {silence_id!r} is not a UUID; nothing was sent") from None
 
 
+class ActiveAlert(BaseModel):
+    """An alert Alertmanager holds as active (not silenced, not inhibited), as its API v2 gives it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    labels: dict[str, str]
+    annotations: dict[str, str] = Field(default_factory=dict)
+    startsAt: datetime
+    endsAt: datetime | None = None
+    generatorURL: str = ""
+    fingerprint: str = Field(min_length=1, max_length=64)
+
+
 class AlertmanagerClient:
     """A small synchronous client of one Alertmanager. Use as a context manager."""
 
@@ -144,6 +158,19 @@ class AlertmanagerClient:
             log.info("alertmanager: raised %s", ", ".join(f"{a.labels.get('alertname')}/{a.labels.get('host', '')}"
                                                           for a in alerts))
 
+    def active_alerts(self, *, receiver: str | None = None) -> list[ActiveAlert]:
+        """Alerts firing now that Alertmanager would notify (not silenced, not inhibited), optionally only
+        those routed to `receiver` (a regex, as the API takes it)."""
+        query = {"active": "true", "silenced": "false", "inhibited": "false", "unprocessed": "false"}
+        if receiver:
+            query["receiver"] = receiver
+        raw = self._request("GET", f"/alerts?{urlencode(query)}", what="list active alerts")
+        try:
+            return [ActiveAlert.model_validate(a) for a in raw or []]
+        except ValidationError as exc:
+            raise AlertmanagerError(f"Alertmanager at {self.url} answered alerts medic cannot read: "
+                                    f"{exc.errors()[0]['msg']}") from None
+
     def _request(self, method: str, path: str, *, what: str, json: Any = None) -> Any:
         try:
             response = self._http.request(method, path, json=json)
@@ -153,7 +180,11 @@ class AlertmanagerClient:
         if response.status_code >= 400:
             raise AlertmanagerError(f"Alertmanager at {self.url} refused to {what}: HTTP {response.status_code} "
                                     f"{response.text.strip()[:300]}")
-        return response.json() if response.content else None
+        try:
+            return response.json() if response.content else None
+        except ValueError:
+            raise AlertmanagerError(f"Alertmanager at {self.url} answered {what!r} with something that is not JSON: "
+                                    f"{response.text.strip()[:120]!r}; is MEDIC_ALERTMANAGER_URL an Alertmanager?") from None
 
 
 def _describe(matchers: list[Matcher]) -> str:

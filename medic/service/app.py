@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import datetime, timezone
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -17,14 +16,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from medic.core.timeline import ALERT_CONTEXT_KEY, AlertReceipt
-from medic.errors import IntakeRefused, MedicError
+from medic.errors import IntakeRefused
 from medic.orchestration.launcher import LaunchStatus
 from medic.service.credentials import Credentials
 from medic.service.disk_space import low_disk_space
 from medic.service.guard import IntakeGuard, TokenBuckets, describe_client
 from medic.service.health import PrefectProbe
-from medic.service.intake import Action, decide, parse_webhook
+from medic.service.alert_handling import handle_alert
+from medic.service.intake import decide, parse_webhook
 from medic.service.run_stream import start_run
 from medic.service.slack_endpoint import slack_actions, slack_not_configured
 from medic.service.state import ServiceState, service_state
@@ -81,7 +80,7 @@ async def alertmanager(request: Request) -> Response:
         return JSONResponse({"error": exc.reason}, status_code=exc.status)
     decisions = decide(payload, state.runbooks, state.inventory())
     # Every alert of the group at once: a run recorded in Prefect, or the reason it could not be.
-    results = await asyncio.gather(*[_handle(state, payload, d, received) for d in decisions])
+    results = await asyncio.gather(*[handle_alert(state, payload, d, received) for d in decisions])
     unrecorded = [r for r in results if r.get("result") == LaunchStatus.ERROR.value]
     started = sum(1 for r in results if r.get("result") == LaunchStatus.STARTED.value)
     body = {"received": len(payload.alerts), "started": started, "alerts": results}
@@ -92,46 +91,6 @@ async def alertmanager(request: Request) -> Response:
                          f"{unrecorded[0].get('detail', '')}")
         return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
     return JSONResponse(body)
-
-
-async def _handle(state: ServiceState, payload: Any, d: Any, received: datetime) -> dict[str, Any]:
-    """One alert of a webhook: start (or find) its run, withdraw a resolved one's approval wait, or say why not."""
-    entry = d.model_dump(mode="json", exclude_none=True)
-    if d.action is Action.START and d.runbook and d.target and (short := low_disk_space(state.settings)):
-        entry.update(result=LaunchStatus.ERROR.value, detail=short)  # refused up front: answered 503
-        state.metrics.alerts.labels(LaunchStatus.ERROR.value).inc()
-        log.warning("alert %s on %s not taken: %s", d.alertname, d.target, short)
-        return entry
-    if d.action is Action.START and d.runbook and d.target:
-        launch = await state.launcher.launch(
-            state.runbooks[d.runbook], d.target, reason=f"alert {d.alertname} ({d.fingerprint})",
-            idempotency_key=f"{d.runbook}:{d.target}:{d.fingerprint}:{_starts_at(payload, d.fingerprint)}",
-            context=_alert_context(payload, d, received))
-        entry.update(result=launch.status.value, flow_run_id=launch.flow_run_id, detail=launch.detail or d.detail)
-        state.metrics.alerts.labels(launch.status.value).inc()
-    elif d.action is Action.RESOLVED and d.runbook and d.target:
-        try:
-            withdrawn = await state.launcher.withdraw(d.runbook, d.target, why=f"alert {d.alertname} resolved")
-        except MedicError as exc:  # cannot tell whether a run waits: have Alertmanager send it again
-            entry.update(result=LaunchStatus.ERROR.value, detail=f"could not look for a waiting run: {exc}")
-            return entry
-        entry.update(result="resolved", detail=f"ended approval wait of run {withdrawn}" if withdrawn else "recorded")
-        state.metrics.alerts.labels("resolved").inc()
-    else:
-        log.info("alert %s (%s): %s", d.alertname, d.fingerprint, d.detail)
-        state.metrics.alerts.labels(d.action.value).inc()
-    return entry
-
-
-def _alert_context(payload: Any, d: Any, received: datetime) -> dict[str, Any]:
-    """The alert's times for the run's incident timeline (kept in the run's Prefect context)."""
-    fired = next((a.startsAt for a in payload.alerts if a.fingerprint == d.fingerprint), received)
-    receipt = AlertReceipt(alertname=d.alertname, fingerprint=d.fingerprint, fired_at=fired, received_at=received)
-    return {ALERT_CONTEXT_KEY: receipt.model_dump(mode="json")}
-
-
-def _starts_at(payload: Any, fingerprint: str) -> str:
-    return next((a.startsAt.isoformat() for a in payload.alerts if a.fingerprint == fingerprint), "")
 
 
 def create_app(state: ServiceState) -> Starlette:

@@ -29,6 +29,8 @@ def serve(*, host: str | None = None, port: int | None = None) -> int:
     settings = get_settings()
     check_serving(settings, host or settings.server_host)  # no credential: loopback only (issue 11)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    for name in ("medic.service", "medic.orchestration"):  # one line per alert and per run's end
+        logging.getLogger(name).setLevel(logging.INFO)
     embedded = None
     if not settings.prefect_api_url:
         embedded = EmbeddedPrefect(settings.state_dir / "prefect", port=settings.prefect_port)

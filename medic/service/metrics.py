@@ -19,6 +19,9 @@ class Metrics:
             buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600), registry=self.registry)
         self.alerts = Counter("medic_alerts_received_total", "Alerts received from Alertmanager, by what medic did",
                               ["action"], registry=self.registry)
+        self.swept = Counter("medic_alert_sweep_total",
+                             "Firing alerts the alert sweep found in Alertmanager, by what medic did",
+                             ["action"], registry=self.registry)
         self.deduplicated = Counter("medic_alerts_deduplicated_total",
                                     "Firing alerts that did not start a run because one was already running",
                                     ["runbook"], registry=self.registry)

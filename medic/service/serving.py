@@ -5,6 +5,8 @@
   served by a Prefect Runner in this process, so runs started from the UI or by a schedule execute
   without a separate worker; runs that this instance left paused or running before a restart are
   adopted (executed again from the top).
+- The alert sweep (`medic.service.alert_sweep`): every `alert_sweep_s`, firing alerts Alertmanager holds
+  that no webhook started a run for are taken through the same intake path.
 - `execution = "workers"`: intake only. No Runner, nothing executed here, nothing adopted: runs are
   created Scheduled in the work pool's deployments (`medic deploy`) and `medic worker`s take them.
 On the way out: no new runs, a grace period for running ones, Prefect's telemetry flushed.
@@ -24,6 +26,7 @@ from medic.orchestration.deployments import load_specs, to_runner_deployments
 from medic.orchestration.flow_kinds import ENTRYPOINTS, choose
 from medic.orchestration.runs import resolve_deployments
 from medic.orchestration.telemetry import flush_prefect_telemetry
+from medic.service.alert_sweep import sweep_forever
 from medic.service.app import create_app
 from medic.service.credentials import tls_options
 from medic.service.state import build_state
@@ -65,10 +68,20 @@ async def run_service(settings: Settings, host: str, port: int) -> None:
     if settings.approval_key is None or not settings.approval_key.get_secret_value():  # issue 11: fail closed, say so
         log.warning("medic serve: MEDIC_APPROVAL_KEY is not set — no approval can be verified; every run that "
                     "needs one ends 'not approved'. Set the same key here and on every worker.")
+    sweep = None
+    if settings.alertmanager_url and settings.alert_sweep_s > 0:  # level-triggered intake beside the webhook
+        sweep = asyncio.create_task(sweep_forever(state, settings.alertmanager_url, settings.alert_sweep_s),
+                                    name="alert-sweep")
+    else:
+        log.warning("medic serve: no alert sweep (MEDIC_ALERTMANAGER_URL unset or MEDIC_ALERT_SWEEP_S=0): an alert "
+                    "whose webhook Alertmanager never sends waits for its repeat_interval")
     try:
         await server.serve()
     finally:
         log.warning("medic serve: stopping (waiting up to %.0f s for running remediations)", SHUTDOWN_GRACE_S)
+        if sweep is not None:
+            sweep.cancel()
+            await asyncio.gather(sweep, return_exceptions=True)
         state.close()
         if runner is not None and runner_task is not None:
             await runner.astop()

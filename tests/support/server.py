@@ -43,7 +43,9 @@ def medic_server(state_dir: Path, *, env: dict[str, str] | None = None, port: in
     port = port or free_port()
     state_dir.mkdir(parents=True, exist_ok=True)
     log = state_dir / f"serve-{port}.log"
-    full_env = {**os.environ, "MEDIC_STATE_DIR": str(state_dir), **(env or {})}
+    # The alert sweep is off unless a test asks for it: the session lab's Alertmanager is shared, and a
+    # sweep would take alerts another test's host raises (tests/chaos/test_alert_sweep.py turns it on).
+    full_env = {**os.environ, "MEDIC_STATE_DIR": str(state_dir), "MEDIC_ALERT_SWEEP_S": "0", **(env or {})}
     with open(log, "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "medic", "serve", "--port", str(port)], env=full_env,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
