@@ -49,9 +49,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from soak_ledger import TARGET, Fault, attribute  # noqa: E402
 from soak_report import print_report  # noqa: E402
+from medic.settings import Settings  # noqa: E402
 from soak_watch import FINAL, Approver, Probes, ServeSampler, actions_since, alerts_fired, runs_since  # noqa: E402
 
 LAB_DIR = Path("/tmp/medic-lab-soak")
+#: medic serve's default alert sweep (tests.support.server turns it off for tests; the soak runs medic as shipped).
+SWEEP_S = str(Settings.model_fields["alert_sweep_s"].default)
 STATE_DIR = Path("/tmp/medic-soak")  # medic serve's state and log, kept after the run
 SERVE_PORT_OFFSET = 690  # inside the lab's port span, used by nothing of the lab
 LAB_DEPS = ("prometheus-down", "alertmanager-down", "prefect-restart", "prefect-down")
@@ -227,7 +230,7 @@ def main() -> int:
             get_settings.cache_clear()
             shutil.rmtree(STATE_DIR, ignore_errors=True)
             srv = stack.enter_context(medic_server(STATE_DIR, port=serve_port,
-                                                   env={"MEDIC_INSTANCE": "soak"}))
+                                                   env={"MEDIC_INSTANCE": "soak", "MEDIC_ALERT_SWEEP_S": SWEEP_S}))
             print(f"soak: medic serve at {srv.url} (pid {srv.proc.pid}, log {srv.log}); Prefect UI "
                   f"{lab.prefect_api_url.removesuffix('/api')}", flush=True)
             load_out = Path(tmp) / "load.json"
