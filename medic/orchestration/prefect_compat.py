@@ -7,7 +7,8 @@ medic_lab/, bench/) uses a private Prefect name. Upgrading Prefect = run that fi
 
     SlotTimeout, SlotAcquisitionError, slot_refusal()   prefect.concurrency._asyncio + its error texts
     forget_slot_services_of_other_apis()                the slot services' registry and their bound client
-    stop_slot_service()                                 the same registry: one service per set of limit names
+    stop_slot_service()                                 the same registry: one service per set of limit names,
+                                                        and what keeps a stopped service alive (atexit, loop)
     telemetry_workers(), drain_telemetry()              EventsWorker._instances / QueueService._drain
     no_flow_heartbeats()                                flows.heartbeat_frequency=None (Python-only)
     shared_sync_client(), engine_run_flow()             SyncClientContext, prefect.flow_engine.run_flow
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import threading
 from collections.abc import Awaitable, Iterator
 from typing import Any, Literal, TypeVar
 from uuid import UUID
@@ -36,6 +38,7 @@ from prefect.concurrency.services import (
     ConcurrencySlotAcquisitionService,
     ConcurrencySlotAcquisitionWithLeaseService,
 )
+from prefect._internal.concurrency.threads import get_global_loop
 from prefect.context import SyncClientContext
 from prefect.events.worker import EventsWorker
 from prefect.flow_engine import run_flow
@@ -126,7 +129,7 @@ def forget_slot_services_of_other_apis(api_url: str) -> int:
         and getattr(s, "_client", None) is not None and str(s._client.api_url).rstrip("/") != wanted
     ]
     for service in stale:
-        service._drain(at_exit=False)
+        _stop_and_forget(service)
     return len(stale)
 
 
@@ -146,9 +149,23 @@ def stop_slot_service(name: str) -> bool:
     for cls in (ConcurrencySlotAcquisitionWithLeaseService, ConcurrencySlotAcquisitionService):
         service = cls._instances.get(hash((cls, names)))
         if isinstance(service, cls) and getattr(service, "_done_event", None) is not None:
-            service._drain(at_exit=False)
+            _stop_and_forget(service)
             stopped = True
     return stopped
+
+
+def _stop_and_forget(service: Any) -> None:
+    """Drain a queue service and drop the two references Prefect keeps to every service it ever started:
+    its `_at_exit` in CPython's `threading._threading_atexits` and its `drain` call in the global loop
+    thread's `_on_shutdown` list (both private). Without this a stopped service — its client, CA bundle
+    and queue — is kept until exit: a new one per remediation would be a leak of ~2.7 MB a run."""
+    service._drain(at_exit=False)
+    # threading keeps functools.partial(service._at_exit); the loop keeps Call(fn=service.drain).
+    for calls, fn_of in ((threading._threading_atexits, lambda c: getattr(c, "func", None)),  # type: ignore[attr-defined]
+                         (get_global_loop()._on_shutdown, lambda c: getattr(c, "fn", None))):
+        for call in [c for c in list(calls) if getattr(fn_of(c), "__self__", None) is service]:
+            with contextlib.suppress(ValueError):
+                calls.remove(call)  # in place: another thread may append meanwhile
 
 
 # -------------------------------------------------------------------------------------- telemetry

@@ -8,9 +8,11 @@ not its callers. The last test proves no other module uses a private Prefect nam
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import json
 import uuid
+import weakref
 
 import prefect
 import pytest
@@ -40,6 +42,7 @@ from medic.orchestration.runs import _create_flow_run, run_flow_now
 from medic.orchestration.telemetry import flush_prefect_telemetry
 from medic_lab.state import LabState
 from tests.orchestration.support import Decision, adder, events_of, forced_pause, start_paused, sync_adder
+from tests.support.waits import wait_for
 
 
 
@@ -179,6 +182,16 @@ def test_the_slot_service_of_one_limit_name_is_stopped_and_the_next_acquisition_
     assert got is True and len(held) == 1, f"expected one acquisition service for {name}, saw {held}"
     assert services_of_name() == [], "the service of a name nobody holds is still registered"
     assert stopped_again is False, "stop_slot_service found a service exclusive_slot had already stopped"
+    # Nothing keeps the stopped service (its client, CA bundle, queue) alive: Prefect's atexit hook and
+    # its global loop's shutdown list are cleared too — else one service per remediation is a leak.
+    gone = weakref.ref(held[0])
+    del held
+
+    def alive() -> bool:
+        gc.collect()
+        return gone() is not None
+
+    wait_for(alive, what="the stopped slot service to be garbage-collected", timeout=10, done=lambda a: not a)
     assert asyncio.run(hold())[0] is True, "no slot after the name's service was stopped"
 
 
