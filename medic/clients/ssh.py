@@ -302,8 +302,9 @@ def _connect_error(exc: Exception, host: Host, known_hosts: Path, timeout: float
         return f"unreachable: no answer within {timeout:g} s"
     if isinstance(exc, paramiko.ChannelException):
         return f"channel refused by {where}: {exc.text} (too many sessions? lower max_per_host)"
-    if isinstance(exc, paramiko.SSHException) and str(exc) == "No existing session":
-        # paramiko's start_client returns on its timeout without raising; the next step says this.
+    if isinstance(exc, paramiko.SSHException) and str(exc) in ("No existing session", "Error reading SSH protocol banner"):
+        # A SIGSTOPped sshd accepts (the kernel does) and never speaks: paramiko either times out on the
+        # banner, or its start_client returns on its timeout without raising and the next step says so.
         return f"unreachable: no SSH answer within {timeout:g} s (port open, no handshake: the host hangs?)"
     if isinstance(exc, paramiko.SSHException):
         return f"unreachable: {exc}"

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import paramiko
 import pytest
 
 from medic.core.net import free_port as closed_port  # bound, then released: nothing listens
 from medic.errors import ConfigError, UnsafeValueError
 from medic.core.inventory import Host, load_inventory
 from medic_lab.state import LabState
-from medic.clients.ssh import OUTPUT_LIMIT, SSHSession
+from medic.clients.ssh import OUTPUT_LIMIT, SSHSession, _connect_error
 from tests.support.waits import wait_for
 
 
@@ -113,6 +115,28 @@ def test_dead_port_is_unreachable_while_others_succeed(ssh: SSHSession, hosts: l
     results = ssh.fan_out([hosts[0], dead, hosts[2]], "hostname >/dev/null && echo up")
     assert results[1].error == "unreachable: connection refused" and results[1].unreachable
     assert results[0].ok and results[2].ok and results[0].stdout == "up\n"
+
+
+def test_a_port_that_accepts_and_never_speaks_is_a_hung_host_not_a_protocol_error(hosts: list[Host]) -> None:
+    """What a SIGSTOPped sshd looks like (the kernel accepts, nobody answers): whichever way paramiko
+    gives up (banner timeout or no session), the user reads that the host hangs."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        hung = hosts[1].model_copy(update={"port": silent.getsockname()[1]})
+        with SSHSession(connect_timeout=1.0) as session:
+            results = session.fan_out([hosts[0], hung], "echo up")
+    assert results[0].ok and results[0].stdout == "up\n", results[0]
+    assert results[1].unreachable and "no SSH answer within 1 s" in (results[1].error or ""), results[1]
+    assert "the host hangs?" in (results[1].error or ""), results[1]
+
+
+@pytest.mark.parametrize("paramiko_says", ["No existing session", "Error reading SSH protocol banner"])
+def test_both_ways_paramiko_gives_up_on_a_silent_sshd_read_as_a_hung_host(hosts: list[Host], paramiko_says: str) -> None:
+    """Which of the two paramiko raises depends on which of its threads times out first (the chaos
+    suite saw both): the message must not."""
+    said = _connect_error(paramiko.SSHException(paramiko_says), hosts[0], Path("/dev/null"), 2.0)
+    assert said == "unreachable: no SSH answer within 2 s (port open, no handshake: the host hangs?)", said
 
 
 def test_wrong_user_is_auth_failed(ssh: SSHSession, hosts: list[Host]) -> None:
