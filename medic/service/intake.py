@@ -6,12 +6,12 @@ should happen (start, ignore and why), so the HTTP handler can answer at once wi
 
 from __future__ import annotations
 
-from datetime import datetime
 from enum import StrEnum
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from medic.clients.alertmanager import ActiveAlert
 from medic.errors import IntakeRefused, InventoryError, UnsafeValueError
 from medic.core.inventory import Inventory
 from medic.core.runbook import Runbook
@@ -20,16 +20,10 @@ MAX_BODY_BYTES = 1024 * 1024
 MAX_ALERTS = 5000
 
 
-class AMAlert(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class AMAlert(ActiveAlert):
+    """One alert of a webhook: the fields Alertmanager's API gives an alert, plus its status."""
 
     status: Literal["firing", "resolved"]
-    labels: dict[str, str]
-    annotations: dict[str, str] = Field(default_factory=dict)
-    startsAt: datetime
-    endsAt: datetime | None = None
-    generatorURL: str = ""
-    fingerprint: str = Field(min_length=1, max_length=64)
 
 
 class AMWebhook(BaseModel):
