@@ -58,5 +58,6 @@ async def sweep_forever(state: ServiceState, alertmanager_url: str, every_s: flo
         last_failure = ""
         started = [a for a in answers if a.get("result") == LaunchStatus.STARTED.value]
         if started:
-            log.warning("alert sweep: %d firing alert(s) had no run yet — started %s (no webhook had started one)",
+            log.warning("alert sweep: started %d run(s) for firing alerts nothing was handling — %s (their webhook "
+                        "never came, or their last run failed on an error)",
                         len(started), ", ".join(f"{a['runbook']} on {a['target']}" for a in started))

@@ -63,7 +63,7 @@ def test_a_firing_alert_no_webhook_delivered_is_swept_into_one_run_and_a_silence
                 logs = srv.logs()
             after = [r for r in _runs_of(lab, swept) if r["id"] not in before[swept]]
             assert [r["id"] for r in after] == [new[0]["id"]], f"expected one run for {swept}, got {after}"
-            assert f"alert ServiceDown on {swept} (sweep" in logs and "alert sweep: 1 firing alert(s) had no run yet" in logs, logs[-3000:]
+            assert f"alert ServiceDown on {swept} (sweep" in logs and f"alert sweep: started 1 run(s) for firing alerts nothing was handling — service-down on {swept}" in logs, logs[-3000:]
             assert _am_state(lab, silenced) == "suppressed"
             assert [r for r in _runs_of(lab, silenced) if r["id"] not in before[silenced]] == [], \
                 f"the sweep started a run for {silenced}, whose alert is silenced"
