@@ -7,8 +7,8 @@ Alertmanager was down, whose labels fire again before Prometheus re-sends the re
 26 minutes that way, with the alert firing in Alertmanager the whole time. The sweep makes intake
 level-triggered: each active alert (not silenced — a maintenance silence still stops medic — not
 inhibited) goes through the same path as the webhook's (`handle_alert`, the same idempotency key), so an
-alert already handled is answered by the run Prefect holds and nothing runs twice. Only firing alerts
-that a runbook would start for are logged; a sweep that finds nothing new says nothing.
+alert already handled is answered by the run Prefect holds and nothing runs twice. Alerts no runbook
+starts for are skipped silently; each other one gets its usual one-line decision log (`handle_alert`).
 """
 
 from __future__ import annotations
@@ -50,9 +50,10 @@ async def sweep_forever(state: ServiceState, alertmanager_url: str, every_s: flo
         await asyncio.sleep(every_s)
         try:
             answers = await sweep_once(state, alertmanager_url)
-        except MedicError as exc:
+        except Exception as exc:  # noqa: BLE001 - a sweep that died would be invisible: log it, sweep again
             if str(exc) != last_failure:
-                log.warning("alert sweep: %s (next try in %g s)", exc, every_s)
+                log.warning("alert sweep: %s (next try in %g s)", exc, every_s,
+                            exc_info=not isinstance(exc, MedicError))
             last_failure = str(exc)
             continue
         last_failure = ""
