@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from medic.core.polling import backoff, retry_async
+from medic.core.process_memory import release_after_run
 from medic.errors import PrefectError
 from medic.orchestration.flap_guard import FlapGuard
 from medic.orchestration.live_runs import (
@@ -252,6 +253,7 @@ class RunLauncher:
                 if on_done is not None:
                     on_done(outcome)
                 self._threads.discard(threading.current_thread())
+                release_after_run()
 
         thread = threading.Thread(target=target, name=f"run-{run.id}", daemon=True)
         self._threads.add(thread)

@@ -37,6 +37,7 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
 
 from medic.core.polling import wait_until_async
+from medic.core.process_memory import limit_malloc_arenas, release_after_run
 from medic.errors import PrefectError, WaitTimeout
 from medic.settings import Settings
 
@@ -144,6 +145,7 @@ async def _in_own_thread(flow_run: FlowRun, flow: Any) -> Any:
             setter, value = done.set_result, result
         except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
             setter, value = done.set_exception, exc
+        release_after_run()
         try:
             loop.call_soon_threadsafe(hand_over, setter, value)
         except RuntimeError:  # the worker's loop is gone (stopped after its grace period)
@@ -188,6 +190,7 @@ async def serve_worker(settings: Settings, *, name: str | None = None, stop: asy
     from medic.orchestration.janitor import Janitor
 
     await _check_prefect(settings)
+    limit_malloc_arenas()  # before the first run's thread
     worker = MedicWorker(settings.work_pool, name=name or settings.worker_name, limit=settings.worker_max_runs,
                          heartbeat_s=settings.worker_heartbeat_s)
     from medic.orchestration.deployments import load_specs
