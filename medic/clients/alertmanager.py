@@ -18,6 +18,7 @@ from urllib.parse import urlencode
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from medic.core.net import tls_verifying_context
 from medic.errors import AlertmanagerError, UnsafeValueError
 
 __all__ = ["ActiveAlert", "AlertmanagerClient", "AlertmanagerError", "Matcher", "RaisedAlert", "Silence"]
@@ -104,7 +105,7 @@ class AlertmanagerClient:
 
     def __init__(self, url: str, *, timeout: float = 5.0) -> None:
         self.url = url.rstrip("/")
-        self._http = httpx.Client(base_url=self.url + "/api/v2", timeout=timeout)
+        self._http = httpx.Client(base_url=self.url + "/api/v2", timeout=timeout, verify=tls_verifying_context())
 
     def __enter__(self) -> "AlertmanagerClient":
         return self

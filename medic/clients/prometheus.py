@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, Field
 
+from medic.core.net import tls_verifying_context
 from medic.core.templates import label_matcher, promql_string  # the quoting lives with the other quoting
 from medic.errors import PrometheusError, PrometheusUnreachable, PromQLError
 from medic.settings import get_settings
@@ -79,7 +80,7 @@ class PrometheusClient:
             )
         self.url = url.rstrip("/")
         self.timeout = timeout if timeout is not None else settings.prometheus_timeout
-        self._http = httpx.Client(base_url=self.url, timeout=self.timeout)
+        self._http = httpx.Client(base_url=self.url, timeout=self.timeout, verify=tls_verifying_context())
 
     def __enter__(self) -> "PrometheusClient":
         return self

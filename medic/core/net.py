@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import socket
+import ssl
 import subprocess
 import time
 
@@ -11,7 +13,15 @@ import httpx
 from medic.core.polling import wait_until
 from medic.errors import MedicError, WaitTimeout
 
-__all__ = ["free_port", "wait_healthy"]
+__all__ = ["free_port", "tls_verifying_context", "wait_healthy"]
+
+
+@functools.cache
+def tls_verifying_context() -> ssl.SSLContext:
+    """The certificate-verifying TLS context medic's HTTP clients share: exactly what httpx builds for
+    `verify=True` (certifi's bundle, or SSL_CERT_FILE / SSL_CERT_DIR as read at first use), loaded once
+    per process. Each load costs 25-30 ms, and a run opens several clients (Prometheus, Alertmanager)."""
+    return httpx.create_ssl_context()
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -22,6 +22,7 @@ import httpx
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.settings import get_current_settings
 
+from medic.core.net import tls_verifying_context
 from medic.errors import PrefectError
 from medic.orchestration.api import prefect_auth_headers
 
@@ -53,7 +54,7 @@ async def _prefect(method: str, path: str, what: str, body: dict[str, Any] | Non
     if not url:
         raise PrefectError("PREFECT_API_URL is not set; point it at the Prefect server (…/api)")
     try:
-        async with httpx.AsyncClient(headers=prefect_auth_headers(), timeout=10) as http:
+        async with httpx.AsyncClient(headers=prefect_auth_headers(), timeout=10, verify=tls_verifying_context()) as http:
             answer = await http.request(method, url + path, json=body)
     except httpx.HTTPError as exc:
         raise PrefectError(f"cannot {what}: Prefect API at {url} unreachable: {exc}") from exc

@@ -39,13 +39,13 @@ from prefect.concurrency.services import (
     ConcurrencySlotAcquisitionWithLeaseService,
 )
 from prefect._internal.concurrency.threads import get_global_loop
-from prefect.context import SyncClientContext
+from prefect.context import SettingsContext, SyncClientContext, get_settings_context
 from prefect.events.worker import EventsWorker
 from prefect.flow_engine import run_flow
 from prefect.flow_runs import apause_flow_run
 from prefect.input.run_input import Keyset, keyset_from_base_key, run_input_subclass_from_type
 from prefect.logging.handlers import APILogWorker
-from prefect.settings import temporary_settings
+from prefect.settings import Settings
 
 __all__ = [
     "SlotAcquisitionError",
@@ -204,11 +204,32 @@ def no_flow_heartbeats() -> Iterator[None]:
 
     Undocumented: `flows.heartbeat_frequency` accepts None only from Python (the env var must be an int
     >= 30); the sync engine (`prefect.flow_engine._send_heartbeats`) skips its thread when it is None.
-    If the setting is renamed, `temporary_settings` raises; if None stops meaning "off", sync runs
+    If the setting is renamed, `copy_with_update` raises; if None stops meaning "off", sync runs
     get ~1 s slower again (bench/prefect_overhead.py shows it).
     """
-    with temporary_settings(updates={"flows.heartbeat_frequency": None}):
+    context = get_settings_context()
+    quiet = _quiet_copy(context.settings)
+    with SettingsContext(profile=context.profile, settings=quiet):
         yield
+
+
+_quiet_copies: dict[int, tuple[Settings, Settings]] = {}  # id(settings) -> (settings, its copy without heartbeats)
+_quiet_lock = threading.Lock()
+
+
+def _quiet_copy(settings: Settings) -> Settings:
+    """`settings` with heartbeats off, built once per settings object (a pydantic-settings validation,
+    ~50 ms, that `temporary_settings` would repeat for every run); a process has one per Prefect API."""
+    with _quiet_lock:
+        known = _quiet_copies.get(id(settings))
+        if known is not None and known[0] is settings:
+            return known[1]
+    quiet = settings.copy_with_update(updates={"flows.heartbeat_frequency": None})
+    with _quiet_lock:
+        if len(_quiet_copies) >= 4:
+            _quiet_copies.clear()
+        _quiet_copies[id(settings)] = (settings, quiet)
+    return quiet
 
 
 def shared_sync_client() -> contextlib.AbstractContextManager[Any]:

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 from prefect.settings import get_current_settings
 
+from medic.core.net import tls_verifying_context
 from medic.core.polling import backoff, retry
 from medic.errors import PrefectError
 from medic.orchestration.api import prefect_auth_headers
@@ -47,7 +48,7 @@ def _client() -> tuple[str, httpx.Client]:
     with _clients_lock:
         client = _clients.get(key)
         if client is None:
-            client = _clients[key] = httpx.Client(base_url=base, headers=headers, timeout=10.0)
+            client = _clients[key] = httpx.Client(base_url=base, headers=headers, timeout=10.0, verify=tls_verifying_context())
     return base, client
 
 

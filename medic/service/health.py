@@ -15,6 +15,7 @@ from typing import Generic, TypeVar
 
 import httpx
 
+from medic.core.net import tls_verifying_context
 from medic.orchestration.api import prefect_auth_headers
 
 __all__ = ["PrefectProbe"]
@@ -57,7 +58,7 @@ class PrefectProbe:
     async def _fetch_healthy(self) -> bool:
         self.calls += 1
         try:
-            async with httpx.AsyncClient(timeout=2, headers=prefect_auth_headers()) as client:
+            async with httpx.AsyncClient(timeout=2, headers=prefect_auth_headers(), verify=tls_verifying_context()) as client:
                 return (await client.get(f"{self.api_url}/health")).status_code == 200
         except httpx.HTTPError:
             return False
@@ -65,7 +66,7 @@ class PrefectProbe:
     async def _fetch_paused(self) -> float:
         self.calls += 1
         try:
-            async with httpx.AsyncClient(timeout=2, headers=prefect_auth_headers()) as client:
+            async with httpx.AsyncClient(timeout=2, headers=prefect_auth_headers(), verify=tls_verifying_context()) as client:
                 paused = await client.post(f"{self.api_url}/flow_runs/count", json={
                     "flow_runs": {"state": {"type": {"any_": ["PAUSED"]}}, "tags": {"all_": ["medic"]}}})
                 return float(paused.json())

@@ -31,7 +31,7 @@ from prefect.client.schemas.sorting import FlowRunSort
 from prefect.concurrency.asyncio import concurrency
 from prefect.events.worker import EventsWorker
 from prefect.flow_runs import apause_flow_run
-from prefect.settings import get_current_settings
+from prefect.settings import get_current_settings, temporary_settings
 from prefect.states import Pending
 
 from medic.core.polling import wait_until_async
@@ -239,6 +239,22 @@ def test_no_flow_heartbeats_stops_the_heartbeat_of_a_sync_run(lab: LabState) -> 
                                                      until="prefect.flow-run.heartbeat")
     quiet_events = events_of(lab.prefect_api_url, quiet.state_details.flow_run_id, until="prefect.flow-run.Completed")
     assert "prefect.flow-run.heartbeat" not in quiet_events, quiet_events
+
+
+def test_no_flow_heartbeats_builds_its_settings_once_per_settings_object() -> None:
+    """The copy without heartbeats is made once (a pydantic-settings validation, ~50 ms) and reused by
+    every later run; other settings (another Prefect) get their own copy, with their own values."""
+    with compat.no_flow_heartbeats():
+        first = get_current_settings()
+    with compat.no_flow_heartbeats():
+        again = get_current_settings()
+    assert again is first and first.flows.heartbeat_frequency is None
+    with temporary_settings(updates={"api.url": "http://127.0.0.1:9/api"}):
+        with compat.no_flow_heartbeats():
+            other = get_current_settings()
+    assert other is not first and str(other.api.url) == "http://127.0.0.1:9/api"
+    assert other.flows.heartbeat_frequency is None
+    assert get_current_settings().flows.heartbeat_frequency is not None  # outside the block: as before
 
 
 def test_shared_sync_client_is_shared_within_the_block(lab: LabState) -> None:
