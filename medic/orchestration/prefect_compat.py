@@ -1,16 +1,15 @@
 """Every use of a private or undocumented Prefect name or behaviour in medic, in one place.
 
-Pinned: prefect 3.8.8. Each function says which Prefect internal it touches, why medic needs it and
-what breaks if an upgrade changes it; `tests/orchestration/test_prefect_compat.py` has one test per
-item that fails loudly when it changes, and a test that fails if any other module (medic/, flows/,
-medic_lab/, bench/) uses a private Prefect name. Upgrading Prefect = run that file first.
+Pinned: prefect 3.8.8. Each function says which internal it touches, why medic needs it and what breaks if
+an upgrade changes it; tests/orchestration/test_prefect_compat.py has one test per item, test_prefect_boundary.py
+fails if any other module uses a private Prefect name. Upgrading Prefect = run those first.
 
     SlotTimeout, SlotAcquisitionError, slot_refusal()   prefect.concurrency._asyncio + its error texts
     forget_slot_services_of_other_apis()                the slot services' registry and their bound client
-    stop_slot_service()                                 the same registry: one service per set of limit names,
-                                                        and what keeps a stopped service alive (atexit, loop)
+    stop_slot_service()                                 the same registry, and what keeps a stopped service alive
     telemetry_workers(), drain_telemetry()              EventsWorker._instances / QueueService._drain
     no_flow_heartbeats()                                flows.heartbeat_frequency=None (Python-only)
+    share_tls_contexts()                                the TLS context each Prefect API client builds
     shared_sync_client(), engine_run_flow()             SyncClientContext, prefect.flow_engine.run_flow
     pause_for_input()                                   apause_flow_run with a float poll_interval
     pause_keyset(), run_input_model(), load_run_input() the "paused-<key>" keyset, run_input_subclass_from_type
@@ -23,8 +22,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import os
+import ssl
 import threading
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Literal, TypeVar
 from uuid import UUID
 
@@ -47,28 +48,14 @@ from prefect.input.run_input import Keyset, keyset_from_base_key, run_input_subc
 from prefect.logging.handlers import APILogWorker
 from prefect.settings import Settings
 
-__all__ = [
-    "SlotAcquisitionError",
-    "SlotTimeout",
-    "drain_telemetry",
-    "engine_run_flow",
-    "force_flow_run_state",
-    "forget_slot_services_of_other_apis",
-    "stop_slot_service",
-    "is_expired_pause",
-    "is_input_schema_race",
-    "load_run_input",
-    "no_flow_heartbeats",
-    "pause_for_input",
-    "pause_keyset",
-    "reset_concurrency_slots",
-    "run_input_model",
-    "shared_sync_client",
-    "slot_refusal",
-    "telemetry_workers",
-]
+__all__ = ["drain_telemetry", "engine_run_flow", "force_flow_run_state", "forget_slot_services_of_other_apis",
+           "is_expired_pause", "is_input_schema_race", "load_run_input", "no_flow_heartbeats", "pause_for_input",
+           "pause_keyset", "reset_concurrency_slots", "run_input_model", "share_tls_contexts",
+           "shared_sync_client", "slot_refusal", "SlotAcquisitionError", "SlotTimeout", "stop_slot_service",
+           "telemetry_workers"]
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 # ------------------------------------------------------------------------------- concurrency slots
 
@@ -88,17 +75,12 @@ _BUSY_TEXT = "423"  # "Unable to acquire concurrency slots on [...]: 423 Locked"
 def slot_refusal(exc: BaseException) -> Literal["missing", "busy"] | None:
     """Why `concurrency(name, strict=True, max_retries=0)` refused: the limit does not exist, or it is full.
 
-    Prefect raises one exception class for both and says which only in the message ("... must be
-    created before acquiring slots"; the server's HTTP 423 Locked). If the texts change, a missing
-    limit would read as an unknown error (PrefectError) and a busy one too: a second remediation of
-    the same target would fail instead of reporting "already running".
+    Prefect raises one exception class for both and says which only in the message ("... must be created
+    before acquiring slots"; HTTP 423 Locked). If the texts change, both read as an unknown error: a second
+    remediation of the same target would fail instead of reporting "already running".
     """
     text = str(exc)
-    if _MISSING_LIMIT_TEXT in text:
-        return "missing"
-    if _BUSY_TEXT in text:
-        return "busy"
-    return None
+    return "missing" if _MISSING_LIMIT_TEXT in text else "busy" if _BUSY_TEXT in text else None
 
 
 async def reset_concurrency_slots(client: PrefectClient, name: str) -> None:
@@ -115,12 +97,10 @@ async def reset_concurrency_slots(client: PrefectClient, name: str) -> None:
 def forget_slot_services_of_other_apis(api_url: str) -> int:
     """Stop Prefect's slot-acquisition services bound to another API than `api_url`; how many stopped.
 
-    Private: Prefect keeps one acquisition service per set of limit names in `QueueService._instances`
-    and binds its client (`_client`) to the API URL current when the service started. A process that
-    talks to a second Prefect later (a re-pointed CLI, one test session with two labs) would otherwise
-    send every acquisition for the same limit name to the first, gone, server ("All connection attempts
-    failed"). A stopped service is dropped, so the next acquisition starts one for the current API.
-    If the attributes change this raises AttributeError (the compat test fails at once).
+    Private: the services' registry `QueueService._instances`, each service's client (`_client`) bound to the
+    API URL current when it started. A process that talks to a second Prefect later (a re-pointed CLI, one
+    test session with two labs) would send every acquisition of the same limit name to the first, gone,
+    server. A stopped service is dropped: the next acquisition starts one for the current API.
     """
     wanted = api_url.rstrip("/")
     stale = [
@@ -136,13 +116,11 @@ def forget_slot_services_of_other_apis(api_url: str) -> int:
 def stop_slot_service(name: str) -> bool:
     """Stop Prefect's acquisition services for the one limit `name`, if any; whether one was running.
 
-    Private: `QueueService._instances`, keyed by `hash((service class, frozenset(names)))` — Prefect
-    starts one service per set of limit names (a thread, a task on its global loop, its own API client
-    with a CA bundle and a connection) and never stops it. A long-lived medic serve that remediated N
-    (runbook, target) pairs kept N of each: +2 MB RSS and 1-2 fds per pair, the 30-minute soak's slope
-    (issue 12). `locks.exclusive_slot` calls this when the last holder of a name in this process lets
-    go; what is queued is still served (`_drain` stops taking new items, finishes the rest), and the
-    next acquisition starts a fresh service. If the registry changes this raises AttributeError.
+    Private: `QueueService._instances`, keyed by `hash((service class, frozenset(names)))`: Prefect starts one
+    service per set of limit names (a thread, a task on its global loop, an API client with a CA bundle and a
+    connection) and never stops it — a long-lived medic serve kept one per (runbook, target) it remediated
+    (+2 MB RSS and 1-2 fds each: the soak's slope, issue 12). `locks.exclusive_slot` calls this when a name's
+    last holder in this process lets go; what is queued is still served, the next acquisition starts afresh.
     """
     names = frozenset([name])
     stopped = False
@@ -174,10 +152,8 @@ def _stop_and_forget(service: Any) -> None:
 def telemetry_workers() -> list[EventsWorker | APILogWorker]:
     """The live events and API-log workers of this process.
 
-    Private: `QueueService._instances` (prefect._internal.concurrency.services), the registry shared by
-    every Prefect queue service. We filter it rather than call `EventsWorker.drain_all()`, which
-    drains *all* services, including the concurrency-slot and lease services a running flow needs.
-    If the attribute is renamed this raises AttributeError (tests fail at once).
+    Private: `QueueService._instances`, the registry of every Prefect queue service, filtered: the public
+    `EventsWorker.drain_all()` drains *all* services, including the slot and lease services a running flow needs.
     """
     return [w for w in list(EventsWorker._instances.values()) if isinstance(w, (EventsWorker, APILogWorker))]
 
@@ -185,14 +161,44 @@ def telemetry_workers() -> list[EventsWorker | APILogWorker]:
 def drain_telemetry(timeout: float) -> bool:
     """Send what the events/log workers hold and stop them; True if all were done within `timeout`.
 
-    Private: `QueueService._drain(at_exit=False)` returns a concurrent future (the public `drain()`
-    blocks, or returns an awaitable inside a loop, without a deadline). A stopped worker is dropped from
-    the registry, so the next event starts a fresh one for the current API URL. If `_drain` changes,
-    medic serve, the lab and the tests could hang for hours at exit sending to a stopped server.
+    Private: `QueueService._drain(at_exit=False)` returns a concurrent future (the public `drain()` has no
+    deadline). A stopped worker is dropped from the registry, so the next event starts one for the current
+    API. If `_drain` changes, medic serve, the lab and the tests could hang at exit sending to a stopped server.
     """
     futures = [w._drain(at_exit=False) for w in telemetry_workers()]
     _done, pending = concurrent.futures.wait(futures, timeout=timeout)
     return not pending
+
+
+# ----------------------------------------------------------------------------------- TLS contexts
+
+class _SharedTLS:
+    """`ssl` as `prefect.client.orchestration` sees it: `create_default_context(cafile=F)` made once per CA
+    file (again if F changes on disk); any other call (the insecure path mutates its context) passes through."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(ssl, name)
+
+    @staticmethod
+    def create_default_context(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        cafile = kwargs.get("cafile")
+        if args or set(kwargs) != {"cafile"} or not isinstance(cafile, str):
+            return ssl.create_default_context(*args, **kwargs)
+        return _made_once(("tls", cafile, os.stat(cafile).st_mtime), lambda: ssl.create_default_context(cafile=cafile))
+
+
+def share_tls_contexts() -> None:
+    """Let Prefect's API clients share one verifying TLS context per CA file (idempotent).
+
+    Undocumented: `PrefectClient`/`SyncPrefectClient.__init__` call `ssl.create_default_context(cafile=…)` for
+    every client, 25-30 ms of CPU each, and a run makes several (its engine's, its suspension observer's, its
+    sync tasks'): 0.36 → 0.20 s from alert to first stage, measured. Prefect never changes that context
+    after making it. If it stops calling it this way, runs start slower again, never less safely.
+    """
+    import prefect.client.orchestration as orchestration
+
+    if not isinstance(orchestration.ssl, _SharedTLS):
+        orchestration.ssl = _SharedTLS()  # type: ignore[assignment]
 
 
 # ------------------------------------------------------------------------------------ running flows
@@ -213,31 +219,32 @@ def no_flow_heartbeats() -> Iterator[None]:
         yield
 
 
-_quiet_copies: dict[int, tuple[Settings, Settings]] = {}  # id(settings) -> (settings, its copy without heartbeats)
-_quiet_lock = threading.Lock()
-
-
 def _quiet_copy(settings: Settings) -> Settings:
     """`settings` with heartbeats off, built once per settings object (a pydantic-settings validation,
     ~50 ms, that `temporary_settings` would repeat for every run); a process has one per Prefect API."""
-    with _quiet_lock:
-        known = _quiet_copies.get(id(settings))
-        if known is not None and known[0] is settings:
-            return known[1]
-    quiet = settings.copy_with_update(updates={"flows.heartbeat_frequency": None})
-    with _quiet_lock:
-        if len(_quiet_copies) >= 4:
-            _quiet_copies.clear()
-        _quiet_copies[id(settings)] = (settings, quiet)
-    return quiet
+    return _made_once(("quiet", id(settings)), lambda: (settings, settings.copy_with_update(
+        updates={"flows.heartbeat_frequency": None})))[1]  # the entry holds `settings`: its id stays its own
+
+
+_made: dict[Any, Any] = {}
+_made_lock = threading.Lock()
+
+
+def _made_once(key: Any, make: Callable[[], T]) -> T:
+    """What `make()` returns for `key`, made once (a few entries per process; cleared past 16)."""
+    with _made_lock:
+        if key not in _made:
+            if len(_made) >= 16:
+                _made.clear()
+            _made[key] = make()
+        return _made[key]
 
 
 def shared_sync_client() -> contextlib.AbstractContextManager[Any]:
     """One sync Prefect client for everything the block runs (entered with `with`).
 
-    Undocumented: `prefect.context.SyncClientContext.get_or_create()`. Without it every sync task of an
-    async flow builds its own client and loads the CA bundle (~30 ms each). If it goes away, runs still
-    work once this falls back — but today it would raise at import, loudly.
+    Undocumented: `prefect.context.SyncClientContext.get_or_create()`. Without it every sync task of an async
+    flow builds its own client. If it goes away, this raises at import, loudly.
     """
     return SyncClientContext.get_or_create()
 
@@ -283,9 +290,8 @@ def pause_keyset(key: str) -> Keyset:
 def run_input_model(model: type[M], *, description: str | None = None) -> type[BaseModel]:
     """The RunInput class Prefect makes from `model`, with `description` (Markdown) shown above the form.
 
-    Undocumented: `prefect.input.run_input.run_input_subclass_from_type` (not exported by prefect.input).
-    `pause_flow_run` calls it too; we call it first to attach the description. If it is renamed, every
-    approval pause fails at import.
+    Undocumented: `prefect.input.run_input.run_input_subclass_from_type` (`pause_flow_run` calls it too; we
+    call it first to attach the description). If it is renamed, every approval pause fails at import.
     """
     return run_input_subclass_from_type(model).with_initial_data(description=description)  # type: ignore[union-attr]
 
@@ -301,9 +307,8 @@ _SCHEMA_RACE_TEXT = "schema not found"  # resume endpoint: "Run input schema not
 def is_input_schema_race(result: OrchestrationResult[Any]) -> bool:
     """A resume refused only because the run is Paused but has not stored its input schema yet.
 
-    Prefect's pause sets Paused first and saves the schema a moment later; a resume in between gets
-    REJECT "Run input schema not found." (prefect/server/api/flow_runs.py), which is transient. If the
-    text changes, a click in that window reads "rejected input" instead of being retried.
+    Prefect's pause sets Paused first and saves the schema a moment later; a resume in between gets REJECT
+    "Run input schema not found." (transient). If the text changes, such a click reads "rejected input".
     """
     reason = getattr(result.details, "reason", None) or ""
     return result.status is SetStateStatus.REJECT and _SCHEMA_RACE_TEXT in reason.lower()
@@ -312,9 +317,8 @@ def is_input_schema_race(result: OrchestrationResult[Any]) -> bool:
 def is_expired_pause(result: OrchestrationResult[Any]) -> bool:
     """A resume refused because the run's server-side pause timeout has passed.
 
-    Undocumented: the orchestration rule `HandleResumingPausedFlows` answers REJECT *with a Failed
-    state* ("The flow run pause has timed out and can no longer resume."). If it answered otherwise,
-    such a click would read "rejected input" instead of "timed out".
+    Undocumented: `HandleResumingPausedFlows` answers REJECT *with a Failed state*. If it answered
+    otherwise, such a click would read "rejected input" instead of "timed out".
     """
     return (result.status is SetStateStatus.REJECT and result.state is not None
             and result.state.type is StateType.FAILED)
@@ -323,11 +327,9 @@ def is_expired_pause(result: OrchestrationResult[Any]) -> bool:
 async def force_flow_run_state(client: PrefectClient, flow_run_id: UUID | str, state: State) -> None:
     """Set a flow run's state, skipping orchestration rules (`set_flow_run_state(..., force=True)`).
 
-    Used where the rules would refuse or second-guess the move: Paused/Running → Pending to adopt a run
-    after a medic serve restart (refused: "cannot transition to the PENDING state from the PAUSED
-    state"), → Crashed for a run nobody executes any more, and Paused → Running at medic's own approval
-    deadline. Forcing is a documented flag; what is relied on is that it bypasses *every* rule. If it
-    stops doing so, adopted runs cannot restart and orphaned ones stay "Running" forever.
+    Where the rules would refuse: Paused/Running → Pending to adopt a run after a medic serve restart,
+    → Crashed for a run nobody executes any more, Paused → Running at medic's own approval deadline.
+    Relied on: forcing bypasses *every* rule; else adopted runs cannot restart, orphans stay "Running".
     """
     await client.set_flow_run_state(flow_run_id, state, force=True)
 
@@ -335,13 +337,11 @@ async def force_flow_run_state(client: PrefectClient, flow_run_id: UUID | str, s
 def latest_lease_id() -> UUID | None:
     """The lease of the concurrency slot this flow run acquired last (None outside a run, or none yet).
 
-    Private: `prefect.concurrency.context.ConcurrencyContext.cleanup_lease_ids`, to which Prefect appends
-    every lease it grants inside a flow or task run (so that a cancelled run still releases it). Why:
-    `concurrency()` does not expose the lease id, and a failover records it in its cluster hold so that
-    `medic failover-ack` can release exactly the dead run's lease (`POST
-    /v2/concurrency_limits/decrement-with-lease`) instead of resetting the count, which the dead lease's
-    later lapse would decrement a second time — under a new holder. If an upgrade renames it, the
-    hold has no lease id and the slot frees itself when the lease lapses (300 s): slower, never wrong.
+    Private: `prefect.concurrency.context.ConcurrencyContext.cleanup_lease_ids`, where Prefect appends every
+    lease it grants in a run (`concurrency()` does not expose it). A failover records it in its cluster hold
+    so that `medic failover-ack` releases exactly the dead run's lease (`decrement-with-lease`) instead of
+    resetting the count, which the dead lease's later lapse would decrement again — under a new holder.
+    If it is renamed, the slot frees itself when the lease lapses (300 s): slower, never wrong.
     """
     from prefect.concurrency.context import ConcurrencyContext
 

@@ -32,7 +32,12 @@ from pydantic import BaseModel, ConfigDict
 
 from medic.errors import PrefectError
 from medic.orchestration.api import post_with_fast_retry
-from medic.orchestration.prefect_compat import engine_run_flow, no_flow_heartbeats, shared_sync_client
+from medic.orchestration.prefect_compat import (
+    engine_run_flow,
+    no_flow_heartbeats,
+    share_tls_contexts,
+    shared_sync_client,
+)
 
 __all__ = ["FlowRunOutcome", "create_deployment_run", "fast_run_settings", "resolve_deployments", "run_flow_now",
            "start_deployment_run_now"]
@@ -107,6 +112,7 @@ async def run_flow_now(
     Async flows run on the caller's event loop; sync flows in a worker thread; both with
     `fast_run_settings()` and one shared sync client (each new client loads the CA bundle, ~30 ms).
     """
+    share_tls_contexts()  # each Prefect client of the run would load the CA bundle again (~25 ms each)
     params = dict(parameters or {})
     started = time.perf_counter()
     if flow_run is None:

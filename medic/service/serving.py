@@ -25,6 +25,7 @@ from flows.remediate import remediate
 from medic.core.process_memory import limit_malloc_arenas
 from medic.orchestration.deployments import load_specs, to_runner_deployments
 from medic.orchestration.flow_kinds import ENTRYPOINTS, choose
+from medic.orchestration.prefect_compat import share_tls_contexts
 from medic.orchestration.runs import resolve_deployments
 from medic.orchestration.telemetry import flush_prefect_telemetry
 from medic.service.alert_sweep import sweep_forever
@@ -42,6 +43,7 @@ SHUTDOWN_GRACE_S = 10.0
 async def run_service(settings: Settings, host: str, port: int) -> None:
     """Serve until the HTTP server stops (SIGTERM/SIGINT), then stop the Runner and let runs finish."""
     limit_malloc_arenas()  # before the first run's thread (medic.core.process_memory says why)
+    share_tls_contexts()  # every Prefect client made from here on shares one CA-bundle load
     state = build_state(settings, remediate)
     runner, runner_task = None, None
     if settings.execution == "embedded":

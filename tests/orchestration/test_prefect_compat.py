@@ -11,6 +11,7 @@ import asyncio
 import gc
 import inspect
 import json
+import ssl
 import uuid
 import weakref
 
@@ -255,6 +256,33 @@ def test_no_flow_heartbeats_builds_its_settings_once_per_settings_object() -> No
     assert other is not first and str(other.api.url) == "http://127.0.0.1:9/api"
     assert other.flows.heartbeat_frequency is None
     assert get_current_settings().flows.heartbeat_frequency is not None  # outside the block: as before
+
+
+def _tls_context_of(client: object) -> ssl.SSLContext:
+    return client._client._transport._pool._ssl_context  # type: ignore[attr-defined]  # httpx -> httpcore
+
+
+def test_share_tls_contexts_gives_every_prefect_client_one_verifying_context() -> None:
+    """Prefect builds a TLS context per API client (a CA-bundle load, 25-30 ms); once shared, clients made
+    one after another, sync or async, hold the same one — still verifying certificates and host names."""
+    compat.share_tls_contexts()
+    compat.share_tls_contexts()  # idempotent
+    first, second, sync = get_client(), get_client(), get_client(sync_client=True)
+    shared = _tls_context_of(first)
+    assert _tls_context_of(second) is shared and _tls_context_of(sync) is shared
+    assert shared.verify_mode is ssl.CERT_REQUIRED and shared.check_hostname
+    assert shared.cert_store_stats()["x509_ca"] > 0, "the CA bundle was not loaded into the shared context"
+
+
+def test_share_tls_contexts_leaves_the_insecure_setting_its_own_context() -> None:
+    """PREFECT_API_TLS_INSECURE_SKIP_VERIFY makes Prefect switch verification off on the context it made:
+    that one must never be the shared one, or every later client would stop verifying."""
+    compat.share_tls_contexts()
+    with temporary_settings(updates={"api.tls_insecure_skip_verify": True}):
+        insecure = _tls_context_of(get_client())
+    verifying = _tls_context_of(get_client())
+    assert insecure.verify_mode is ssl.CERT_NONE
+    assert insecure is not verifying and verifying.verify_mode is ssl.CERT_REQUIRED and verifying.check_hostname
 
 
 def test_shared_sync_client_is_shared_within_the_block(lab: LabState) -> None:
