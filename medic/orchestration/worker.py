@@ -145,11 +145,11 @@ async def _in_own_thread(flow_run: FlowRun, flow: Any) -> Any:
             setter, value = done.set_result, result
         except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
             setter, value = done.set_exception, exc
-        release_after_run()
         try:
             loop.call_soon_threadsafe(hand_over, setter, value)
         except RuntimeError:  # the worker's loop is gone (stopped after its grace period)
             pass
+        release_after_run()
 
     threading.Thread(target=target, name=f"run-{flow_run.id}", daemon=True).start()
     return await asyncio.shield(done)
