@@ -10,7 +10,7 @@
    wall time until all are Recovered -> remediations per minute, and the 2/1 ratio.
 
 Starts its own lab (base port 22400, /tmp/medic-lab-bench-workers) and always stops it and every
-process it started. Usage: .venv/bin/python bench/workers.py [-n 3] [--hosts 4] [--skip-process]
+process it started. Usage: .venv/bin/python bench/workers.py [-n 3] [--hosts 6] [--max-runs 1] [--skip-process]
 """
 
 from __future__ import annotations
@@ -170,11 +170,13 @@ def api_prom(lab: Any, promql: str) -> float | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-n", type=int, default=3, help="runs per pick-up figure")
-    parser.add_argument("--hosts", type=int, default=4, help="broken hosts for the throughput figure")
+    parser.add_argument("--hosts", type=int, default=6, help="broken hosts for the throughput figure")
     parser.add_argument("--skip-process", action="store_true", help="skip Prefect's process worker")
-    parser.add_argument("--max-runs", type=int, default=2,
-                        help="MEDIC_WORKER_MAX_RUNS for the throughput part: below --hosts, so capacity is what a "
-                             "second worker adds (with max-runs >= hosts one worker already runs them all at once)")
+    parser.add_argument("--max-runs", type=int, default=1,
+                        help="MEDIC_WORKER_MAX_RUNS for the throughput part: what one worker's machine can take at "
+                             "once. Below --hosts, so capacity is what a second worker adds (with max-runs >= hosts "
+                             "one worker already runs them all at once); 1 keeps this shared 2-core machine's CPU "
+                             "from being the limit instead of the workers")
     parser.add_argument("--only", choices=("process", "throughput"), help="only this part")
     args = parser.parse_args()
     lab_dir = Path("/tmp/medic-lab-bench-workers")
