@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 import threading
 from functools import cache
 
@@ -44,9 +45,10 @@ def _glibc() -> ctypes.CDLL | None:
 
 
 def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
-    """Cap glibc's malloc arenas for threads started from now on; True if glibc took it."""
+    """Cap glibc's malloc arenas for threads started from now on; True if glibc took it.
+    An operator's own MALLOC_ARENA_MAX wins: then this changes nothing."""
     libc = _glibc()
-    if libc is None:
+    if libc is None or os.environ.get("MALLOC_ARENA_MAX"):
         return False
     accepted = bool(libc.mallopt(_M_ARENA_MAX, arenas))
     if not accepted:
