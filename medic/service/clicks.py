@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import weakref
 from collections.abc import Callable
 from enum import StrEnum
 from uuid import UUID
@@ -91,12 +92,14 @@ class ClickHandler:
         self.cards = ApprovalCards(settings)
         self.runbooks = runbooks or {}
         self.is_executing = is_executing or (lambda run_id: False)
-        self._locks: dict[str, asyncio.Lock] = {}
+        # one lock per run while its clicks are handled; dropped with the last click (a weak map: a
+        # long-lived medic serve must not keep one per run it ever saw clicked)
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     async def handle(self, action: BlockAction) -> ClickResult:
         """Handle one click, after any earlier click for the same run; audit what came of it."""
         run_id = action.value
-        lock = self._locks.setdefault(run_id, asyncio.Lock())
+        lock = self.lock_for(run_id)
         async with lock:
             try:
                 result, runbook, detail = await self._handle(action)
@@ -110,6 +113,13 @@ class ClickHandler:
                                                   result=result.value, detail=detail),
             settings=self.settings, fail_closed=False)
         return result
+
+    def lock_for(self, run_id: str) -> asyncio.Lock:
+        """The lock that orders the clicks of one run: the same one while any click of it holds it."""
+        lock = self._locks.get(run_id)
+        if lock is None:
+            lock = self._locks[run_id] = asyncio.Lock()
+        return lock
 
     async def _handle(self, action: BlockAction) -> tuple[ClickResult, str | None, str]:
         run_id, user, decision = action.value, action.user_id, _DECISIONS[action.action_id]

@@ -452,3 +452,23 @@ def test_socket_mode_routes_clicks_to_the_same_handler(tmp_path: Path) -> None:
         assert [(a.user_id, a.value, a.action_id) for a in handled] == [(ALICE, run_id, "medic_approve")]
 
     asyncio.run(scenario())
+
+
+def test_click_locks_are_kept_only_while_a_click_holds_them(tmp_path: Path) -> None:
+    """One lock per run orders its clicks; a long-lived medic serve keeps none for runs nobody is clicking."""
+    import gc
+
+    handler = ClickHandler(settings=Settings(state_dir=tmp_path))
+
+    async def scenario() -> None:
+        first = handler.lock_for("run-a")
+        async with first:
+            assert handler.lock_for("run-a") is first  # a second click of run-a waits on the same lock
+            assert handler.lock_for("run-b") is not first
+        for i in range(50):
+            async with handler.lock_for(f"run-{i}"):
+                pass
+
+    asyncio.run(scenario())
+    gc.collect()
+    assert len(handler._locks) == 0, f"{len(handler._locks)} locks kept for runs nobody is clicking"
