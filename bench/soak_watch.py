@@ -23,6 +23,8 @@ from pathlib import Path
 
 import httpx
 
+from medic.errors import ExitCode
+
 FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 SLOW_S = 0.3  # the slow fault answers in 0.6 s, a healthy service in ~10 ms
 DISK_FULL = 0.9  # DiskAlmostFull's threshold (lab/rules.yml)
@@ -179,7 +181,8 @@ class Decision:
 
 class Approver:
     """A scripted human: every paused medic run gets `medic approve RUN --approver NAME` (or `--reject`
-    for a seeded share of them), once per pause (a run that pauses again is answered again)."""
+    for a seeded share of them), once per pause (a run that pauses again is answered again); an answer
+    that could not reach Prefect (exit 5) is given again a second later, as a person would."""
 
     def __init__(self, api: str, name: str, secret: str, reject_share: float, seed: int) -> None:
         self.api, self.name, self.reject_share = api, name, reject_share
@@ -211,6 +214,8 @@ class Approver:
         argv = [sys.executable, "-m", "medic", "approve", run["id"], "--approver", self.name,
                 "--comment", f"soak: scripted {decision}"] + (["--reject"] if decision == "reject" else [])
         done = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=120)
+        if done.returncode == ExitCode.DEPENDENCY:  # Prefect mid-restart, say: a person would try again
+            self.answered.discard(run["state"]["id"])
         tags = run.get("tags") or []
         self.decisions.append(Decision(
             run["id"], _tag(tags, "runbook"), _tag(tags, "target"), decision, time.time(), done.returncode,
