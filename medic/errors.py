@@ -185,7 +185,7 @@ class PrometheusError(DependencyError):
 
 
 class PrometheusUnreachable(PrometheusError):
-    """No HTTP answer from Prometheus."""
+    """No usable answer from Prometheus yet: unreachable, timed out, or not ready (502/503/504). Retried."""
 
 
 class PromQLError(PrometheusError):

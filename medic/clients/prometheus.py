@@ -68,6 +68,9 @@ def _number(raw: str) -> float:
         return math.nan
 
 
+_NOT_READY = (502, 503, 504)  # no API body and one of these: not there *yet*, worth the callers' retries
+
+
 class PrometheusClient:
     """A small synchronous client; one HTTP connection pool per client. Use as a context manager."""
 
@@ -168,6 +171,11 @@ class PrometheusClient:
             body = response.json()
         except ValueError:
             body = None
+        if (not isinstance(body, dict) or "status" not in body) and response.status_code in _NOT_READY:
+            raise PrometheusUnreachable(  # a restarting Prometheus answers 503 until its TSDB is loaded
+                f"Prometheus at {self.url} is not ready (HTTP {response.status_code} on {path}): starting up, "
+                f"or a proxy in front of it has no Prometheus behind; try again shortly"
+            )
         if not isinstance(body, dict) or "status" not in body:
             raise PrometheusError(
                 f"{self.url}{path} answered HTTP {response.status_code} without a Prometheus API body; "

@@ -109,6 +109,35 @@ def test_server_that_never_answers_times_out_as_unreachable() -> None:
             PrometheusClient(url, timeout=0.3).query("up")
 
 
+@pytest.mark.parametrize("status", [503, 502])
+def test_a_prometheus_not_ready_yet_is_unreachable_not_broken(status: int) -> None:
+    """A restarting Prometheus answers 503 "Service Unavailable" (text) until its TSDB is loaded: that is
+    "try again" (verify and re-check retry PrometheusUnreachable), not a misconfigured URL — the soak saw
+    a run that had repaired its host fail in verify on it, and a second run act again."""
+    import http.server
+    import threading
+
+    class NotReady(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", "text/plain")
+            self.end_headers()
+            self.wfile.write(b"Service Unavailable")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotReady)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        with pytest.raises(PrometheusUnreachable, match=f"not ready \\(HTTP {status}"):
+            PrometheusClient(url, timeout=2).query("up")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_not_prometheus_is_reported(lab: LabState) -> None:
     with pytest.raises(PrometheusError, match="without a Prometheus API body"):
         PrometheusClient(lab.alertmanager_url).query("up")
