@@ -208,6 +208,8 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=20, help="traffic through HAProxy, req/s")
     parser.add_argument("--reject-share", type=float, default=0.0, help="share of approvals the approver rejects")
     parser.add_argument("--ledger", type=Path, default=Path("/tmp/medic-soak-ledger.json"))
+    parser.add_argument("--census", type=Path, help="also write medic serve's memory census here, one JSON "
+                        "line a minute (bench/serve_census.py); costs ~0.3 s of its CPU a minute")
     args = parser.parse_args()
 
     os.environ.update(MEDIC_LAB_DIR=str(LAB_DIR), MEDIC_LAB_BASE_PORT=str(args.base_port))
@@ -229,8 +231,10 @@ def main() -> int:
 
             get_settings.cache_clear()
             shutil.rmtree(STATE_DIR, ignore_errors=True)
+            census_args = (str(ROOT / "bench" / "serve_census.py"), str(args.census)) if args.census else ("-m", "medic")
             srv = stack.enter_context(medic_server(STATE_DIR, port=serve_port,
-                                                   env={"MEDIC_INSTANCE": "soak", "MEDIC_ALERT_SWEEP_S": SWEEP_S}))
+                                                   env={"MEDIC_INSTANCE": "soak", "MEDIC_ALERT_SWEEP_S": SWEEP_S},
+                                                   python_args=census_args))
             print(f"soak: medic serve at {srv.url} (pid {srv.proc.pid}, log {srv.log}); Prefect UI "
                   f"{lab.prefect_api_url.removesuffix('/api')}", flush=True)
             load_out = Path(tmp) / "load.json"

@@ -23,6 +23,7 @@ from medic_lab.state import LabState
 from tests.support.approvals import secret_text
 from tests.support.lab_health import Inject, broken, restored, seen  # noqa: F401 (fixtures)
 from tests.support.waits import wait_for
+from tests.support.closed_port import closed_port  # noqa: F401  (a fixture: a port held closed)
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 RUN_ID = re.compile(r"medic approve ([0-9a-f-]{36})")
@@ -69,14 +70,14 @@ def test_every_outcome_has_exactly_one_ending() -> None:
 
 
 @pytest.fixture
-def no_lab(tmp_path: Path) -> dict[str, str]:
+def no_lab(tmp_path: Path, closed_port: int) -> dict[str, str]:
     """An environment with an inventory, no lab, and Prefect configured at a port nothing listens on."""
     inventory = tmp_path / "inventory.yml"
     inventory.write_text("all:\n  children:\n    web:\n      hosts:\n        web-1:\n")
     (tmp_path / "lab").mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MEDIC_", "PREFECT_"))}
     return env | {"MEDIC_LAB_DIR": str(tmp_path / "lab"), "MEDIC_INVENTORY": str(inventory),
-                  "MEDIC_PREFECT_API_URL": f"http://127.0.0.1:{free_port()}/api",
+                  "MEDIC_PREFECT_API_URL": f"http://127.0.0.1:{closed_port}/api",
                   "MEDIC_SERVER_PORT": str(free_port())}
 
 
@@ -136,8 +137,9 @@ def test_a_failed_repair_exits_1(lab: LabState, restored: LabState, tmp_path: Pa
     assert "FAILED: " in done.stdout and "Try the repair" in done.stdout
 
 
-def test_prometheus_unreachable_during_a_run_exits_5_and_names_its_url(lab: LabState, restored: LabState) -> None:
-    url = f"http://127.0.0.1:{free_port()}"
+def test_prometheus_unreachable_during_a_run_exits_5_and_names_its_url(lab: LabState, restored: LabState,
+                                                                     closed_port: int) -> None:
+    url = f"http://127.0.0.1:{closed_port}"
     done = medic("run", "service-down", "--target", "web-5", "--local", env=lab_env(MEDIC_PROMETHEUS_URL=url))
     assert done.returncode == 5, done.stdout + done.stderr
     assert f"cannot reach Prometheus at {url}" in done.stderr, done.stderr

@@ -14,7 +14,7 @@ from medic.clients.ansible import PlaybookResult, run_playbook
 from medic.errors import AnsibleError, UnknownTargetError
 from medic.core.inventory import Host, Inventory, load_inventory
 from medic_lab.state import LabState
-from medic.core.net import free_port as closed_port  # bound, then released: nothing listens
+from tests.support.closed_port import closed_port  # noqa: F401  (a fixture: a port held closed)
 
 PLAYBOOKS = Path(__file__).parents[1] / "playbooks"
 
@@ -92,8 +92,8 @@ def test_failing_task_is_a_failed_result_with_its_message(hosts: list[Host]) -> 
     assert (task.task, task.status, task.msg) == ("refuse", "failed", "medic test failure on web-1")
 
 
-def test_unreachable_host_is_in_the_result(lab: LabState, tmp_path: Path) -> None:
-    inventory = inventory_copy(lab, tmp_path, port={"web-2": closed_port()})
+def test_unreachable_host_is_in_the_result(lab: LabState, tmp_path: Path, closed_port: int) -> None:
+    inventory = inventory_copy(lab, tmp_path, port={"web-2": closed_port})
     targets = Inventory.load(inventory).resolve("web")[:2]
     result = touch(targets, uuid.uuid4().hex[:8], inventory=inventory)
     assert not result.ok and result.status == "failed"

@@ -11,7 +11,7 @@ import pytest
 from medic.errors import PrometheusError, PrometheusUnreachable, PromQLError, UnsafeValueError
 from medic_lab.state import LabState
 from medic.clients.prometheus import PrometheusClient, label_matcher, promql_string
-from medic.core.net import free_port as closed_port  # bound, then released: nothing listens
+from tests.support.closed_port import closed_port  # noqa: F401  (a fixture: a port held closed)
 from tests.support.flows import metric
 from tests.support.lab_health import wait_web_lab_healthy
 from tests.support.waits import wait_for
@@ -91,8 +91,8 @@ def test_invalid_promql_carries_prometheus_parse_error(prom: PrometheusClient) -
         prom.query_range("up{", start=time.time() - 5, end=time.time(), step=1)
 
 
-def test_closed_port_is_unreachable_with_advice() -> None:
-    url = f"http://127.0.0.1:{closed_port()}"
+def test_closed_port_is_unreachable_with_advice(closed_port: int) -> None:
+    url = f"http://127.0.0.1:{closed_port}"
     client = PrometheusClient(url, timeout=2)
     assert not client.healthy()
     with pytest.raises(PrometheusUnreachable) as info:

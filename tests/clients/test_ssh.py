@@ -11,7 +11,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from medic.core.net import free_port as closed_port  # bound, then released: nothing listens
+from tests.support.closed_port import closed_port  # noqa: F401  (a fixture: a port held closed)
 from medic.errors import ConfigError, UnsafeValueError
 from medic.core.inventory import Host, load_inventory
 from medic_lab.state import LabState
@@ -110,8 +110,8 @@ def test_unknown_host_key_is_refused(lab: LabState, ssh: SSHSession, hosts: list
     assert "refusing to connect" in r.error and not target.exists()
 
 
-def test_dead_port_is_unreachable_while_others_succeed(ssh: SSHSession, hosts: list[Host]) -> None:
-    dead = hosts[1].model_copy(update={"port": closed_port()})
+def test_dead_port_is_unreachable_while_others_succeed(ssh: SSHSession, hosts: list[Host], closed_port: int) -> None:
+    dead = hosts[1].model_copy(update={"port": closed_port})
     results = ssh.fan_out([hosts[0], dead, hosts[2]], "hostname >/dev/null && echo up")
     assert results[1].error == "unreachable: connection refused" and results[1].unreachable
     assert results[0].ok and results[2].ok and results[0].stdout == "up\n"

@@ -18,6 +18,7 @@ from medic.orchestration.api import CREATE_RETRY_DELAYS, post_with_fast_retry
 from medic.orchestration.runs import create_deployment_run, run_flow_now, start_deployment_run_now
 from medic_lab.state import LabState
 from tests.orchestration.support import adder, broken, sync_adder
+from tests.support.closed_port import closed_port  # noqa: F401  (a fixture: a port held closed)
 
 
 def test_run_flow_now_async_and_sync_flows(lab: LabState) -> None:
@@ -140,8 +141,8 @@ def test_a_refusal_is_not_retried(busy_server: _BusyServer) -> None:
     assert caught.value.status == 422 and busy_server.seen == 1
 
 
-def test_an_unreachable_api_is_a_prefect_error_naming_it() -> None:
-    url = f"http://127.0.0.1:{free_port()}/api"
+def test_an_unreachable_api_is_a_prefect_error_naming_it(closed_port: int) -> None:
+    url = f"http://127.0.0.1:{closed_port}/api"
     with temporary_settings(updates={PREFECT_API_URL: url}):
         with pytest.raises(PrefectError, match=f"cannot create a run: Prefect API at {url} unreachable"):
             asyncio.run(post_with_fast_retry("a run", "/flow_runs/", {}))

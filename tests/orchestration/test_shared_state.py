@@ -26,7 +26,6 @@ from pydantic import SecretStr
 from medic.approval.card_store import CardRecord, CardStore
 from medic.clients.slack import ApprovalCard
 from medic.core.audit import AuditRecord
-from medic.core.net import free_port
 from medic.core.report import Outcome
 from medic.errors import DependencyError, ExitCode, PrefectError
 from medic.orchestration import audit_store
@@ -37,6 +36,7 @@ from medic.settings import Settings, get_settings
 from medic_lab.state import LabState
 from tests.support.flows import remediate
 from tests.support.lab_health import Inject, broken, seen  # noqa: F401 (fixtures)
+from tests.support.closed_port import closed_port  # noqa: F401  (a fixture: a port held closed)
 
 LOCAL_STATE_NAMES = ("audit.jsonl", "approval-cards", "flap-guard.json")
 
@@ -173,7 +173,8 @@ def test_flap_guard_trips_from_history_another_process_wrote(lab: LabState, tmp_
 
 
 def test_a_storm_of_questions_shares_one_read_of_the_flap_history(lab: LabState, tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  closed_port: int) -> None:
     runbook = f"flap-storm-{uuid.uuid4().hex[:8]}"
     wrote = subprocess.run([sys.executable, "-c", INTENTS, runbook], env=_env(lab, tmp_path / "other"),
                            capture_output=True, text=True, timeout=120)
@@ -211,7 +212,7 @@ def test_a_storm_of_questions_shares_one_read_of_the_flap_history(lab: LabState,
 
     assert asyncio.run(the_first_asker_gives_up()) == [False, True, False, True] and len(reads) == 3
 
-    with temporary_settings(updates={PREFECT_API_URL: f"http://127.0.0.1:{free_port()}/api"}):
+    with temporary_settings(updates={PREFECT_API_URL: f"http://127.0.0.1:{closed_port}/api"}):
         failing = FlapGuard(max_runs=2, window_s=600, fresh_s=3600)
 
         async def unanswered() -> list[object]:
@@ -224,8 +225,8 @@ def test_a_storm_of_questions_shares_one_read_of_the_flap_history(lab: LabState,
 
 def test_prefect_unreachable_fails_closed_with_a_clear_error(lab: LabState, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch,
-                                                             caplog: pytest.LogCaptureFixture) -> None:
-    dead = f"http://127.0.0.1:{free_port()}/api"
+                                                             caplog: pytest.LogCaptureFixture, closed_port: int) -> None:
+    dead = f"http://127.0.0.1:{closed_port}/api"
     monkeypatch.setattr(audit_store, "BEFORE_ACTING_RETRY_S", 1.0)  # shorter bounds; the behaviour is the same
     monkeypatch.setattr(audit_store, "AFTER_ACTING_RETRY_S", 0.5)
     entry = AuditRecord(kind="intent", runbook="service-down", target="web-1", who="medic", what="restart")
@@ -250,11 +251,12 @@ def test_prefect_unreachable_fails_closed_with_a_clear_error(lab: LabState, tmp_
 
 
 def test_a_record_kept_while_prefect_was_down_is_sent_first_once_it_answers(lab: LabState, tmp_path: Path,
-                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                             monkeypatch: pytest.MonkeyPatch,
+                                                                             closed_port: int) -> None:
     """Nothing lost: an action's record that Prefect could not take (down longer than the retries) waits
     in the state dir, whole; the next record written there sends it first (the log keeps its order), and
     `medic audit` sends what still waits. An unreadable line in the spool is skipped, not fatal."""
-    dead = f"http://127.0.0.1:{free_port()}/api"
+    dead = f"http://127.0.0.1:{closed_port}/api"
     monkeypatch.setattr(audit_store, "AFTER_ACTING_RETRY_S", 0.5)
     settings = get_settings().model_copy(update={"state_dir": tmp_path})
     run = str(uuid.uuid4())

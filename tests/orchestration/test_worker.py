@@ -9,15 +9,15 @@ import signal
 import subprocess
 from pathlib import Path
 
-from medic.core.net import free_port
 from medic_lab.state import LabState
 from tests.support.flows import answer_pause, metric
 from tests.support.lab_health import Inject, broken, seen  # noqa: F401 (fixtures)
 from tests.orchestration.worker_support import MEDIC, GATED, POOL, Pool, Workers, pool, workers  # noqa: F401 (fixtures)
+from tests.support.closed_port import closed_port  # noqa: F401  (a fixture: a port held closed)
 
 
-def test_worker_and_deploy_exit_5_naming_prefect_when_it_is_unreachable(tmp_path: Path) -> None:
-    url = f"http://127.0.0.1:{free_port()}/api"  # nothing listens there
+def test_worker_and_deploy_exit_5_naming_prefect_when_it_is_unreachable(tmp_path: Path, closed_port: int) -> None:
+    url = f"http://127.0.0.1:{closed_port}/api"  # nothing listens there
     env = {**os.environ, "PREFECT_API_URL": url, "MEDIC_LAB_DIR": str(tmp_path)}
     env.pop("MEDIC_PREFECT_API_URL", None)
     for command in (["worker", "--name", "nobody"], ["deploy"]):

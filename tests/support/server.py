@@ -39,7 +39,9 @@ class MedicServer:
 
 
 @contextmanager
-def medic_server(state_dir: Path, *, env: dict[str, str] | None = None, port: int | None = None) -> Iterator[MedicServer]:
+def medic_server(state_dir: Path, *, env: dict[str, str] | None = None, port: int | None = None,
+                 python_args: tuple[str, ...] = ("-m", "medic")) -> Iterator[MedicServer]:
+    """`python_args` start medic (the soak's census wrapper replaces `-m medic`); `serve --port` follows."""
     port = port or free_port()
     state_dir.mkdir(parents=True, exist_ok=True)
     log = state_dir / f"serve-{port}.log"
@@ -47,7 +49,7 @@ def medic_server(state_dir: Path, *, env: dict[str, str] | None = None, port: in
     # sweep would take alerts another test's host raises (tests/chaos/test_alert_sweep.py turns it on).
     full_env = {**os.environ, "MEDIC_STATE_DIR": str(state_dir), "MEDIC_ALERT_SWEEP_S": "0", **(env or {})}
     with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "medic", "serve", "--port", str(port)], env=full_env,
+        proc = subprocess.Popen([sys.executable, *python_args, "serve", "--port", str(port)], env=full_env,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     server = MedicServer(proc, f"http://127.0.0.1:{port}", log)
     try:
