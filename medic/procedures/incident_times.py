@@ -1,9 +1,9 @@
 """Fill an incident's timeline (`medic.core.timeline.IncidentTimes`) from Prometheus, after verify.
 
-Two range queries of the runbook's detect query over the affected hosts — one looking back from the
-alert's `startsAt` for the first bad sample (impact), one forward from the recovery's start for the
-first good one (recovered) — and one instant query per SLO of the target's service for the budget
-the incident burned. The look-back grid is aligned on `startsAt`, so the rule evaluation that fired
+Range queries of the runbook's detect query over the affected hosts — looking back from the alert's
+`startsAt` for the first bad sample (impact: a coarse pass, then finely the one step before its answer),
+forward from the recovery's start for the first good one (recovered) — and one instant query per SLO
+of the target's service for the budget the incident burned. The look-back grid is aligned on `startsAt`, so the rule evaluation that fired
 the alert is one of its points: impact ≤ alert fired holds by construction.
 
 A look-up that fails leaves its moment unknown (None) and is logged: a timeline is not worth a
@@ -26,12 +26,13 @@ from medic.core.timeline import AlertReceipt, BudgetBurn, IncidentTimes, StageSp
 from medic.errors import MedicError
 from medic.procedures.slo_rules import error_ratio, prom_duration
 
-__all__ = ["LOOKBACK_S", "STEP_S", "first_bad", "first_good", "incident_times", "slos_for"]
+__all__ = ["COARSE_S", "LOOKBACK_S", "STEP_S", "find_impact", "first_bad", "first_good", "incident_times", "slos_for"]
 
 log = logging.getLogger("medic.procedures.incident_times")
 
 STEP_S = 0.1  # a tenth of the lab's 1 s scrape interval: the look-ups add < 0.1 s of error
 LOOKBACK_S = 600.0
+COARSE_S = 1.0  # the look-back's first pass; only the last coarse step before the impact is read at STEP_S
 MAX_POINTS = 10_000  # Prometheus refuses more than 11,000 points per series
 
 
@@ -68,6 +69,27 @@ def first_bad(series: list[Series], bad: Callable[[float], bool], anchor: float)
         if best is None or points[i][0] < best:
             best, truncated = points[i][0], i == 0
     return best, truncated
+
+
+def find_impact(check: Check, hosts: list[Host], prom: PrometheusClient, bad: Callable[[float], bool], *,
+                anchor: float, until: float, step_s: float, lookback_s: float) -> tuple[float | None, bool]:
+    """`first_bad` over the look-back before `until`, on a grid aligned on `anchor`, read in two passes.
+
+    At STEP_S over 10 minutes a look-up was 6,000 points per host; several runs finishing at once made
+    medic serve parse 100,000 of them together, a peak its memory never gave back. The first pass reads
+    every COARSE_S, the second the one coarse step that ends at the coarse answer, every `step_s`, on the
+    same grid: the same moment as one fine pass, except that a good spell shorter than COARSE_S inside
+    the bad run is not seen (the impact is then that spell's earlier start)."""
+    ratio = max(1, round(max(step_s, COARSE_S) / step_s)) if step_s > 0 else 1
+    coarse = ratio * step_s
+    start = anchor - int(lookback_s / coarse) * coarse
+    rough, truncated = first_bad(_series(check, hosts, prom, start, until, coarse), bad, until)
+    if rough is None or truncated or ratio == 1:
+        return rough, truncated
+    fine = [s for s in _series(check, hosts, prom, rough - coarse, rough, step_s)
+            if s.points and abs(s.points[-1][0] - rough) < step_s / 2 and bad(s.points[-1][1])]
+    exact, _ = first_bad(fine, bad, rough)
+    return (rough if exact is None else exact), False
 
 
 def first_good(series: list[Series], bad: Callable[[float], bool], after: float) -> float | None:
@@ -125,12 +147,11 @@ def incident_times(spec: Runbook, hosts: list[Host], prom: PrometheusClient, *, 
     try:
         if spec.detect.anomaly is None:
             anchor = (alert.fired_at if alert else detect_end).timestamp()
-            n = int(lookback_s / step_s)
-            before = _series(check, hosts, prom, anchor - n * step_s, anchor, step_s)
-            impact, times.impact_before_lookback = first_bad(before, bad, anchor)
+            grid = {"anchor": anchor, "step_s": step_s, "lookback_s": lookback_s}
+            impact, times.impact_before_lookback = find_impact(check, hosts, prom, bad, until=anchor, **grid)
             if impact is None and alert is not None:  # gone by startsAt? look up to detect's confirmation
-                before = _series(check, hosts, prom, anchor - n * step_s, detect_end.timestamp(), step_s)
-                impact, times.impact_before_lookback = first_bad(before, bad, detect_end.timestamp())
+                impact, times.impact_before_lookback = find_impact(check, hosts, prom, bad,
+                                                                   until=detect_end.timestamp(), **grid)
             times.impact = None if impact is None else _utc(impact)
         if recover_start is not None and recovered is None:
             start, end = recover_start.timestamp(), resolved.timestamp()

@@ -3,6 +3,7 @@ the budget an incident burned, the report's table, and the percentiles `medic re
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from medic.clients.prometheus import Series
@@ -11,7 +12,8 @@ from medic.core.report import Outcome
 from medic.core.slo import SLOSpec
 from medic.core.timeline import BudgetBurn, IncidentTimes, StageClock, StageSpan
 from medic.orchestration.run_history import RunRecord
-from medic.procedures.incident_times import first_bad, first_good, slos_for
+from medic.core.runbook import Check
+from medic.procedures.incident_times import find_impact, first_bad, first_good, slos_for
 from medic.procedures.ops_report import Distribution, build_report, render_markdown, slack_summary
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -34,6 +36,46 @@ def test_impact_is_the_start_of_the_bad_run_that_covers_the_alert() -> None:
     always = Series(points=[(t, 0) for t in range(11)])
     assert first_bad([always], down, anchor=9) == (0, True)  # bad since before the window: say so
     assert first_bad([Series(points=[(t, 1) for t in range(11)])], down, anchor=9) == (None, False)
+
+
+class GridPrometheus:
+    """Answers a range query as Prometheus does (a point at start + i·step while ≤ end), from a value per
+    host that is a function of time; counts the points it returned. Only the search is under test here —
+    tests/flows/test_incident_timeline.py reads real outages from the lab's Prometheus."""
+
+    def __init__(self, value_at: dict[str, Callable[[float], float]]) -> None:
+        self.value_at, self.points = value_at, 0
+
+    def query_range(self, query: str, *, start: float, end: float, step: float) -> list[Series]:
+        n = int(round((end - start) / step, 6)) + 1
+        grid = [round(start + i * step, 3) for i in range(n)]
+        self.points += n * len(self.value_at)
+        return [Series(labels={"host": h}, points=[(t, f(t)) for t in grid]) for h, f in self.value_at.items()]
+
+
+def test_the_two_pass_look_back_finds_what_one_fine_pass_finds_from_a_tenth_of_the_points() -> None:
+    check = Check(query="up", condition="== 0")
+    hosts = [Host(name=n, address="127.0.0.1") for n in ("web-1", "web-2")]
+    anchor = 1_000_000.0
+    cases = {  # host → its value over time; what the impact is
+        "one host down 37.3 s before the alert": ({"web-1": lambda t: 0 if t >= anchor - 37.3 else 1,
+                                                   "web-2": lambda t: 1}, anchor - 37.3),
+        "the earliest of two hosts": ({"web-1": lambda t: 0 if t >= anchor - 12.05 else 1,
+                                       "web-2": lambda t: 0 if t >= anchor - 80.76 else 1}, anchor - 80.7),
+        "an earlier blip is not the outage": ({"web-1": lambda t: 0 if t >= anchor - 5.5 or 300 < anchor - t < 310
+                                               else 1, "web-2": lambda t: 1}, anchor - 5.5),
+        "down since before the window": ({"web-1": lambda t: 0, "web-2": lambda t: 1}, anchor - 600),
+    }
+    for name, (value_at, expected) in cases.items():
+        two_pass, one_pass = GridPrometheus(value_at), GridPrometheus(value_at)
+        found = find_impact(check, hosts, two_pass, down, anchor=anchor, until=anchor, step_s=0.1, lookback_s=600)
+        fine = first_bad(one_pass.query_range("up", start=anchor - 600, end=anchor, step=0.1), down, anchor)
+        assert found[0] is not None and abs(found[0] - expected) < 1e-6, (name, found, expected)
+        assert found == fine, (name, found, fine)
+        assert two_pass.points * 8 < one_pass.points, (name, two_pass.points, one_pass.points)
+    healthy = GridPrometheus({"web-1": lambda t: 1, "web-2": lambda t: 1})
+    assert find_impact(check, hosts, healthy, down, anchor=anchor, until=anchor, step_s=0.1,
+                       lookback_s=600) == (None, False)
 
 
 def test_recovered_is_the_first_good_sample_that_stays_good_on_every_host() -> None:
