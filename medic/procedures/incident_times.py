@@ -23,7 +23,8 @@ from medic.core.runbook import Check, Runbook
 from medic.core.slo import SLOSpec
 from medic.core.templates import render_promql
 from medic.core.timeline import AlertReceipt, BudgetBurn, IncidentTimes, StageSpan
-from medic.errors import MedicError
+from medic.core.polling import retry
+from medic.errors import MedicError, PrometheusUnreachable
 from medic.procedures.slo_rules import error_ratio, prom_duration
 
 __all__ = ["COARSE_S", "LOOKBACK_S", "STEP_S", "find_impact", "first_bad", "first_good", "incident_times", "slos_for"]
@@ -32,6 +33,7 @@ log = logging.getLogger("medic.procedures.incident_times")
 
 STEP_S = 0.1  # a tenth of the lab's 1 s scrape interval: the look-ups add < 0.1 s of error
 LOOKBACK_S = 600.0
+LOOKUP_RETRY_DELAYS_S = (0.5, 1.0, 2.0)
 COARSE_S = 1.0  # the look-back's first pass; only the last coarse step before the impact is read at STEP_S
 MAX_POINTS = 10_000  # Prometheus refuses more than 11,000 points per series
 
@@ -42,15 +44,19 @@ def _utc(ts: float) -> datetime:
 
 def _series(check: Check, hosts: list[Host], prom: PrometheusClient, start: float, end: float,
             step: float) -> list[Series]:
-    """The check's series of the affected hosts between start and end."""
+    """The check's series of the affected hosts between start and end (a look-up that meets Prometheus
+    busy or restarting is tried again for a few seconds: the run is over, a timeline is worth a wait)."""
+    def look(query: str) -> list[Series]:
+        return retry(lambda: prom.query_range(query, start=start, end=end, step=step), delays=LOOKUP_RETRY_DELAYS_S,
+                     retry_on=PrometheusUnreachable)
+
     if check.per_host:
         found: list[Series] = []
         for h in hosts:
-            found += prom.query_range(render_promql(check.query, h), start=start, end=end, step=step)
+            found += look(render_promql(check.query, h))
         return found
     names = {h.name for h in hosts}
-    return [s for s in prom.query_range(render_promql(check.query, None), start=start, end=end, step=step)
-            if s.labels.get(check.host_label) in names]
+    return [s for s in look(render_promql(check.query, None)) if s.labels.get(check.host_label) in names]
 
 
 def first_bad(series: list[Series], bad: Callable[[float], bool], anchor: float) -> tuple[float | None, bool]:
@@ -73,7 +79,8 @@ def first_bad(series: list[Series], bad: Callable[[float], bool], anchor: float)
 
 def find_impact(check: Check, hosts: list[Host], prom: PrometheusClient, bad: Callable[[float], bool], *,
                 anchor: float, until: float, step_s: float, lookback_s: float) -> tuple[float | None, bool]:
-    """`first_bad` over the look-back before `until`, on a grid aligned on `anchor`, read in two passes.
+    """`first_bad` over the `lookback_s` before `until`, on a grid aligned on `anchor`, read in two passes
+    (an alert that has fired for hours still gets a window of `lookback_s`, not hours at `step_s`).
 
     At STEP_S over 10 minutes a look-up was 6,000 points per host; several runs finishing at once made
     medic serve parse 100,000 of them together, a peak its memory never gave back. The first pass reads
@@ -82,7 +89,7 @@ def find_impact(check: Check, hosts: list[Host], prom: PrometheusClient, bad: Ca
     the bad run is not seen (the impact is then that spell's earlier start)."""
     ratio = max(1, round(max(step_s, COARSE_S) / step_s)) if step_s > 0 else 1
     coarse = ratio * step_s
-    start = anchor - int(lookback_s / coarse) * coarse
+    start = anchor + math.floor((until - lookback_s - anchor) / coarse + 1e-9) * coarse  # ~lookback_s, on the grid
     rough, truncated = first_bad(_series(check, hosts, prom, start, until, coarse), bad, until)
     if rough is None or truncated or ratio == 1:
         return rough, truncated

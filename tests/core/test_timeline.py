@@ -6,7 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from medic.clients.prometheus import Series
+from medic.errors import PromQLError
 from medic.core.inventory import Host
 from medic.core.report import Outcome
 from medic.core.slo import SLOSpec
@@ -48,6 +51,8 @@ class GridPrometheus:
 
     def query_range(self, query: str, *, start: float, end: float, step: float) -> list[Series]:
         n = int(round((end - start) / step, 6)) + 1
+        if n > 11_000:  # what Prometheus answers (bad_data)
+            raise PromQLError(f"exceeded maximum resolution of 11,000 points per timeseries: {n}")
         grid = [round(start + i * step, 3) for i in range(n)]
         self.points += n * len(self.value_at)
         return [Series(labels={"host": h}, points=[(t, f(t)) for t in grid]) for h, f in self.value_at.items()]
@@ -73,6 +78,12 @@ def test_the_two_pass_look_back_finds_what_one_fine_pass_finds_from_a_tenth_of_t
         assert found[0] is not None and abs(found[0] - expected) < 1e-6, (name, found, expected)
         assert found == fine, (name, found, fine)
         assert two_pass.points * 8 < one_pass.points, (name, two_pass.points, one_pass.points)
+    # An alert that has fired for 3 hours, its problem gone by then and back now: a 10-minute window
+    # before detect's end, not 3 hours at 0.1 s (Prometheus refuses more than 11,000 points).
+    later = anchor + 3 * 3600
+    again = GridPrometheus({"web-1": lambda t: 0 if t >= later - 42.25 else 1, "web-2": lambda t: 1})
+    assert find_impact(check, hosts, again, down, anchor=anchor, until=later, step_s=0.1,
+                       lookback_s=600) == (pytest.approx(later - 42.2), False)
     healthy = GridPrometheus({"web-1": lambda t: 1, "web-2": lambda t: 1})
     assert find_impact(check, hosts, healthy, down, anchor=anchor, until=anchor, step_s=0.1,
                        lookback_s=600) == (None, False)

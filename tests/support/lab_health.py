@@ -75,8 +75,8 @@ def web_lab_problems(lab: LabState) -> list[str]:
     problems += [f"{m.get('host')}: data dir {v:.0%} full" for m, v in full]
     slow = metric(lab, f"histogram_quantile(0.9, sum by (host, le) (rate({LATENCY}[5s]))) > 0.25")
     problems += [f"{m.get('host')}: p90 latency {v:.2f} s" for m, v in slow]
-    alerts = metric(lab, f'ALERTS{{host=~"{"|".join(names)}"}}')  # pending ones fire later: wait for them too
-    problems += [f"{m.get('host')}: alert {m.get('alertname')} {m.get('alertstate')}" for m, _ in alerts]
+    problems += [f"{a['labels'].get('host')}: alert {a['labels'].get('alertname')} {a.get('state')}"
+                 for a in active_alerts(lab) if a["labels"].get("host") in names]  # pending ones fire later too
     for server in HAProxyRuntime("127.0.0.1", lab.ports.haproxy_admin).servers("web"):
         if server.admin_state != "ready" or server.status != "UP":
             problems.append(f"{server.name}: HAProxy {server.admin_state}, {server.status}")
@@ -88,6 +88,15 @@ def web_lab_problems(lab: LabState) -> list[str]:
     with AlertmanagerClient(lab.alertmanager_url) as am:
         problems += [f"silence {s.id} by medic still active" for s in am.silences(created_by="medic", state="active")]
     return problems
+
+
+def active_alerts(lab: LabState) -> list[dict]:
+    """The alerts Prometheus's rule manager holds active (pending or firing) now — not the `ALERTS`
+    series, whose last sample outlives a Prometheus restart by its 5-minute lookback when the alert
+    ended before the restarted Prometheus first evaluated it (no staleness marker is ever written)."""
+    response = httpx.get(f"{lab.prometheus_url}/api/v1/alerts", timeout=10)
+    response.raise_for_status()
+    return list(response.json()["data"]["alerts"])
 
 
 def wait_web_lab_healthy(lab: LabState, *, timeout: float = HEALTHY_WITHIN_S) -> None:
