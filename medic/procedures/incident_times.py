@@ -34,6 +34,9 @@ log = logging.getLogger("medic.procedures.incident_times")
 STEP_S = 0.1  # a tenth of the lab's 1 s scrape interval: the look-ups add < 0.1 s of error
 LOOKBACK_S = 600.0
 LOOKUP_RETRY_DELAYS_S = (0.5, 1.0, 2.0)
+#: Prometheus answers a range query on its own millisecond grid: a point asked for at x.594543 comes
+#: back at x.595 (rounded), which is after x.594543 — within this, a point is still at the anchor.
+PROMETHEUS_RESOLUTION_S = 0.001
 COARSE_S = 1.0  # the look-back's first pass; only the last coarse step before the impact is read at STEP_S
 MAX_POINTS = 10_000  # Prometheus refuses more than 11,000 points per series
 
@@ -65,7 +68,7 @@ def first_bad(series: list[Series], bad: Callable[[float], bool], anchor: float)
     best: float | None = None
     truncated = False
     for s in series:
-        points = [(t, v) for t, v in s.points if t <= anchor + 1e-6 and not math.isnan(v)]
+        points = [(t, v) for t, v in s.points if t <= anchor + PROMETHEUS_RESOLUTION_S and not math.isnan(v)]
         last_bad = next((i for i in range(len(points) - 1, -1, -1) if bad(points[i][1])), None)
         if last_bad is None:
             continue
@@ -104,7 +107,7 @@ def first_good(series: list[Series], bad: Callable[[float], bool], after: float)
     None while any series is still bad at its last point."""
     latest: float | None = None
     for s in series:
-        points = [(t, v) for t, v in s.points if t >= after - 1e-6 and not math.isnan(v)]
+        points = [(t, v) for t, v in s.points if t >= after - PROMETHEUS_RESOLUTION_S and not math.isnan(v)]
         if not points or bad(points[-1][1]):
             return None
         i = len(points) - 1

@@ -33,6 +33,7 @@ from medic.clients.ssh import CommandResult, SSHSession
 from medic.core.templates import placeholders, render_promql, render_shell
 
 POLL_INTERVAL_S = 0.5
+RECHECK_NO_DATA_S = 5.0
 Sleep = Callable[[float], None]
 
 
@@ -149,13 +150,22 @@ def detect(p: Plan, prom: PrometheusClient, *, sleep: Sleep = time.sleep) -> Che
         sleep(POLL_INTERVAL_S)
 
 
-def recheck(p: Plan, hosts: list[Host], prom: PrometheusClient) -> CheckResult:
-    """After a human's decision (minutes may have passed): is the problem still there? One look at
-    the current values — no `for`, no settle — so a problem fixed meanwhile is not "fixed" again."""
+def recheck(p: Plan, hosts: list[Host], prom: PrometheusClient, *, sleep: Sleep = time.sleep) -> CheckResult:
+    """After a human's decision (minutes may have passed): is the problem still there? A look at the
+    current values — no `for` — so a problem fixed meanwhile is not "fixed" again.
+
+    No data is not evidence that the problem is gone: a Prometheus that has just restarted may have
+    written staleness markers at its shutdown and not scraped since, and every series looks absent for
+    a scrape or two. A host without data is asked again for up to `settle` (at least
+    RECHECK_NO_DATA_S); only then does it count as not matching."""
     spec, began = p.runbook.detect, time.monotonic()
     if spec.anomaly is not None:
         return anomaly_check(spec, hosts, prom)[0]
-    values = evaluate(spec, hosts, prom, hold=0, every_series=False)
+    while True:
+        values = evaluate(spec, hosts, prom, hold=0, every_series=False)
+        if all(v.value is not None for v in values) or time.monotonic() - began >= max(spec.settle, RECHECK_NO_DATA_S):
+            break
+        sleep(POLL_INTERVAL_S)
     return CheckResult(query=spec.query, condition=str(spec.condition), values=values,
                        matching=[v.host for v in values if v.matches], waited_s=time.monotonic() - began)
 
