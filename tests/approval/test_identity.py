@@ -22,6 +22,7 @@ import yaml
 
 from medic.approval.identity import approver_secret, cli_proof
 from medic.core.paths import RUNBOOKS_DIR
+from medic.core.polling import retry
 from medic.core.progress import add_listener
 from medic.core.report import Outcome, RemediationReport
 from medic.orchestration.audit_store import read_records
@@ -102,8 +103,14 @@ def paused(api: str, run_id: str, *, not_key: str | None = None, timeout: float 
 
 
 def resume(api: str, run_id: str, run_input: dict[str, Any]) -> str:
-    """POST /flow_runs/{id}/resume as any API client can: Prefect's orchestration status."""
-    return httpx.post(f"{api}/flow_runs/{run_id}/resume", json={"run_input": run_input}, timeout=10).json()["status"]
+    """POST /flow_runs/{id}/resume as any API client can: Prefect's orchestration status. A 5xx (its
+    SQLite busy on a loaded machine) is sent again, as a client would; any other answer without a
+    status fails the test showing it."""
+    response = retry(lambda: httpx.post(f"{api}/flow_runs/{run_id}/resume", json={"run_input": run_input}, timeout=10),
+                     delays=(0.5, 1.0, 2.0, 4.0), retry_if=lambda r: r.status_code >= 500)
+    body = response.json()
+    assert isinstance(body, dict) and "status" in body, (response.status_code, body)
+    return str(body["status"])
 
 
 def refusals(run_id: str, count: int) -> list[str]:
