@@ -3,8 +3,9 @@
 Range queries of the runbook's detect query over the affected hosts — looking back from the alert's
 `startsAt` for the first bad sample (impact: a coarse pass, then finely the one step before its answer),
 forward from the recovery's start for the first good one (recovered) — and one instant query per SLO
-of the target's service for the budget the incident burned. The look-back grid is aligned on `startsAt`, so the rule evaluation that fired
-the alert is one of its points: impact ≤ alert fired holds by construction.
+of the target's service for the budget the incident burned. The look-back grid is aligned on
+`startsAt`, so the rule evaluation that fired the alert is one of its points: impact ≤ alert fired
+holds by construction.
 
 A look-up that fails leaves its moment unknown (None) and is logged: a timeline is not worth a
 failed remediation.
@@ -27,7 +28,8 @@ from medic.core.polling import retry
 from medic.errors import MedicError, PrometheusUnreachable
 from medic.procedures.slo_rules import error_ratio, prom_duration
 
-__all__ = ["COARSE_S", "LOOKBACK_S", "STEP_S", "find_impact", "first_bad", "first_good", "incident_times", "slos_for"]
+__all__ = ["COARSE_S", "LOOKBACK_S", "STEP_S", "find_impact", "first_bad", "first_good", "incident_times",
+           "slos_for"]
 
 log = logging.getLogger("medic.procedures.incident_times")
 
