@@ -127,6 +127,10 @@ class Settings(BaseSettings):
     health_cache_s: float = Field(5.0, ge=0, description="how long /healthz and /metrics reuse Prefect's answers")
     alert_sweep_s: float = Field(
         15.0, ge=0, description="how often medic serve asks Alertmanager for firing alerts it has not taken; 0: never")
+    already_running_retry_s: float = Field(
+        75.0, ge=0, description="an alert whose run found the remediation slot held (AlreadyRunning) is taken again "
+                                "this long after that run ended, if it still fires (≤ 5 times: a dead holder's "
+                                "lease lapses within 300 s)")
     alert_sweep_receiver: str | None = Field(
         None, description="sweep only alerts Alertmanager routes to this receiver (regex); default: every alert")
     tls_cert: Path | None = Field(None, description="serve HTTPS with this certificate (PEM, may hold the key)")

@@ -14,7 +14,9 @@ Two modes (`MEDIC_EXECUTION`):
 Every run is tagged `medic-serve:<instance>`, so two medic serve on one Prefect never take each
 other's runs. The flap guard counts recent remediations that acted and, past K in a window, asks a
 human instead (and says so in the run's reason). A remediation found by the key that *failed on an
-error* (Prometheus down at detect: issue 12) did not handle the alert: the resend starts a new run.
+error* (Prometheus down at detect: issue 12) did not handle the alert: the resend starts a new run. So
+does one that found the remediation slot held (AlreadyRunning) once `busy_retry_s` have passed: its
+holder may have died with its lease (Prefect keeps a lease ≤ 300 s), and a live holder is asked again.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -49,11 +52,12 @@ if TYPE_CHECKING:
     from medic.core.runbook import Runbook
     from medic.orchestration.flow_kinds import FlowChoice
 
-__all__ = ["FlapGuard", "Launch", "LaunchStatus", "RUN_TAG", "RunLauncher"]
+__all__ = ["FlapGuard", "Launch", "LaunchStatus", "RUN_TAG", "RunLauncher", "refused_as_busy"]
 
 log = logging.getLogger("medic.orchestration.launcher")
 Key = tuple[str, str]
-#: How many times one alert instance's resends may start a new run after runs that failed on an error.
+#: How many times one alert instance's resends may start a new run after runs that handled nothing
+#: (failed on an error, or found the slot held); 5 × the default `busy_retry_s` outlasts a 300 s lease.
 RETRIES_PER_ALERT = 5
 
 
@@ -76,8 +80,9 @@ class Launch(BaseModel):
 class RunLauncher:
     def __init__(self, *, flow: Any, flap: FlapGuard, metrics: Metrics, instance: str,
                  execution: str = "embedded", max_concurrent: int = 16, record_deadline_s: float = 2.5,
-                 live_ttl_s: float = 2.0) -> None:
+                 live_ttl_s: float = 2.0, busy_retry_s: float = 75.0) -> None:
         self.flow = flow
+        self.busy_retry_s = busy_retry_s
         self.flap = flap
         self.metrics = metrics
         self.instance = instance
@@ -180,16 +185,19 @@ class RunLauncher:
         or leave it to the pool. No `await` after the execution starts: a cut-off answer never hides a run."""
         runbook, target = key
         run = await self._create(choice, idempotency_key, extra_tags)
-        for _ in range(RETRIES_PER_ALERT):  # a remediation that died on an error (Prometheus blinked) handled nothing
-            if idempotency_key is None or choice.kind != "remediation" or not _failed_on_an_error(run):
+        for _ in range(RETRIES_PER_ALERT):  # a remediation that died on an error or found the slot held handled nothing
+            if idempotency_key is None or choice.kind != "remediation" or not (
+                    _failed_on_an_error(run) or refused_as_busy(run, self.busy_retry_s)):
                 break
             idempotency_key = f"{idempotency_key}:after:{run.id}"  # the resend's new run: found again by it
             run = await self._create(choice, idempotency_key, extra_tags)
         owner = run_instance(run)
         if (run.state is not None and run.state.type.value not in ("PENDING", "SCHEDULED")) or owner != self.instance:
             by = f" (medic serve {owner})" if owner != self.instance else ""
+            busy = (f", which found another remediation on it: taken again {self.busy_retry_s:g} s after that run "
+                    f"ended if it still fires") if run.state is not None and run.state.name == "AlreadyRunning" else ""
             return Launch(status=LaunchStatus.ALREADY_HANDLED, runbook=runbook, target=target, flow_run_id=str(run.id),
-                          detail=f"this alert was already handled by run {run.id}{by}")
+                          detail=f"this alert was already handled by run {run.id}{by}{busy}")
         require_approval = bool(choice.parameters.get("require_approval"))
         if require_approval:
             self.metrics.flap_guard.labels(runbook).inc()
@@ -315,6 +323,16 @@ def _failed_on_an_error(run: "FlowRun") -> bool:
     state = run.state
     return (state is not None and state.type.value == "FAILED"
             and (state.message or "").startswith("Flow run encountered an exception"))
+
+
+def refused_as_busy(run: "FlowRun", after_s: float, now: datetime | None = None) -> bool:
+    """The run found the remediation slot held (AlreadyRunning) and ended at least `after_s` ago: the
+    alert is still unhandled. Not sooner, so a storm of resends does not spend the retries while a
+    dead holder's lease lapses."""
+    state = run.state
+    if state is None or state.name != "AlreadyRunning" or state.timestamp is None:
+        return False
+    return ((now or datetime.now(timezone.utc)) - state.timestamp).total_seconds() >= after_s
 
 
 def _not_recorded(key: Key, exc: BaseException) -> Launch:

@@ -60,5 +60,5 @@ async def sweep_forever(state: ServiceState, alertmanager_url: str, every_s: flo
         started = [a for a in answers if a.get("result") == LaunchStatus.STARTED.value]
         if started:
             log.warning("alert sweep: started %d run(s) for firing alerts nothing was handling — %s (their webhook "
-                        "never came, or their last run failed on an error)",
+                        "never came, or their last run failed on an error or found the slot held)",
                         len(started), ", ".join(f"{a['runbook']} on {a['target']}" for a in started))

@@ -64,7 +64,8 @@ def build_state(settings: Settings, flow: Any) -> ServiceState:
     metrics = Metrics()
     flap = FlapGuard.from_settings(settings)
     launcher = RunLauncher(flow=flow, flap=flap, metrics=metrics, instance=instance_name(settings),
-                           execution=settings.execution, max_concurrent=settings.max_concurrent_runs)
+                           execution=settings.execution, max_concurrent=settings.max_concurrent_runs,
+                           busy_retry_s=settings.already_running_retry_s)
     runbooks = load_runbooks(settings.runbooks_dir)
     # Workers mode: a worker executes the run, and the workers' janitor ends the runs of a dead one.
     clicks = ClickHandler(settings=settings, runbooks=runbooks,

@@ -20,9 +20,10 @@ from tests.support.server import MedicServer, cancel_leftover_runs, medic_server
 @pytest.fixture(scope="package")
 def server(lab: LabState, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MedicServer]:
     """A real `medic serve` on the session lab, one for the suite (flap guard off: other modules'
-    repairs would count)."""
+    repairs would count; a busy-slot retry after 2 s)."""
     cancel_leftover_runs(lab.prefect_api_url)
-    with medic_server(tmp_path_factory.mktemp("chaos-serve"), env={"MEDIC_FLAP_WINDOW_S": "1"}) as srv:
+    env = {"MEDIC_FLAP_WINDOW_S": "1", "MEDIC_ALREADY_RUNNING_RETRY_S": "2"}
+    with medic_server(tmp_path_factory.mktemp("chaos-serve"), env=env) as srv:
         yield srv
 
 
