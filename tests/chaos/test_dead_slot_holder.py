@@ -9,7 +9,6 @@ subprocess (the chaos package's: `MEDIC_ALREADY_RUNNING_RETRY_S` = 2 s) on the s
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -17,11 +16,10 @@ import pytest
 
 from medic.orchestration.locks import ensure_concurrency_limit, remediation_lock_name
 from medic_lab.state import LabState
-from tests.support.chaos import final_run, post_alert
-from tests.support.lab_health import broken, seen  # noqa: F401 (fixtures)
+from tests.support.chaos import final_run, fire, resend_repairs_once
+from tests.support.lab_health import broken  # noqa: F401 (fixture)
 from tests.support.lab_health import Inject as BreakHost
-from tests.support.server import MedicServer, alert_payload
-from tests.support.waits import wait_for
+from tests.support.server import MedicServer
 
 pytestmark = pytest.mark.chaos
 
@@ -59,23 +57,11 @@ def test_a_dead_holders_lease_ends_the_run_already_running_and_the_resend_repair
     same alert sent again starts one new run that repairs the host; a further resend starts nothing."""
     host = [h.name for h in lab.hosts if h.group == "web"][-3]
     lapse = dead_holder(remediation_lock_name("service-down", host))
-    broken("service-down", host)
-    seen(lab, "service-down", host)
-    payload = alert_payload("ServiceDown", host, fingerprint=f"chaos-busy-{uuid.uuid4().hex[:8]}",
-                            starts_at="2026-11-23T04:00:00Z")
-    first = post_alert(server, payload)
-    assert first["result"] == "started", first
+    payload, first = fire(lab, server, broken, "service-down", host, "ServiceDown", tag="busy",
+                          starts_at="2026-11-23T04:00:00Z")
     refused = final_run(lab, first["flow_run_id"])
     assert refused["state"]["name"] == "AlreadyRunning", (refused["state"], server.logs()[-2000:])
     assert "another remediation" in (refused["state"]["message"] or ""), refused["state"]
 
     lapse()
-    second = wait_for(lambda: post_alert(server, payload), what="the resend to start a new run (the retry wait: 2 s)",
-                      timeout=30, done=lambda answer: answer["result"] not in ("duplicate", "already handled"),
-                      interval=0.5)
-    assert second["result"] == "started" and second["flow_run_id"] != first["flow_run_id"], second
-    recovered = final_run(lab, second["flow_run_id"])
-    assert recovered["state"]["name"] == "Recovered", (recovered["state"], server.logs()[-2000:])
-    third = wait_for(lambda: post_alert(server, payload), what="the second resend to be answered (not a duplicate)",
-                     timeout=30, done=lambda answer: answer["result"] != "duplicate", interval=0.5)
-    assert third["result"] == "already handled" and third["flow_run_id"] == second["flow_run_id"], third
+    resend_repairs_once(lab, server, payload, first, passing=("duplicate", "already handled"))  # the 2 s wait

@@ -17,7 +17,7 @@ from medic.orchestration.pause import ResumeStatus
 from medic_lab import faults
 from medic_lab.state import LabState
 from tests.support.approvals import answer_as
-from tests.support.chaos import FINAL, Inject, final_run, post_alert
+from tests.support.chaos import FINAL, Inject, final_run, fire, post_alert, resend_repairs_once
 from tests.support.lab_health import broken, seen  # noqa: F401 (fixtures)
 from tests.support.lab_health import Inject as BreakHost
 from tests.support.server import MedicServer, alert_payload
@@ -46,14 +46,7 @@ def test_prometheus_down_at_detect_fails_clearly_and_the_resend_starts_a_run_tha
 
     faults.fix_host(lab, "prometheus-down")
     seen(lab, "service-down", host)  # scraped again: detect will see it down
-    second = wait_for(lambda: post_alert(server, payload), what="the resend to be taken (not a duplicate)",
-                      timeout=30, done=lambda answer: answer["result"] != "duplicate", interval=0.5)
-    assert second["result"] == "started" and second["flow_run_id"] != first["flow_run_id"], second
-    recovered = final_run(lab, second["flow_run_id"])
-    assert recovered["state"]["name"] == "Recovered", (recovered["state"], server.logs()[-2000:])
-    third = wait_for(lambda: post_alert(server, payload), what="the second resend to be answered (not a duplicate)",
-                     timeout=30, done=lambda answer: answer["result"] != "duplicate", interval=0.5)
-    assert third["result"] == "already handled" and third["flow_run_id"] == second["flow_run_id"], third
+    resend_repairs_once(lab, server, payload, first)
 
 
 def _recheck_waiting(lab: LabState, run_id: str) -> list[dict]:
@@ -70,12 +63,8 @@ def test_prometheus_down_after_the_approval_the_run_waits_for_it_and_recovers(
     re-check waits for Prometheus — its task run retrying — and once Prometheus is back the run
     re-checks, repairs and verifies, ending Recovered."""
     host = [h.name for h in lab.hosts if h.group == "web"][-2]
-    broken("disk-full", host)
-    seen(lab, "disk-full", host)
-    payload = alert_payload("DiskAlmostFull", host, fingerprint=f"chaos-prom-approved-{uuid.uuid4().hex[:8]}",
-                            starts_at="2026-11-23T02:00:00Z")
-    answer = post_alert(server, payload)
-    assert answer["result"] == "started", answer
+    _, answer = fire(lab, server, broken, "disk-full", host, "DiskAlmostFull", tag="prom-approved",
+                     starts_at="2026-11-23T02:00:00Z")
     run_id = answer["flow_run_id"]
     paused = wait_for(lambda: httpx.get(f"{lab.prefect_api_url}/flow_runs/{run_id}", timeout=10).json(),
                       what=f"run {run_id} to wait for approval", timeout=180, ignore=httpx.HTTPError,

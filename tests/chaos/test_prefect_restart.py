@@ -7,7 +7,6 @@ works". A real `medic serve` on the session lab; the session's own Prefect is th
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import httpx
 import pytest
@@ -16,10 +15,10 @@ from medic.orchestration.locks import remediation_lock_name
 from medic.orchestration.pause import ResumeStatus
 from medic_lab.state import LabState
 from tests.support.approvals import answer_as
-from tests.support.chaos import FINAL, Inject, final_run, post_alert
-from tests.support.lab_health import broken, seen  # noqa: F401 (fixtures)
+from tests.support.chaos import FINAL, Inject, final_run, fire
+from tests.support.lab_health import broken  # noqa: F401 (fixture)
 from tests.support.lab_health import Inject as BreakHost
-from tests.support.server import MedicServer, alert_payload
+from tests.support.server import MedicServer
 from tests.support.waits import wait_for
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
@@ -36,12 +35,8 @@ def test_an_approval_waiting_across_a_prefect_restart_still_works(
     lost lease), the approval given afterwards is accepted and the run recovers the host, and its
     remediation slot is held once while it waits and given back at the end."""
     host = [h.name for h in lab.hosts if h.group == "web"][0]
-    broken("disk-full", host)
-    seen(lab, "disk-full", host)
-    payload = alert_payload("DiskAlmostFull", host, fingerprint=f"chaos-restart-{uuid.uuid4().hex[:8]}",
-                            starts_at="2026-11-23T01:00:00Z")
-    answer = post_alert(server, payload)
-    assert answer["result"] == "started", answer
+    _, answer = fire(lab, server, broken, "disk-full", host, "DiskAlmostFull", tag="restart",
+                     starts_at="2026-11-23T01:00:00Z")
     run_id = answer["flow_run_id"]
     run = lambda: httpx.get(f"{lab.prefect_api_url}/flow_runs/{run_id}", timeout=10).json()  # noqa: E731
     paused = wait_for(run, what=f"run {run_id} to wait for approval", timeout=180, ignore=httpx.HTTPError,

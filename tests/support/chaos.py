@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable
 
 import httpx
@@ -10,7 +11,8 @@ import httpx
 from medic_lab.reaper import stat_fields
 from medic_lab.state import LabState
 from tests.support.intake import intake_headers
-from tests.support.server import MedicServer
+from tests.support.lab_health import seen
+from tests.support.server import MedicServer, alert_payload
 from tests.support.waits import wait_for
 
 #: `inject(fault, host=None)`: the tests/chaos fixture that breaks the lab and fixes it at teardown.
@@ -104,3 +106,29 @@ def final_run(lab: LabState, run_id: str, timeout: float = 120) -> dict:
     return wait_for(lambda: httpx.get(f"{lab.prefect_api_url}/flow_runs/{run_id}", timeout=10).json(),
                     what=f"run {run_id} to end", timeout=timeout, done=lambda run: run["state"]["type"] in FINAL,
                     ignore=httpx.HTTPError)
+
+
+def fire(lab: LabState, server: MedicServer, broken: Inject, fault: str, host: str, alertname: str, *,
+         tag: str, starts_at: str) -> tuple[dict, dict]:
+    """Break `host` with `fault`, wait until Prometheus shows it, then post its alert (a fresh fingerprint
+    `chaos-<tag>-…`) as Alertmanager would: (the payload, to send again; medic's answer, a started run)."""
+    broken(fault, host)
+    seen(lab, fault, host)
+    payload = alert_payload(alertname, host, fingerprint=f"chaos-{tag}-{uuid.uuid4().hex[:8]}", starts_at=starts_at)
+    answer = post_alert(server, payload)
+    assert answer["result"] == "started", answer
+    return payload, answer
+
+
+def resend_repairs_once(lab: LabState, server: MedicServer, payload: dict, first: dict, *,
+                        passing: tuple[str, ...] = ("duplicate",)) -> None:
+    """The same alert sent again (until it is answered otherwise than `passing`) starts one new run,
+    which ends Recovered; sent once more, it is answered by that run and starts nothing."""
+    second = wait_for(lambda: post_alert(server, payload), what=f"the resend to be taken (answered not {passing})",
+                      timeout=30, done=lambda answer: answer["result"] not in passing, interval=0.5)
+    assert second["result"] == "started" and second["flow_run_id"] != first["flow_run_id"], second
+    recovered = final_run(lab, second["flow_run_id"])
+    assert recovered["state"]["name"] == "Recovered", (recovered["state"], server.logs()[-2000:])
+    third = wait_for(lambda: post_alert(server, payload), what="the second resend to be answered (not a duplicate)",
+                     timeout=30, done=lambda answer: answer["result"] != "duplicate", interval=0.5)
+    assert third["result"] == "already handled" and third["flow_run_id"] == second["flow_run_id"], third
