@@ -30,7 +30,7 @@ from medic.core.polling import wait_until
 from medic.errors import LabError
 from medic_lab.components import Fault
 from medic_lab.hosts import ensure_user
-from medic_lab.processes import alive, spawn
+from medic_lab.processes import alive, pid_in_file, spawn
 from medic_lab.reaper import stat_fields
 from medic_lab.slack_faults import SLACK_DELAY_S, SLACK_DOWN_STATUS, slack_back, slack_down, slack_slow
 from medic_lab.state import LabHost, LabState
@@ -242,13 +242,15 @@ LAB_FAULTS: list[LabFault] = [
 # --- a host's sshd hangs ------------------------------------------------------------------------------
 
 
+def sshd_pid(host: LabHost) -> int | None:
+    """The host's own sshd listener if it runs (not whatever process got a dead one's pid)."""
+    return pid_in_file(host.root / "sshd" / "sshd.pid", mark=str(host.root / "sshd" / "sshd_config"))
+
+
 def _sshd_tree(host: LabHost) -> list[int]:
     """The host's sshd listener and every process under it (its sessions and their commands)."""
-    try:
-        root = int((host.root / "sshd" / "sshd.pid").read_text().strip())
-    except (OSError, ValueError):
-        return []
-    if not alive(root):
+    root = sshd_pid(host)
+    if root is None:
         return []
     parents: dict[int, int] = {}
     for entry in os.listdir("/proc"):

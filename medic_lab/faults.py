@@ -10,15 +10,14 @@ from __future__ import annotations
 import os
 import signal
 import time
-from pathlib import Path
 
 from medic.errors import LabError
 from medic_lab.components import Fault, active_components, registered
 from medic_lab.daemons import start_service, start_sshd
 from medic_lab.fault_record import recorded
-from medic_lab.dependency_faults import HOST_FAULTS, LAB_FAULTS, LabFault, lab_fault
+from medic_lab.dependency_faults import HOST_FAULTS, LAB_FAULTS, LabFault, lab_fault, sshd_pid
 from medic_lab.hosts import DATA_CAPACITY_BYTES, ensure_user
-from medic_lab.processes import alive
+from medic_lab.processes import pid_in_file
 from medic_lab.readiness import wait_for_sshd
 from medic_lab.state import LabHost, LabState
 
@@ -26,17 +25,9 @@ JUNK_PREFIX = "junk-"
 JUNK_AGE_SECONDS = 3 * 24 * 3600
 
 
-def _live_pid(pidfile: Path) -> int | None:
-    """The pid in a pidfile if that process is alive (a stale pidfile or a zombie gives None)."""
-    try:
-        pid = int(pidfile.read_text().strip())
-    except (OSError, ValueError):
-        return None
-    return pid if alive(pid) else None
-
-
 def _service_pid(host: LabHost) -> int | None:
-    return _live_pid(host.root / "run" / "web.pid")
+    """The host's own web service (not another host's that got its dead pid), if it runs."""
+    return pid_in_file(host.root / "run" / "web.pid", mark=str(host.root / "bin" / "webapp.py"))
 
 
 def _require_pid(host: LabHost) -> int:
@@ -122,14 +113,10 @@ def _heal(host: LabHost, lab: LabState) -> str:
     return f"the web service of {host.name} no longer leaks or drifts"
 
 
-def _sshd_pid(host: LabHost) -> int | None:
-    return _live_pid(host.root / "sshd" / "sshd.pid")
-
-
 def _kill_host(host: LabHost, lab: LabState) -> str:
     """The machine is gone: no sshd, no web service (a database host's postgres: `pg-primary-down`)."""
     said = [_kill_service(host, lab)] if host.group == "web" else []
-    pid = _sshd_pid(host)
+    pid = sshd_pid(host)
     if pid is not None:
         os.kill(pid, signal.SIGKILL)
         said.append(f"killed sshd of {host.name} (pid {pid})")
@@ -138,7 +125,7 @@ def _kill_host(host: LabHost, lab: LabState) -> str:
 
 def _revive_host(host: LabHost, lab: LabState) -> str:
     said = []
-    if _sshd_pid(host) is None:
+    if sshd_pid(host) is None:
         start_sshd(host, lab)
         wait_for_sshd(lab, timeout=10, hosts=[host])
         said.append(f"started sshd of {host.name}")

@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -163,3 +164,19 @@ def alive(pid: int) -> bool:
 def process_gone(pid: int) -> bool:
     """The process no longer runs: no /proc/<pid>, or a zombie (exited; PID 1 here never reaps orphans)."""
     return not alive(pid)
+
+
+def pid_in_file(pidfile: Path, *, mark: str) -> int | None:
+    """The pid a pidfile names if that process is alive *and is the one the file is about*: `mark` (a
+    path only that process has) is a whole word of its command line. Every lab host shares one pid
+    namespace, and pids wrap at pid_max (32768 here) within a minute under load: a dead service's stale
+    pid soon names another host's identical service (the soak saw web-1 "running" as another host's
+    webapp). A word, not an argument: sshd rewrites its command line into one title string."""
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    if not alive(pid):
+        return None
+    words = _read(f"/proc/{pid}/cmdline").replace(b"\0", b" ").decode(errors="replace")
+    return pid if f" {mark} " in f" {words} " else None

@@ -141,7 +141,9 @@ async def _held(name: str, wait_seconds: float) -> AsyncIterator[bool]:
         if refusal == "busy":  # full, and not allowed to wait
             yield False
             return
-        raise PrefectError(f"cannot acquire concurrency slot {name!r}: {exc}") from exc
+        cause = f" — {type(exc.__cause__).__name__}: {exc.__cause__}" if exc.__cause__ is not None else ""
+        raise PrefectError(f"cannot acquire concurrency slot {name!r}: {exc}{cause}; check that the Prefect "
+                           "API answers (a restart in progress?)") from exc
     try:
         yield True
     except BaseException as exc:

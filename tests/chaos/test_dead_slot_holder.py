@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterator
 
-import httpx
 import pytest
 
 from medic.orchestration.locks import ensure_concurrency_limit, remediation_lock_name
+from medic.orchestration.prefect_rest import call
 from medic_lab.state import LabState
 from tests.support.chaos import final_run, fire, resend_repairs_once
 from tests.support.lab_health import broken  # noqa: F401 (fixture)
@@ -27,27 +27,31 @@ pytestmark = pytest.mark.chaos
 @pytest.fixture
 def dead_holder(lab: LabState) -> Iterator[Callable[[str], Callable[[], None]]]:
     """`hold(slot)` takes the slot with a lease nobody renews; returns its lapse (release now). Every
-    lease taken is released at teardown, pass or fail: a held slot would refuse later tests' runs."""
+    lease taken is released at teardown, pass or fail: a held slot would refuse later tests' runs.
+    Through medic's Prefect REST helper: a loaded Prefect on SQLite answers 503 now and then (CI)."""
     leases: list[str] = []
+    held: set[str] = set()
 
     def release(lease_id: str) -> None:
         if lease_id in leases:
-            httpx.post(f"{lab.prefect_api_url}/v2/concurrency_limits/decrement-with-lease", timeout=10,
-                       json={"lease_id": lease_id}).raise_for_status()
+            call("POST", "/v2/concurrency_limits/decrement-with-lease", json={"lease_id": lease_id},
+                 what="give back the dead holder's lease", retry_for=30)
             leases.remove(lease_id)
 
     def hold(slot: str) -> Callable[[], None]:
         asyncio.run(ensure_concurrency_limit(slot, 1))
-        answer = httpx.post(f"{lab.prefect_api_url}/v2/concurrency_limits/increment-with-lease", timeout=10,
-                            json={"names": [slot], "slots": 1, "mode": "concurrency", "lease_duration": 600})
-        answer.raise_for_status()
-        lease_id = answer.json()["lease_id"]
+        held.add(slot)
+        granted = call("POST", "/v2/concurrency_limits/increment-with-lease", retry_for=30, what=f"hold {slot}",
+                       json={"names": [slot], "slots": 1, "mode": "concurrency", "lease_duration": 300})
+        lease_id = str(granted["lease_id"])
         leases.append(lease_id)
         return lambda: release(lease_id)
 
     yield hold
     for lease_id in list(leases):
         release(lease_id)
+    for slot in held:  # and a lease granted to an attempt whose answer was lost: gone with its limit
+        call("DELETE", f"/v2/concurrency_limits/{slot}", what=f"delete {slot}", retry_for=30)
 
 
 def test_a_dead_holders_lease_ends_the_run_already_running_and_the_resend_repairs_once_it_lapses(
