@@ -108,7 +108,12 @@ def test_the_lab_loads_the_slo_rules_and_a_slow_host_makes_the_page_fire(lab: La
     recorded = wait_for(lambda: metric(lab, 'slo:sli_error:ratio_rate5m{slo="web-latency"}'),
                         what="the lab's Prometheus to record web-latency's 5m error ratio", timeout=60, interval=1.0)
     assert recorded[0][0]["service"] == "web"
-    broken("slow", "web-1")  # one host of six answers in 0.6 s: ~1/6 of requests are bad, far above 1.44 %
+    # Every web host answers in 0.6 s: ~all requests are bad. Not one host of six: the page needs the 1 h
+    # window's ratio above 1.44 % too, and rate() over a lab younger than 1 h averages over its whole life —
+    # 1/6 bad takes 8.6 % of the lab's age to get there (> 90 s once the lab is 17 min old: a loaded CI
+    # reached this test that late and it failed). All bad: 1.44 % of at most 1 h, ≤ 52 s, at any lab age.
+    for host in (h.name for h in lab.hosts if h.group == "web"):
+        broken("slow", host)
     firing = wait_for(lambda: metric(lab, f'ALERTS{{alertname="{ALERT_NAMES["page"]}", alertstate="firing"}}'),
-                      what="SLOErrorBudgetBurn to fire in the lab", timeout=90, interval=1.0)
+                      what="SLOErrorBudgetBurn to fire in the lab", timeout=150, interval=1.0)
     assert firing[0][0]["slo"] == "web-latency" and firing[0][0]["severity"] == "page"
