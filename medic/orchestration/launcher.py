@@ -34,6 +34,7 @@ from pydantic import BaseModel
 
 from medic.core.polling import backoff, retry_async
 from medic.core.process_memory import release_after_run
+from medic.core.report import Outcome
 from medic.errors import PrefectError
 from medic.orchestration.flap_guard import FlapGuard
 from medic.orchestration.live_runs import (
@@ -59,6 +60,7 @@ Key = tuple[str, str]
 #: How many times one alert instance's resends may start a new run after runs that handled nothing
 #: (failed on an error, or found the slot held); 5 × the default `busy_retry_s` outlasts a 300 s lease.
 RETRIES_PER_ALERT = 5
+_BUSY = Outcome.ALREADY_RUNNING.state_name  # the final state of a run that found the remediation slot held
 
 
 class LaunchStatus(StrEnum):
@@ -195,7 +197,7 @@ class RunLauncher:
         if (run.state is not None and run.state.type.value not in ("PENDING", "SCHEDULED")) or owner != self.instance:
             by = f" (medic serve {owner})" if owner != self.instance else ""
             busy = (f", which found another remediation on it: taken again {self.busy_retry_s:g} s after that run "
-                    f"ended if it still fires") if run.state is not None and run.state.name == "AlreadyRunning" else ""
+                    f"ended if it still fires") if run.state is not None and run.state.name == _BUSY else ""
             return Launch(status=LaunchStatus.ALREADY_HANDLED, runbook=runbook, target=target, flow_run_id=str(run.id),
                           detail=f"this alert was already handled by run {run.id}{by}{busy}")
         require_approval = bool(choice.parameters.get("require_approval"))
@@ -330,7 +332,7 @@ def refused_as_busy(run: "FlowRun", after_s: float, now: datetime | None = None)
     alert is still unhandled. Not sooner, so a storm of resends does not spend the retries while a
     dead holder's lease lapses."""
     state = run.state
-    if state is None or state.name != "AlreadyRunning" or state.timestamp is None:
+    if state is None or state.name != _BUSY or state.timestamp is None:
         return False
     return ((now or datetime.now(timezone.utc)) - state.timestamp).total_seconds() >= after_s
 
