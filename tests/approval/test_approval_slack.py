@@ -36,6 +36,7 @@ from tests.fakes.slack_api import Call, FakeSlack
 from tests.fakes.slack_signing import SIGNING_SECRET, block_action_payload, post_block_action, sign
 from tests.support.intake import intake_headers
 from tests.support.lab_health import lab_restored, seen
+from tests.support.prefect_api import prefect_json, prefect_request
 from tests.support.server import MedicServer, alert_payload, cancel_leftover_runs, medic_server
 from tests.support.waits import wait_for
 
@@ -128,7 +129,7 @@ def click(server: MedicServer, card: Call, user: str, *, action: str = "medic_ap
 
 
 def run_state(lab: LabState, run_id: str) -> dict[str, Any]:
-    return httpx.get(f"{lab.prefect_api_url}/flow_runs/{run_id}", timeout=10).json()["state"]
+    return prefect_json(lab.prefect_api_url, "GET", f"/flow_runs/{run_id}")["state"]
 
 
 def wait_state(lab: LabState, run_id: str, types: set[str], timeout: float = 120) -> dict[str, Any]:
@@ -143,7 +144,7 @@ def wait_input_schema(lab: LabState, run_id: str, timeout: float = 60) -> None:
         key = ((state.get("state_details") or {}).get("run_input_keyset") or {}).get("schema")
         if state["type"] != "PAUSED" or not key:
             return f"{state['type']}, input keyset {key!r}"
-        status = httpx.get(f"{lab.prefect_api_url}/flow_runs/{run_id}/input/{key}", timeout=10).status_code
+        status = prefect_request(lab.prefect_api_url, "GET", f"/flow_runs/{run_id}/input/{key}").status_code
         return "stored" if status == 200 else f"PAUSED, schema {key!r} answers {status}"
 
     wait_for(schema_stored, what=f"run {run_id} to be Paused with its input schema stored", timeout=timeout,
@@ -349,9 +350,8 @@ def test_click_for_a_half_paused_run_ends_it_and_says_so(lab: LabState, slack: F
     "try again in a moment" for ever. The half-made pause is built through Prefect's API."""
     api = lab.prefect_api_url
 
-    def post(path: str, body: dict[str, Any]) -> httpx.Response:  # a busy SQLite Prefect answers 503: again
-        return wait_for(lambda: httpx.post(f"{api}{path}", json=body, timeout=10), what=f"POST {path} answered",
-                        timeout=60, done=lambda r: r.status_code != 503, interval=0.5)
+    def post(path: str, body: dict[str, Any]) -> httpx.Response:
+        return prefect_request(api, "POST", path, json=body, retry_for=60)
 
     flow_id = post("/flows/", {"name": "remediate"}).json()["id"]
     keyset = {"response": "half-paused-response", "schema": "half-paused-schema",
@@ -405,10 +405,13 @@ def test_secrets_never_reach_logs_audit_or_state(lab: LabState, slack: FakeSlack
         assert slack.token not in text and SIGNING_SECRET not in text, path
         assert os.environ["MEDIC_APPROVAL_KEY"] not in text, path
     # what Prefect holds: every audit artifact and card variable, raw
-    audit = httpx.post(f"{lab.prefect_api_url}/artifacts/filter", json={"artifacts": {"key": {"like_": "medic-audit-"}}}).text
-    cards = httpx.post(f"{lab.prefect_api_url}/variables/filter", json={"variables": {"name": {"like_": "medic-card-"}}}).text
+    audit = json.dumps(prefect_json(lab.prefect_api_url, "POST", "/artifacts/filter",
+                                    json={"artifacts": {"key": {"like_": "medic-audit-"}}}))
+    cards = json.dumps(prefect_json(lab.prefect_api_url, "POST", "/variables/filter",
+                                    json={"variables": {"name": {"like_": "medic-card-"}}}))
     assert "medic-audit-" in audit and "medic-card-" in cards
-    inputs = httpx.post(f"{lab.prefect_api_url}/variables/filter", json={"variables": {"name": {"like_": "medic-"}}}).text
+    inputs = json.dumps(prefect_json(lab.prefect_api_url, "POST", "/variables/filter",
+                                     json={"variables": {"name": {"like_": "medic-"}}}))
     for text in (audit, cards, inputs):
         assert slack.token not in text and SIGNING_SECRET not in text
         assert os.environ["MEDIC_APPROVAL_KEY"] not in text  # proofs are HMACs of it, never it

@@ -9,7 +9,6 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta, timezone
 
-import httpx
 import pytest
 from prefect.concurrency.sync import concurrency
 
@@ -17,6 +16,7 @@ from medic.approval.card_store import CARD_LOCK, CardRecord, CardStore, card_var
 from medic.clients.slack import ApprovalCard, Decision
 from medic.errors import PrefectError
 from medic_lab.state import LabState
+from tests.support.prefect_api import prefect_json
 
 
 def card(run_id: str, *, diagnosis: str = "nginx: stopped", check: str | None = None) -> ApprovalCard:
@@ -36,7 +36,7 @@ def test_a_card_is_a_prefect_variable_that_changes_and_reads_back(lab: LabState)
     store.change(run_id, lambda r: r.model_copy(update={"decision": Decision.APPROVED, "decided_by": ["U0ALICE"]}))
     again = store.get(run_id)
     assert again is not None and again.decision is Decision.APPROVED and not again.waiting
-    variable = httpx.get(f"{lab.prefect_api_url}/variables/name/{card_variable(run_id)}").json()
+    variable = prefect_json(lab.prefect_api_url, "GET", f"/variables/name/{card_variable(run_id)}")
     assert variable["name"] == f"medic-card-{run_id}" and variable["value"]["decided_by"] == ["U0ALICE"]
 
 

@@ -32,6 +32,7 @@ from medic_lab.state import LabState
 from tests.support.approvals import code_of, secret_text
 from tests.support.flows import remediate
 from tests.support.lab_health import Inject, broken, seen  # noqa: F401 (a fixture)
+from tests.support.prefect_api import prefect_json, prefect_request
 from tests.support.waits import wait_for
 
 VARIANTS = {  # runbook → approval policy (disk-full's otherwise)
@@ -89,12 +90,12 @@ async def start_until_paused(runbook: str, host: str) -> tuple[asyncio.Task[Flow
 def paused(api: str, run_id: str, *, not_key: str | None = None, timeout: float = 30) -> str:
     """Until the run waits (Paused, its input schema stored) under a pause key other than `not_key`."""
     def look() -> str:
-        state = httpx.get(f"{api}/flow_runs/{run_id}", timeout=10).json()["state"]
+        state = prefect_json(api, "GET", f"/flow_runs/{run_id}")["state"]
         details = state.get("state_details") or {}
         key, schema = details.get("pause_key"), (details.get("run_input_keyset") or {}).get("schema")
         if state["type"] != "PAUSED" or key == not_key or not schema:
             return f"{state['type']} under {key!r}"
-        stored = httpx.get(f"{api}/flow_runs/{run_id}/input/{schema}", timeout=10).status_code == 200
+        stored = prefect_request(api, "GET", f"/flow_runs/{run_id}/input/{schema}").status_code == 200
         return f"key:{key}" if stored else f"PAUSED under {key!r}, schema not stored yet"
 
     said = wait_for(look, what=f"run {run_id} to wait under a pause key other than {not_key!r}", timeout=timeout,

@@ -19,6 +19,7 @@ from medic_lab.state import LabState
 from tests.support.chaos import final_run
 from tests.support.lab_health import broken, seen  # noqa: F401 (fixtures)
 from tests.support.lab_health import Inject as BreakHost
+from tests.support.prefect_api import prefect_json
 from tests.support.server import medic_server
 from tests.support.waits import wait_for
 
@@ -26,8 +27,8 @@ pytestmark = pytest.mark.chaos
 
 
 def _runs_of(lab: LabState, host: str) -> list[dict]:
-    return httpx.post(f"{lab.prefect_api_url}/flow_runs/filter", timeout=10, json={
-        "flow_runs": {"tags": {"all_": ["runbook:service-down", f"target:{host}"]}}, "limit": 20}).json()
+    return prefect_json(lab.prefect_api_url, "POST", "/flow_runs/filter", json={
+        "flow_runs": {"tags": {"all_": ["runbook:service-down", f"target:{host}"]}}, "limit": 20})
 
 
 def _am_state(lab: LabState, host: str) -> str:

@@ -21,6 +21,7 @@ from medic.errors import LabError
 from medic_lab import faults
 from medic_lab.state import LabState
 from tests.support.chaos import Inject
+from tests.support.prefect_api import prefect_json, prefect_request
 
 pytestmark = pytest.mark.chaos
 
@@ -58,13 +59,13 @@ def test_prefect_restart_keeps_its_port_and_database(lab: LabState, inject: Inje
         pytest.skip("this session's lab runs without Prefect")
     name = f"chaos-{uuid.uuid4().hex[:8]}"
     api = lab.prefect_api_url
-    flow = httpx.post(f"{api}/flows/", json={"name": name}, timeout=10).json()
-    run = httpx.post(f"{api}/flow_runs/", json={"flow_id": flow["id"], "name": name}, timeout=10).json()
+    flow = prefect_json(api, "POST", "/flows/", json={"name": name})
+    run = prefect_json(api, "POST", "/flow_runs/", json={"flow_id": flow["id"], "name": name})
     said = inject("prefect-restart")
     assert "on the same port and database" in said, said
-    after = httpx.get(f"{api}/flow_runs/{run['id']}", timeout=10)
+    after = prefect_request(api, "GET", f"/flow_runs/{run['id']}")
     assert after.status_code == 200 and after.json()["name"] == name, after.text
-    httpx.delete(f"{api}/flows/{flow['id']}", timeout=10)
+    prefect_json(api, "DELETE", f"/flows/{flow['id']}")
 
 
 def test_sshd_hang_blocks_ssh_until_fixed(lab: LabState, inject: Inject) -> None:

@@ -20,6 +20,7 @@ from tests.support.approvals import answer_as
 from tests.support.chaos import FINAL, Inject, final_run, fire, post_alert, resend_repairs_once
 from tests.support.lab_health import broken, seen  # noqa: F401 (fixtures)
 from tests.support.lab_health import Inject as BreakHost
+from tests.support.prefect_api import prefect_json
 from tests.support.server import MedicServer, alert_payload
 from tests.support.waits import wait_for
 
@@ -51,8 +52,8 @@ def test_prometheus_down_at_detect_fails_clearly_and_the_resend_starts_a_run_tha
 
 def _recheck_waiting(lab: LabState, run_id: str) -> list[dict]:
     """The run's re-check task runs (their state says whether one is waiting to retry)."""
-    rows = httpx.post(f"{lab.prefect_api_url}/task_runs/filter", timeout=10, json={
-        "flow_runs": {"id": {"any_": [run_id]}}, "limit": 50}).json()
+    rows = prefect_json(lab.prefect_api_url, "POST", "/task_runs/filter", json={
+        "flow_runs": {"id": {"any_": [run_id]}}, "limit": 50})
     return [t for t in rows if t["name"].startswith("re-check")]
 
 
@@ -66,7 +67,7 @@ def test_prometheus_down_after_the_approval_the_run_waits_for_it_and_recovers(
     _, answer = fire(lab, server, broken, "disk-full", host, "DiskAlmostFull", tag="prom-approved",
                      starts_at="2026-11-23T02:00:00Z")
     run_id = answer["flow_run_id"]
-    paused = wait_for(lambda: httpx.get(f"{lab.prefect_api_url}/flow_runs/{run_id}", timeout=10).json(),
+    paused = wait_for(lambda: prefect_json(lab.prefect_api_url, "GET", f"/flow_runs/{run_id}"),
                       what=f"run {run_id} to wait for approval", timeout=180, ignore=httpx.HTTPError,
                       done=lambda r: r["state"]["type"] in ("PAUSED", *FINAL))
     assert paused["state"]["type"] == "PAUSED", (paused["state"], server.logs()[-3000:])

@@ -40,6 +40,7 @@ from tests.support.chaos import FINAL, post_alert
 from tests.support.pg_approvals import APPROVE, payload
 from tests.support.pg_cluster import cluster as pg_cluster, db_lab as pg_db_lab, restore_cluster, roles, seen_down
 from tests.support.pg_invariant import failover_invariant
+from tests.support.prefect_api import prefect_json
 from tests.support.server import MedicServer, alert_payload, medic_server
 from tests.support.waits import wait_for
 
@@ -108,20 +109,20 @@ def processes_of(pid: int) -> str:
 
 
 def run_state(lab: LabState, run_id: str) -> dict:
-    return httpx.get(f"{lab.prefect_api_url}/flow_runs/{run_id}", timeout=10).json()["state"]
+    return prefect_json(lab.prefect_api_url, "GET", f"/flow_runs/{run_id}")["state"]
 
 
 def task_states(lab: LabState, run_id: str) -> dict[str, str]:
     """Task name (detect, fence, promote, …) → state name, for one flow run."""
-    tasks = httpx.post(f"{lab.prefect_api_url}/task_runs/filter", timeout=10,
-                       json={"flow_runs": {"id": {"any_": [run_id]}}}).json()
+    tasks = prefect_json(lab.prefect_api_url, "POST", "/task_runs/filter",
+                         json={"flow_runs": {"id": {"any_": [run_id]}}})
     return {t["name"].rsplit("-", 1)[0]: (t.get("state") or {}).get("name", "none") for t in tasks}
 
 
 def tasks_in_order(lab: LabState, run_id: str) -> list[tuple[str, str]]:
     """(task name, state name) of every task run of the flow run, in the order they started."""
-    tasks = httpx.post(f"{lab.prefect_api_url}/task_runs/filter", timeout=10,
-                       json={"flow_runs": {"id": {"any_": [run_id]}}, "sort": "EXPECTED_START_TIME_ASC"}).json()
+    tasks = prefect_json(lab.prefect_api_url, "POST", "/task_runs/filter",
+                         json={"flow_runs": {"id": {"any_": [run_id]}}, "sort": "EXPECTED_START_TIME_ASC"})
     return [(t["name"].rsplit("-", 1)[0], (t.get("state") or {}).get("name", "none")) for t in tasks]
 
 
@@ -135,8 +136,8 @@ def promoting(lab: LabState, run_id: str, standby: str) -> None:
 
 def card_at_risk(lab: LabState, run_id: str) -> int | None:
     """The WAL bytes at risk the run's approval card showed the human (None: no figure on it)."""
-    stored = httpx.post(f"{lab.prefect_api_url}/flow_runs/{run_id}/input/filter", timeout=10,
-                        json={"prefix": "paused-", "limit": 50}).json()
+    stored = prefect_json(lab.prefect_api_url, "POST", f"/flow_runs/{run_id}/input/filter",
+                          json={"prefix": "paused-", "limit": 50})
     found = [int(m) for row in stored for m in re.findall(r"potential data loss: (\d+) bytes", row["value"])]
     return found[-1] if found else None
 
@@ -260,8 +261,8 @@ def test_medic_serve_stopped_mid_failover(cluster: LabState, tmp_path: Path, whe
         assert "released" in said and run_id in said and f"'{step}' step" in said, said
         assert active_slots(cluster, lock) == 0  # the dead run's lease released with the ack
         assert "not held" in ack(name)  # once is enough
-        records = httpx.post(f"{cluster.prefect_api_url}/artifacts/filter", timeout=10, json={
-            "artifacts": {"key": {"any_": ["medic-audit-decision"]}}, "sort": "CREATED_DESC", "limit": 20}).json()
+        records = prefect_json(cluster.prefect_api_url, "POST", "/artifacts/filter", json={
+            "artifacts": {"key": {"any_": ["medic-audit-decision"]}}, "sort": "CREATED_DESC", "limit": 20})
         assert any("acknowledge interrupted failover" in (r.get("description") or "") and run_id in json_of(r)
                    for r in records), records[:3]
     finally:
@@ -315,8 +316,8 @@ def test_prefect_restarted_after_fence_during_promote(cluster: LabState) -> None
             stopped.append(startup)
             sampler = pool.submit(sample)
             running = pool.submit(failover, [APPROVE], reason="prefect restart after fence")
-            run_id = wait_for(lambda: httpx.post(f"{cluster.prefect_api_url}/flow_runs/filter", timeout=10, json={
-                "flow_runs": {"state": {"type": {"any_": ["RUNNING"]}}}, "sort": "START_TIME_DESC", "limit": 1}).json(),
+            run_id = wait_for(lambda: prefect_json(cluster.prefect_api_url, "POST", "/flow_runs/filter", json={
+                "flow_runs": {"state": {"type": {"any_": ["RUNNING"]}}}, "sort": "START_TIME_DESC", "limit": 1}),
                 what="the failover run to start", timeout=120, done=bool)[0]["id"]
             promoting(cluster, run_id, standby)
             said = faults.break_host(cluster, "prefect-restart")

@@ -16,6 +16,7 @@ import pytest
 
 from medic_lab.state import LabState
 from tests.support.intake import intake_headers
+from tests.support.prefect_api import prefect_json
 from tests.support.server import MedicServer, alert_payload
 
 pytestmark = pytest.mark.chaos
@@ -54,7 +55,7 @@ RUNS = [
 
 def _medic_runs(lab: LabState) -> int:
     body = {"flow_runs": {"tags": {"all_": ["medic-serve"]}}, "limit": 200}
-    return len(httpx.post(f"{lab.prefect_api_url}/flow_runs/filter", json=body, timeout=10).json())
+    return len(prefect_json(lab.prefect_api_url, "POST", "/flow_runs/filter", json=body))
 
 
 @pytest.mark.parametrize(("path", "case", "body", "status", "says"),

@@ -18,6 +18,7 @@ from tests.support.approvals import answer_as
 from tests.support.chaos import FINAL, Inject, final_run, fire
 from tests.support.lab_health import broken  # noqa: F401 (fixture)
 from tests.support.lab_health import Inject as BreakHost
+from tests.support.prefect_api import prefect_json, prefect_request
 from tests.support.server import MedicServer
 from tests.support.waits import wait_for
 
@@ -25,7 +26,7 @@ pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 
 
 def slots(lab: LabState, name: str) -> int:
-    answer = httpx.get(f"{lab.prefect_api_url}/v2/concurrency_limits/{name}", timeout=10)
+    answer = prefect_request(lab.prefect_api_url, "GET", f"/v2/concurrency_limits/{name}")
     return int(answer.json()["active_slots"]) if answer.status_code == 200 else 0
 
 
@@ -38,7 +39,7 @@ def test_an_approval_waiting_across_a_prefect_restart_still_works(
     _, answer = fire(lab, server, broken, "disk-full", host, "DiskAlmostFull", tag="restart",
                      starts_at="2026-11-23T01:00:00Z")
     run_id = answer["flow_run_id"]
-    run = lambda: httpx.get(f"{lab.prefect_api_url}/flow_runs/{run_id}", timeout=10).json()  # noqa: E731
+    run = lambda: prefect_json(lab.prefect_api_url, "GET", f"/flow_runs/{run_id}")  # noqa: E731
     paused = wait_for(run, what=f"run {run_id} to wait for approval", timeout=180, ignore=httpx.HTTPError,
                       done=lambda r: r["state"]["type"] in ("PAUSED", *FINAL))
     assert paused["state"]["type"] == "PAUSED", (paused["state"], server.logs()[-3000:])

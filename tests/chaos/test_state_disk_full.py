@@ -21,6 +21,7 @@ from tests.support.chaos import FINAL, Inject, final_run
 from tests.support.intake import intake_headers
 from tests.support.lab_health import broken, seen  # noqa: F401 (fixtures)
 from tests.support.lab_health import Inject as BreakHost
+from tests.support.prefect_api import prefect_json
 from tests.support.server import alert_payload, cancel_leftover_runs, medic_server
 from tests.support.waits import wait_for
 
@@ -29,8 +30,8 @@ pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 
 def runs_since(lab: LabState, since: datetime, host: str) -> list[dict]:
     """Flow runs created since `since` whose target is `host` (any state)."""
-    runs = httpx.post(f"{lab.prefect_api_url}/flow_runs/filter", timeout=30, json={
-        "limit": 100, "sort": "EXPECTED_START_TIME_DESC"}).json()
+    runs = prefect_json(lab.prefect_api_url, "POST", "/flow_runs/filter", json={
+        "limit": 100, "sort": "EXPECTED_START_TIME_DESC"})
     return [r for r in runs if r["created"] and datetime.fromisoformat(r["created"]) >= since
             and (r.get("parameters") or {}).get("target") == host]
 

@@ -24,6 +24,7 @@ from medic_lab import control
 from medic_lab.state import LabState
 from tests.support.flows import metric
 from tests.support.lab_health import Inject, broken  # noqa: F401 (fixture)
+from tests.support.prefect_api import prefect_json
 from tests.support.server import MedicServer, cancel_leftover_runs, medic_server
 from tests.support.waits import wait_for
 
@@ -56,7 +57,7 @@ def _score(runbook: str, host: str) -> HostScore:
 
 def _runs(lab: LabState, runbook: str, host: str) -> list[dict]:
     body = {"flow_runs": {"tags": {"all_": [f"runbook:{runbook}", f"target:{host}"]}}, "limit": 50}
-    return httpx.post(f"{lab.prefect_api_url}/flow_runs/filter", json=body, timeout=10).json()
+    return prefect_json(lab.prefect_api_url, "POST", "/flow_runs/filter", json=body)
 
 
 def test_the_watcher_raises_nothing_on_a_healthy_lab(lab: LabState, broken: Inject,
@@ -108,8 +109,8 @@ def test_a_fault_no_threshold_catches_is_detected_raised_and_remediated(
     assert run["state"]["name"] == "Recovered", (run["state"], server.logs()[-2000:])
     restarted = {m.get("host"): v for m, v in metric(lab, 'demo_start_time_seconds{job="web"}')}[host]
     assert restarted > started  # the repair was a real restart of that instance
-    artifacts = httpx.post(f"{lab.prefect_api_url}/artifacts/filter", timeout=10, json={
-        "artifacts": {"flow_run_id": {"any_": [run["id"]]}}}).json()
+    artifacts = prefect_json(lab.prefect_api_url, "POST", "/artifacts/filter", json={
+        "artifacts": {"flow_run_id": {"any_": [run["id"]]}}})
     charts = [a for a in artifacts if a["key"] and a["key"].startswith("anomaly-")]
     assert charts and "data:image/png;base64," in charts[0]["data"], [a["key"] for a in artifacts]
     assert wait_for(lambda: _score(runbook, host), what=f"{host} to score normal again", timeout=150,

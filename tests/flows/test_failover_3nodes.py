@@ -33,6 +33,7 @@ from tests.support.pg_approvals import APPROVE, REJECT, payload, run_and_decide
 from tests.support.pg_cluster import (cluster as _cluster, db_lab as pg_db_lab, failover, nodes, others,
                                       restore_cluster, roles, seen_down)
 from tests.support.intake import intake_headers
+from tests.support.prefect_api import prefect_json
 from tests.support.server import medic_server
 from tests.support.waits import wait_for
 
@@ -131,9 +132,9 @@ def test_a_primary_back_during_the_approval_wait_is_not_fenced(cluster: LabState
 
 def _asked_to_promote(api: str) -> str:
     """The standby the paused run asks to promote, as its approval request (the Resume form) says."""
-    runs = httpx.post(f"{api}/flow_runs/filter", json={"flow_runs": {"state": {"type": {"any_": ["PAUSED"]}}},
-                                                       "limit": 5}).json()
-    stored = httpx.post(f"{api}/flow_runs/{runs[0]['id']}/input/filter", json={"prefix": "paused-", "limit": 50}).json()
+    runs = prefect_json(api, "POST", "/flow_runs/filter", json={"flow_runs": {"state": {"type": {"any_": ["PAUSED"]}}},
+                                                                "limit": 5})
+    stored = prefect_json(api, "POST", f"/flow_runs/{runs[0]['id']}/input/filter", json={"prefix": "paused-", "limit": 50})
     found = re.search(r"promote (pg-\d)", " ".join(row["value"] for row in stored))
     assert found, stored
     return found.group(1)
@@ -193,23 +194,23 @@ def test_overrides_and_runs_from_outside_pass_the_same_gate(
     seen_down(cluster, primary)
     api = cluster.prefect_api_url
     with medic_server(tmp_path_factory.mktemp("failover-serve")) as server:
-        deployment = wait_for(lambda: httpx.post(f"{api}/deployments/filter", json={"deployments": {
-            "name": {"any_": ["postgres-failover"]}}}).json(), what="the postgres-failover deployment", timeout=60,
+        deployment = wait_for(lambda: prefect_json(api, "POST", "/deployments/filter", json={"deployments": {
+            "name": {"any_": ["postgres-failover"]}}}), what="the postgres-failover deployment", timeout=60,
             done=bool, interval=0.5)[0]
-        run = httpx.post(f"{api}/deployments/{deployment['id']}/create_flow_run", json={
-            "parameters": {"allow_unfenced": True, "reason": "someone with API access"}}).json()
-        paused = wait_for(lambda: httpx.get(f"{api}/flow_runs/{run['id']}").json()["state"],
+        run = prefect_json(api, "POST", f"/deployments/{deployment['id']}/create_flow_run", json={
+            "parameters": {"allow_unfenced": True, "reason": "someone with API access"}})
+        paused = wait_for(lambda: prefect_json(api, "GET", f"/flow_runs/{run['id']}")["state"],
                           what=f"run {run['id']} to ask a human", timeout=120,
                           done=lambda s: s["type"] in ("PAUSED", "COMPLETED", "FAILED", "CRASHED"), interval=0.5)
         assert paused["type"] == "PAUSED", paused
         key = paused["state_details"]["pause_key"]
-        stored = httpx.post(f"{api}/flow_runs/{run['id']}/input/filter", json={"prefix": "paused-", "limit": 50}).json()
+        stored = prefect_json(api, "POST", f"/flow_runs/{run['id']}/input/filter", json={"prefix": "paused-", "limit": 50})
         shown = " ".join(json.dumps(json.loads(row["value"])) for row in stored)
         assert "override asked: promote without fencing the old primary" in shown, shown[:2000]
-        answer = httpx.post(f"{api}/flow_runs/{run['id']}/resume",
-                            json={"run_input": payload(REJECT, run["id"], key)}).json()
+        answer = prefect_json(api, "POST", f"/flow_runs/{run['id']}/resume",
+                              json={"run_input": payload(REJECT, run["id"], key)})
         assert answer["status"] == "ACCEPT", answer
-        final = wait_for(lambda: httpx.get(f"{api}/flow_runs/{run['id']}").json()["state"],
+        final = wait_for(lambda: prefect_json(api, "GET", f"/flow_runs/{run['id']}")["state"],
                          what=f"run {run['id']} to end", timeout=60,
                          done=lambda s: s["type"] in ("COMPLETED", "FAILED", "CRASHED"), interval=0.5)
         # `POST /runs` (what `medic run postgres-failover --target NODE` sends) naming a node that is not

@@ -32,6 +32,7 @@ from medic_lab.fault_record import read_record
 from medic_lab.state import LabState
 from tests.support.flows import remediate
 from tests.support.lab_health import Inject, broken, seen  # noqa: F401 (fixture)
+from tests.support.prefect_api import prefect_json
 from tests.support.server import MedicServer, cancel_leftover_runs, medic_server
 from tests.support.waits import wait_for
 
@@ -52,15 +53,15 @@ def server(lab: LabState, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 def _finished_run(lab: LabState, host: str, after: set[str]) -> dict:
     body = {"flow_runs": {"tags": {"all_": ["runbook:service-down", f"target:{host}"]}}, "limit": 50}
-    runs = httpx.post(f"{lab.prefect_api_url}/flow_runs/filter", json=body, timeout=10).json()
+    runs = prefect_json(lab.prefect_api_url, "POST", "/flow_runs/filter", json=body)
     return next((r for r in runs if r["id"] not in after and r["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED")),
                 {})
 
 
 def test_a_runs_timeline_agrees_with_the_fault_injectors_record(lab: LabState, server: MedicServer,
                                                                 broken: Inject) -> None:
-    earlier = {r["id"] for r in httpx.post(f"{lab.prefect_api_url}/flow_runs/filter", timeout=10, json={
-        "flow_runs": {"tags": {"all_": ["runbook:service-down", f"target:{HOST}"]}}, "limit": 200}).json()}
+    earlier = {r["id"] for r in prefect_json(lab.prefect_api_url, "POST", "/flow_runs/filter", json={
+        "flow_runs": {"tags": {"all_": ["runbook:service-down", f"target:{HOST}"]}}, "limit": 200})}
     since = datetime.now(UTC)
     control.set_webhook(lab, f"{server.url}/alertmanager")  # `broken` points it back afterwards
     broken("service-down", HOST)
@@ -96,8 +97,8 @@ def test_a_runs_timeline_agrees_with_the_fault_injectors_record(lab: LabState, s
     assert times.time_to_acknowledge_s == pytest.approx((times.run_started - times.alert_fired).total_seconds())
     assert [b.slo for b in times.budget] == ["web-latency"] and times.budget[0].if_all_failed
 
-    artifacts = httpx.post(f"{lab.prefect_api_url}/artifacts/filter", timeout=10, json={
-        "artifacts": {"flow_run_id": {"any_": [run["id"]]}, "key": {"like_": "incident-"}}}).json()
+    artifacts = prefect_json(lab.prefect_api_url, "POST", "/artifacts/filter", json={
+        "artifacts": {"flow_run_id": {"any_": [run["id"]]}, "key": {"like_": "incident-"}}})
     assert artifacts and "## Incident timeline" in artifacts[0]["data"] and "time to recover" in artifacts[0]["data"]
 
 

@@ -9,7 +9,6 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import httpx
 import pytest
 
 from flows.report import ops_report
@@ -19,6 +18,7 @@ from medic.procedures.ops_report import Distribution, SLOStats, build_report, re
 from medic_lab.state import LabState
 from tests.support.flows import remediate, remediate_and_decide
 from tests.support.lab_health import Inject, broken, seen  # noqa: F401 (fixture)
+from tests.support.prefect_api import prefect_json
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
@@ -82,8 +82,8 @@ def test_runs_read_back_from_prefect_and_the_report_with_its_charts(lab: LabStat
 
     flow_report = asyncio.run(ops_report(since="1h"))
     assert any(r.runbook == "service-down" and r.incidents >= 1 for r in flow_report.runbooks)
-    artifact = httpx.post(f"{lab.prefect_api_url}/artifacts/filter", timeout=10,
-                          json={"artifacts": {"key": {"any_": ["ops-report"]}}, "sort": "CREATED_DESC", "limit": 1}).json()
+    artifact = prefect_json(lab.prefect_api_url, "POST", "/artifacts/filter",
+                            json={"artifacts": {"key": {"any_": ["ops-report"]}}, "sort": "CREATED_DESC", "limit": 1})
     assert artifact and artifact[0]["data"].count("data:image/png;base64,") == 4
 
 

@@ -14,7 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
 from medic_lab.state import LabState
@@ -23,6 +22,7 @@ from medic.core.report import Outcome
 from medic.settings import get_settings
 from tests.support.flows import metric, remediate, remediate_and_decide, wait_metric
 from tests.support.lab_health import Inject, broken, restored, seen  # noqa: F401 (fixtures)
+from tests.support.prefect_api import prefect_json
 
 
 def test_service_down_is_recovered_and_confirmed_by_prometheus(lab: LabState, broken: Inject) -> None:
@@ -36,8 +36,8 @@ def test_service_down_is_recovered_and_confirmed_by_prometheus(lab: LabState, br
     assert any(c.name == "service status" and "stopped" in c.result.stdout for c in report.diagnosis.commands)
     assert metric(lab, 'up{job="web",host="web-2"}')[0][1] == 1
     # the artifact says the same as the final state
-    artifact = httpx.post(f"{lab.prefect_api_url}/artifacts/filter",
-                          json={"artifacts": {"key": {"any_": ["incident-service-down-web-2"]}}}).json()
+    artifact = prefect_json(lab.prefect_api_url, "POST", "/artifacts/filter",
+                            json={"artifacts": {"key": {"any_": ["incident-service-down-web-2"]}}})
     assert any("recovered" in (a.get("description") or "") and "web-2" in a["data"] for a in artifact)
 
 

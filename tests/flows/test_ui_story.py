@@ -31,6 +31,7 @@ from medic_lab.state import LabState
 from tests.support.approvals import code_of
 from tests.support.intake import intake_headers
 from tests.support.lab_health import Inject, broken, seen  # noqa: F401 (a fixture)
+from tests.support.prefect_api import prefect_json
 from tests.support.server import (
     FLAP_TEST_WINDOW_S,
     MedicServer,
@@ -55,19 +56,19 @@ def logs_to_api() -> Iterator[None]:
 def run_logs(api: str, run_id: str, until: str, timeout: float = 30) -> list[str]:
     """The run's log messages (the UI's Logs tab), once one contains `until` (logs arrive in batches)."""
     body = {"logs": {"flow_run_id": {"any_": [run_id]}}, "sort": "TIMESTAMP_ASC", "limit": 200}
-    return wait_for(lambda: [entry["message"] for entry in httpx.post(f"{api}/logs/filter", json=body).json()],
+    return wait_for(lambda: [entry["message"] for entry in prefect_json(api, "POST", "/logs/filter", json=body)],
                     what=f"a log line of run {run_id} with {until!r}", timeout=timeout,
                     done=lambda messages: any(until in m for m in messages), interval=0.3, ignore=httpx.HTTPError)
 
 
 def pause_inputs(api: str, run_id: str) -> dict[str, Any]:
     """The inputs Prefect stored for the run's pauses, by key suffix (description, schema)."""
-    stored = httpx.post(f"{api}/flow_runs/{run_id}/input/filter", json={"prefix": "paused-", "limit": 50}).json()
+    stored = prefect_json(api, "POST", f"/flow_runs/{run_id}/input/filter", json={"prefix": "paused-", "limit": 50})
     return {row["key"].rsplit("-", 1)[1]: json.loads(row["value"]) for row in stored}
 
 
 def wait_state(api: str, run_id: str, types: set[str], timeout: float = 90) -> dict:
-    return wait_for(lambda: httpx.get(f"{api}/flow_runs/{run_id}").json()["state"],
+    return wait_for(lambda: prefect_json(api, "GET", f"/flow_runs/{run_id}")["state"],
                     what=f"run {run_id} to be {'/'.join(sorted(types))}", timeout=timeout,
                     done=lambda state: state["type"] in types, interval=0.3, ignore=httpx.HTTPError)
 
@@ -252,8 +253,8 @@ def test_flap_guard_counts_only_runs_that_acted_and_says_when_it_asks(lab: LabSt
     assert answer.accepted, answer
     state = wait_state(api, run_id, {"COMPLETED", "FAILED"})
     assert state["name"] == "Rejected" and "bob" in state["message"], state
-    artifact = httpx.post(f"{api}/artifacts/filter", json={"artifacts": {"key": {"any_": [
-        f"incident-service-down-{host}"]}}, "sort": "CREATED_DESC", "limit": 1}).json()[0]
+    artifact = prefect_json(api, "POST", "/artifacts/filter", json={"artifacts": {"key": {"any_": [
+        f"incident-service-down-{host}"]}}, "sort": "CREATED_DESC", "limit": 1})[0]
     assert f"flap guard: service-down on {host}" in artifact["data"], "the report must say the flap guard asked"
     _idle(flap_server, host)
 

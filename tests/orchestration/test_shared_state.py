@@ -18,7 +18,6 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import httpx
 import pytest
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from pydantic import SecretStr
@@ -36,6 +35,7 @@ from medic.settings import Settings, get_settings
 from medic_lab.state import LabState
 from tests.support.flows import remediate
 from tests.support.lab_health import Inject, broken, seen  # noqa: F401 (fixtures)
+from tests.support.prefect_api import prefect_json
 from tests.support.closed_port import closed_port  # noqa: F401  (a fixture: a port held closed)
 
 LOCAL_STATE_NAMES = ("audit.jsonl", "approval-cards", "flap-guard.json")
@@ -142,8 +142,8 @@ def test_secrets_never_reach_prefect_and_records_are_linked_to_their_run(lab: La
     run_id = str(uuid.uuid4())
     record(AuditRecord(kind="click", flow_run_id=run_id, who="U0ALICE", what="approve",
                        detail=f"token={token} secret={signing}"), settings=settings)
-    raw = httpx.post(f"{lab.prefect_api_url}/artifacts/filter",
-                     json={"artifacts": {"flow_run_id": {"any_": [run_id]}}}).json()
+    raw = prefect_json(lab.prefect_api_url, "POST", "/artifacts/filter",
+                       json={"artifacts": {"flow_run_id": {"any_": [run_id]}}})
     assert len(raw) == 1 and raw[0]["key"] == "medic-audit-click" and raw[0]["type"] == "table"
     assert token not in json.dumps(raw) and signing not in json.dumps(raw)
     assert "U0ALICE" in raw[0]["description"] and "approve" in raw[0]["description"]

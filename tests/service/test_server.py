@@ -23,6 +23,7 @@ from medic_lab.state import LabState
 from tests.support.flows import metric, wait_metric
 from tests.support.intake import intake_headers
 from tests.support.lab_health import Inject, broken, restored, seen  # noqa: F401 (fixtures)
+from tests.support.prefect_api import prefect_json
 from tests.support.server import (
     FLAP_TEST_WINDOW_S,
     MedicServer,
@@ -67,11 +68,11 @@ def _metric(server: MedicServer, name: str, **labels: str) -> float:
 
 def _runs(lab: LabState, *tags: str) -> list[dict]:
     body = {"flow_runs": {"tags": {"all_": list(tags)}}, "limit": 200}
-    return httpx.post(f"{lab.prefect_api_url}/flow_runs/filter", json=body).json()
+    return prefect_json(lab.prefect_api_url, "POST", "/flow_runs/filter", json=body)
 
 
 def _run(lab: LabState, run_id: str) -> dict:
-    return httpx.get(f"{lab.prefect_api_url}/flow_runs/{run_id}", timeout=10).json()
+    return prefect_json(lab.prefect_api_url, "GET", f"/flow_runs/{run_id}")
 
 
 def _wait_state(lab: LabState, run_id: str, types: tuple[str, ...], timeout: float = 120) -> dict:
@@ -178,7 +179,7 @@ def test_flap_guard_asks_a_human_and_a_resolved_alert_ends_the_wait(lab: LabStat
 
 
 def test_deployments_explain_their_parameters_and_an_api_run_completes(lab: LabState, server: MedicServer) -> None:
-    deployments = httpx.post(f"{lab.prefect_api_url}/deployments/filter", json={"limit": 200}).json()
+    deployments = prefect_json(lab.prefect_api_url, "POST", "/deployments/filter", json={"limit": 200})
     by_name = {d["name"]: d for d in deployments}
     assert {"service-down", "disk-full", "high-latency"} <= set(by_name)
     schema = by_name["service-down"]["parameter_openapi_schema"]["properties"]

@@ -12,6 +12,7 @@ from medic_lab.reaper import stat_fields
 from medic_lab.state import LabState
 from tests.support.intake import intake_headers
 from tests.support.lab_health import seen
+from tests.support.prefect_api import prefect_json
 from tests.support.server import MedicServer, alert_payload
 from tests.support.waits import wait_for
 
@@ -103,7 +104,7 @@ def post_alert(server: MedicServer, payload: dict) -> dict:
 
 def final_run(lab: LabState, run_id: str, timeout: float = 120) -> dict:
     """The run as Prefect shows it once it has ended (bounded wait)."""
-    return wait_for(lambda: httpx.get(f"{lab.prefect_api_url}/flow_runs/{run_id}", timeout=10).json(),
+    return wait_for(lambda: prefect_json(lab.prefect_api_url, "GET", f"/flow_runs/{run_id}"),
                     what=f"run {run_id} to end", timeout=timeout, done=lambda run: run["state"]["type"] in FINAL,
                     ignore=httpx.HTTPError)
 

@@ -12,10 +12,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 
 from medic.core.net import free_port, wait_healthy
 from medic.errors import WaitTimeout
+from tests.support.prefect_api import prefect_json
 
 __all__ = ["MedicServer", "alert_payload", "cancel_leftover_runs", "free_port", "medic_server"]
 
@@ -82,10 +82,10 @@ def cancel_leftover_runs(prefect_api_url: str) -> int:
     A new medic serve adopts such runs (as it should after a restart); a test module that starts its
     own server must begin from a clean site instead.
     """
-    runs = httpx.post(f"{prefect_api_url}/flow_runs/filter", json={"limit": 200, "flow_runs": {
-        "tags": {"all_": ["medic-serve"]}, "state": {"type": {"any_": ["PAUSED", "RUNNING", "PENDING"]}}}}).json()
+    runs = prefect_json(prefect_api_url, "POST", "/flow_runs/filter", json={"limit": 200, "flow_runs": {
+        "tags": {"all_": ["medic-serve"]}, "state": {"type": {"any_": ["PAUSED", "RUNNING", "PENDING"]}}}})
     for run in runs:
-        httpx.post(f"{prefect_api_url}/flow_runs/{run['id']}/set_state", json={
+        prefect_json(prefect_api_url, "POST", f"/flow_runs/{run['id']}/set_state", json={
             "state": {"type": "CANCELLED", "message": "left over by an earlier test"}, "force": True})
     return len(runs)
 
