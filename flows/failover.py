@@ -127,8 +127,9 @@ async def failover_times(report: fo.FailoverReport) -> IncidentTimes:
 async def one_per_cluster(spec: Runbook, cluster: fo.Cluster) -> AsyncIterator[bool]:
     """Hold the cluster's one slot (failover and rejoin share it); yield False when it is taken."""
     lock = remediation_lock_name(spec.name, cluster.name)
-    await ensure_concurrency_limit(lock, 1)
-    async with exclusive_slot(lock) as got:
+    patience = get_settings().prefect_outage_wait_s  # a Prefect restart is waited out, not a Failed run
+    await ensure_concurrency_limit(lock, 1, outage_wait_s=patience)
+    async with exclusive_slot(lock, outage_wait_s=patience) as got:
         yield got
 
 

@@ -281,8 +281,8 @@ async def remediate(
 
     clock = StageClock()  # each stage's start and end, for the incident timeline
     lock = remediation_lock_name(spec.name, plan.target)
-    await ensure_concurrency_limit(lock, 1)
-    async with exclusive_slot(lock) as got_slot:
+    await ensure_concurrency_limit(lock, 1, outage_wait_s=settings.prefect_outage_wait_s)
+    async with exclusive_slot(lock, outage_wait_s=settings.prefect_outage_wait_s) as got_slot:
         if got_slot:
             found = await _stages(spec, plan, dry_run=dry_run, require_approval=require_approval, run_id=run_id,
                                   reason=reason, timeline=timeline, clock=clock)

@@ -131,6 +131,9 @@ class Settings(BaseSettings):
         75.0, ge=0, description="an alert whose run found the remediation slot held (AlreadyRunning) is taken again "
                                 "this long after that run ended, if it still fires (≤ 5 times: a dead holder's "
                                 "lease lapses within 300 s)")
+    prefect_outage_wait_s: float = Field(
+        60.0, ge=0, description="how long a run waits for an unreachable or busy Prefect API at a step it cannot "
+                                "skip (taking its remediation slot, showing its approval card) before it fails")
     alert_sweep_receiver: str | None = Field(
         None, description="sweep only alerts Alertmanager routes to this receiver (regex); default: every alert")
     tls_cert: Path | None = Field(None, description="serve HTTPS with this certificate (PEM, may hold the key)")

@@ -35,6 +35,7 @@ from pydantic import BaseModel, Field
 
 from medic.core import audit
 from medic.orchestration import audit_store
+from medic.orchestration.prefect_rest import patient
 from medic.approval.card import ApprovalCard, Decision, approval_markdown, waiting_line
 from medic.approval.directory import load_directory
 from medic.approval.inputs import ApprovalInput
@@ -97,6 +98,14 @@ async def request_decision(
     from medic.approval.notify import ApprovalCards
 
     cards = ApprovalCards(settings)
+    # The card is the run's one way to a human: a Prefect restart while it is posted or read is
+    # waited out, not turned into a failed run whose successor asks the human again.
+    with patient(cards.settings.prefect_outage_wait_s):
+        return await _ask(request, policy, cards, timeline, pause_key)
+
+
+async def _ask(request: ApprovalRequest, policy: "Approval", cards: "ApprovalCards", timeline: Timeline,
+               pause_key: str) -> ApprovalRecord:
     unverifiable = await asyncio.to_thread(cannot_verify, policy, cards.settings, cards.notifier.usergroup_members)
     if unverifiable is not None:
         return _fail_closed(request, unverifiable, timeline, cards.settings)

@@ -8,6 +8,12 @@ calls them through `asyncio.to_thread`.
 
     call(method, path, what=..., json=..., retry_for=...)  -> the decoded JSON answer (None for 204)
     api_url()                                            -> the configured PREFECT_API_URL
+    with patient(60): ...                                calls without their own retry_for wait up to 60 s
+
+How long to wait is the caller's: the Slack endpoint must answer within 3 s, so its calls keep the 5 s
+default; a run at a step it cannot skip (showing its approval card) waits out a Prefect restart instead
+of failing and making the next run ask the human again (`patient(MEDIC_PREFECT_OUTAGE_WAIT_S)`; the
+soak's prefect-down faults failed 5 runs that way).
 
 A 404 raises `PrefectError` with `.status == 404` so callers can treat "not there" as an answer.
 """
@@ -15,6 +21,9 @@ A 404 raises `PrefectError` with `.status == 404` so callers can treat "not ther
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import httpx
@@ -25,9 +34,11 @@ from medic.core.polling import backoff, retry
 from medic.errors import PrefectError
 from medic.orchestration.api import prefect_auth_headers
 
-__all__ = ["api_url", "call"]
+__all__ = ["api_url", "call", "patient"]
 
 _RETRY_STATUS = (429, 502, 503)
+DEFAULT_RETRY_S = 5.0
+_patience: ContextVar[float] = ContextVar("medic_prefect_patience", default=DEFAULT_RETRY_S)
 _clients: dict[tuple[str, tuple[tuple[str, str], ...]], httpx.Client] = {}
 _clients_lock = threading.Lock()
 
@@ -52,9 +63,23 @@ def _client() -> tuple[str, httpx.Client]:
     return base, client
 
 
-def call(method: str, path: str, *, what: str, json: Any = None, retry_for: float = 5.0) -> Any:
+@contextmanager
+def patient(seconds: float) -> Iterator[None]:
+    """Within the block (and the threads `asyncio.to_thread` starts from it), calls that name no
+    `retry_for` of their own ask a busy or unreachable Prefect again for up to `seconds`."""
+    token = _patience.set(max(seconds, DEFAULT_RETRY_S))
+    try:
+        yield
+    finally:
+        _patience.reset(token)
+
+
+def call(method: str, path: str, *, what: str, json: Any = None, retry_for: float | None = None) -> Any:
     """`method path` against the Prefect API; busy answers and connection failures are retried for
-    about `retry_for` s (50 ms first, growing to 1 s), then raise PrefectError saying what failed."""
+    about `retry_for` s (default: 5 s, or the enclosing `patient` block's; 50 ms first, growing to
+    1 s), then raise PrefectError saying what failed."""
+    if retry_for is None:
+        retry_for = _patience.get()
     base, client = _client()
 
     def attempt() -> httpx.Response | httpx.TransportError:
