@@ -43,7 +43,7 @@ from medic.errors import LabError
 from medic_lab.cluster_prefect import (APPROVAL_KEY, ClusterPorts, auth_headers, client_env, cluster_secret,
                                        private_dir, public_dir)
 from medic_lab.hosts import ensure_user, write_keypair
-from medic_lab.processes import alive, spawn
+from medic_lab.processes import spawn, spawned_pid
 from medic_lab.state import LabState
 
 WORKERS = ("cluster-w1", "cluster-w2")
@@ -238,11 +238,7 @@ def start_intake(lab: LabState) -> None:
 
 
 def recorded_pid(lab: LabState, name: str) -> int | None:
-    try:
-        pid = int((lab.lab_dir / "pids" / f"{name}.pid").read_text())
-    except (OSError, ValueError):
-        return None
-    return pid if alive(pid) else None
+    return spawned_pid(lab.lab_dir, name)
 
 
 def pool_workers(lab: LabState) -> dict[str, str]:

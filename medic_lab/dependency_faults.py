@@ -30,7 +30,7 @@ from medic.core.polling import wait_until
 from medic.errors import LabError
 from medic_lab.components import Fault
 from medic_lab.hosts import ensure_user
-from medic_lab.processes import alive, pid_in_file, spawn
+from medic_lab.processes import pid_in_file, spawn, spawned_pid
 from medic_lab.reaper import stat_fields
 from medic_lab.slack_faults import SLACK_DELAY_S, SLACK_DOWN_STATUS, slack_back, slack_down, slack_slow
 from medic_lab.state import LabHost, LabState
@@ -54,11 +54,7 @@ class LabFault:
 
 
 def _daemon_pid(lab: LabState, name: str) -> int | None:
-    try:
-        pid = int((lab.lab_dir / "pids" / f"{name}.pid").read_text().strip())
-    except (OSError, ValueError):
-        return None
-    return pid if alive(pid) else None
+    return spawned_pid(lab.lab_dir, name)
 
 
 def _record(lab: LabState, name: str) -> Path:

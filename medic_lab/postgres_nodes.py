@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from medic.clients.haproxy import HAProxyRuntime, LoadBalancerError
 from medic.errors import LabError
-from medic_lab.processes import alive, spawn
+from medic_lab.processes import alive, spawn, spawned_pid
 from medic_lab.reaper import stat_fields
 from medic_lab.state import LabHost, LabState
 
@@ -125,11 +125,7 @@ def postgres_pids(host: LabHost) -> list[int]:
 
 
 def exporter_pid(lab: LabState, host: LabHost) -> int | None:
-    try:
-        pid = int((lab.lab_dir / "pids" / f"pg-exporter-{host.name}.pid").read_text())
-    except (OSError, ValueError):
-        return None
-    return pid if alive(pid) else None
+    return spawned_pid(lab.lab_dir, f"pg-exporter-{host.name}")
 
 
 def start_exporter(lab: LabState, host: LabHost) -> None:

@@ -180,3 +180,19 @@ def pid_in_file(pidfile: Path, *, mark: str) -> int | None:
         return None
     words = _read(f"/proc/{pid}/cmdline").replace(b"\0", b" ").decode(errors="replace")
     return pid if f" {mark} " in f" {words} " else None
+
+
+def spawned_pid(lab_dir: Path, name: str) -> int | None:
+    """The pid of the daemon `spawn` started as `name` (`<lab>/pids/<name>.pid`), if it still runs: the
+    process must carry this lab's mark and lead its own session, as `spawn` starts every daemon. A
+    daemon that died on its own leaves its pid to be reused, and `medic lab break prometheus-down`
+    must not SIGTERM whoever got it (`pid_in_file` is the same rule for the hosts' services)."""
+    try:
+        pid = int((lab_dir / "pids" / f"{name}.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    fields = stat_fields(pid)
+    if not fields or fields[0] == b"Z" or int(fields[3]) != pid:
+        return None
+    marked = f"{LAB_MARK_ENV}={lab_dir}".encode() in _read(f"/proc/{pid}/environ").split(b"\0")
+    return pid if marked else None

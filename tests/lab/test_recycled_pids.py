@@ -16,7 +16,7 @@ import pytest
 from medic.errors import LabError
 from medic_lab import faults
 from medic_lab.dependency_faults import sshd_pid
-from medic_lab.processes import alive
+from medic_lab.processes import alive, spawned_pid
 from medic_lab.state import LabHost, LabState
 from tests.support.lab_health import Inject, restored  # noqa: F401 (fixture)
 from tests.support.lab_health import broken  # noqa: F401 (fixture)
@@ -68,3 +68,24 @@ def test_a_stale_sshd_pid_that_names_another_hosts_sshd_is_not_hung_through_it(l
     finally:
         pidfile.write_text(saved)
     assert sshd_pid(one) == mine
+
+
+def test_a_lab_daemons_stale_pid_that_names_another_process_is_not_signalled(lab: LabState) -> None:
+    """The lab's own daemons (`<lab>/pids/*.pid`): a pid that now names a process `spawn` did not start
+    for this lab (here: a session leader without the lab's mark, as a reused pid would be) means the
+    daemon is down — `medic lab break alertmanager-down` says so and leaves that process alone."""
+    pidfile = lab.lab_dir / "pids" / "alertmanager.pid"
+    mine = spawned_pid(lab.lab_dir, "alertmanager")
+    assert mine is not None, "the lab's Alertmanager should be running before the test"
+    saved = pidfile.read_text()
+    stranger = subprocess.Popen(["sleep", "300"], start_new_session=True, env={"PATH": "/usr/bin:/bin"})
+    try:
+        pidfile.write_text(f"{stranger.pid}\n")  # what pid reuse does once the daemon has died
+        assert spawned_pid(lab.lab_dir, "alertmanager") is None
+        assert faults.break_host(lab, "alertmanager-down") == "alertmanager was already down"
+        assert stranger.poll() is None, "a process that is not the lab's Alertmanager was stopped through its pidfile"
+    finally:
+        pidfile.write_text(saved)
+        stranger.kill()
+        stranger.wait(timeout=10)
+    assert spawned_pid(lab.lab_dir, "alertmanager") == mine
