@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from medic.core.net import free_port
 from medic.errors import PrefectError
 from medic.orchestration.api import CREATE_RETRY_DELAYS, post_with_fast_retry
 from medic.orchestration.runs import create_deployment_run, run_flow_now, start_deployment_run_now
 from medic_lab.state import LabState
 from tests.orchestration.support import adder, broken, sync_adder
+from tests.support.busy_prefect import BusyServer, busy_prefect
 from tests.support.closed_port import closed_port  # noqa: F401  (a fixture: a port held closed)
 
 
@@ -77,57 +74,20 @@ def test_unknown_deployment_is_a_prefect_error(lab: LabState) -> None:
 # --------------------------------------------------------------- the fast retry on a busy (503) server
 
 
-class _BusyServer(ThreadingHTTPServer):
-    """Answers each POST with the next status of `script` (then 200), like a SQLite-busy Prefect server.
-
-    It stands in for the one Prefect condition the lab cannot produce on demand ("database is locked");
-    what is under test is our retry, not Prefect.
-    """
-
-    def __init__(self, script: list[int]) -> None:
-        self.script, self.seen = list(script), 0
-        super().__init__(("127.0.0.1", free_port()), _BusyHandler)
-
-
-class _BusyHandler(BaseHTTPRequestHandler):
-    server: _BusyServer
-
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.server.seen += 1
-        status = self.server.script.pop(0) if self.server.script else 200
-        body = json.dumps({"id": "f00d"} if status < 300 else {"detail": "database is locked"}).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        return None
-
-
 @pytest.fixture
-def busy_server(request: pytest.FixtureRequest) -> Iterator[_BusyServer]:
-    server = _BusyServer(request.param)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        with temporary_settings(updates={PREFECT_API_URL: f"http://127.0.0.1:{server.server_address[1]}/api"}):
-            yield server
-    finally:
-        server.shutdown()
-        server.server_close()
+def busy_server(request: pytest.FixtureRequest) -> Iterator[BusyServer]:
+    with busy_prefect(request.param) as server, temporary_settings(updates={PREFECT_API_URL: server.url}):
+        yield server
 
 
 @pytest.mark.parametrize("busy_server", [[503, 429, 503]], indirect=True)
-def test_busy_answers_are_retried_until_the_server_takes_the_request(busy_server: _BusyServer) -> None:
+def test_busy_answers_are_retried_until_the_server_takes_the_request(busy_server: BusyServer) -> None:
     assert asyncio.run(post_with_fast_retry("a run", "/flow_runs/", {})) == {"id": "f00d"}
     assert busy_server.seen == 4
 
 
 @pytest.mark.parametrize("busy_server", [[503] * (len(CREATE_RETRY_DELAYS) + 1)], indirect=True)
-def test_a_server_busy_past_every_retry_is_a_prefect_error_with_its_status(busy_server: _BusyServer) -> None:
+def test_a_server_busy_past_every_retry_is_a_prefect_error_with_its_status(busy_server: BusyServer) -> None:
     with pytest.raises(PrefectError, match="refused to create a run: 503.*still busy") as caught:
         asyncio.run(post_with_fast_retry("a run", "/flow_runs/", {}))
     assert caught.value.status == 503
@@ -135,7 +95,7 @@ def test_a_server_busy_past_every_retry_is_a_prefect_error_with_its_status(busy_
 
 
 @pytest.mark.parametrize("busy_server", [[422]], indirect=True)
-def test_a_refusal_is_not_retried(busy_server: _BusyServer) -> None:
+def test_a_refusal_is_not_retried(busy_server: BusyServer) -> None:
     with pytest.raises(PrefectError, match="refused to create a run: 422") as caught:
         asyncio.run(post_with_fast_retry("a run", "/flow_runs/", {}))
     assert caught.value.status == 422 and busy_server.seen == 1
