@@ -34,7 +34,7 @@ from medic.service.clicks import ClickHandler, ClickResult
 from medic.service.socket_mode import route
 from tests.fakes.slack_api import Call, FakeSlack
 from tests.fakes.slack_signing import SIGNING_SECRET, block_action_payload, post_block_action, sign
-from tests.support.intake import intake_headers
+from tests.support.intake import send_alert
 from tests.support.lab_health import lab_restored, seen
 from tests.support.prefect_api import prefect_json, prefect_request
 from tests.support.server import MedicServer, alert_payload, cancel_leftover_runs, medic_server
@@ -111,7 +111,7 @@ def _cache(lab: LabState, host: str) -> list[str]:
 def start_run(server: MedicServer, runbook: str, host: str) -> str:
     alertname = VARIANTS[runbook][0]
     payload = alert_payload(alertname, host, fingerprint=f"fp-{secrets.token_hex(6)}")
-    answer = httpx.post(f"{server.url}/alertmanager", json=payload, timeout=30, headers=intake_headers()).json()
+    answer = send_alert(server.url, payload).json()
     assert answer["started"] == 1, answer
     return answer["alerts"][0]["flow_run_id"]
 

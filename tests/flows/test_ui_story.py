@@ -29,7 +29,7 @@ from medic.orchestration.runs import FlowRunOutcome, run_flow_now
 from medic.orchestration.telemetry import flush_prefect_telemetry
 from medic_lab.state import LabState
 from tests.support.approvals import code_of
-from tests.support.intake import intake_headers
+from tests.support.intake import intake_headers, send_alert
 from tests.support.lab_health import Inject, broken, seen  # noqa: F401 (a fixture)
 from tests.support.prefect_api import prefect_json
 from tests.support.server import (
@@ -210,7 +210,7 @@ def flap_server(lab: LabState, tmp_path_factory: pytest.TempPathFactory) -> Iter
 def _alert(server: MedicServer, host: str, n: int) -> dict:
     fingerprint = f"ui-story-flap-{n}-{uuid.uuid4().hex[:8]}"  # never "already handled" from an earlier run
     payload = alert_payload("ServiceDown", host, fingerprint=fingerprint, starts_at=f"2026-11-23T03:0{n}:00Z")
-    return httpx.post(f"{server.url}/alertmanager", json=payload, headers=intake_headers()).json()["alerts"][0]
+    return send_alert(server.url, payload).json()["alerts"][0]
 
 
 def _idle(server: MedicServer, host: str, timeout: float = 30) -> None:

@@ -23,7 +23,7 @@ from medic.orchestration.embedded_server import EmbeddedPrefect
 from medic.orchestration.locks import remediation_lock_name
 from medic_lab import control
 from medic_lab.state import LabState
-from tests.support.intake import intake_headers
+from tests.support.intake import intake_headers, send_alert
 from tests.support.lab_health import Inject, broken, seen  # noqa: F401 (fixtures)
 from tests.support.server import MedicServer, alert_payload, medic_server
 from tests.support.waits import wait_for
@@ -238,18 +238,18 @@ def test_intake_only_records_scheduled_runs_for_the_pool_and_asks_prefect_if_the
     def alert(name: str) -> dict:
         return alert_payload("ServiceDown", "web-2", fingerprint=_unique(name), starts_at="2026-11-22T06:00:00Z")
 
-    first = _post(intake_only, alert("pool-first")).json()["alerts"][0]
+    first = send_alert(intake_only.url, alert("pool-first")).json()["alerts"][0]
     assert first["result"] == "started", (first, intake_only.logs()[-2000:])
     run = prefect.run(first["flow_run_id"])
     assert run["state"]["type"] == "SCHEDULED", run["state"]
     assert run["work_pool_name"] == "medic" and "medic-serve:pool-intake" in run["tags"], run
-    other = _post(intake_only, alert("pool-second")).json()["alerts"][0]  # another alert, same (runbook, target)
+    other = send_alert(intake_only.url, alert("pool-second")).json()["alerts"][0]  # another alert, same (runbook, target)
     assert other["result"] == "duplicate" and other["flow_run_id"] == first["flow_run_id"], other
 
     httpx.post(f"{prefect.api_url}/flow_runs/{first['flow_run_id']}/set_state", timeout=10, json={
         "state": {"type": "CANCELLED", "message": "cancelled by the test"}, "force": True}).raise_for_status()
     later = alert("pool-later")  # the run is gone from Prefect's live ones: within the cache's TTL, a new run
-    fresh = wait_for(lambda: _post(intake_only, later).json()["alerts"][0], what="a new run once the old one ended",
+    fresh = wait_for(lambda: send_alert(intake_only.url, later).json()["alerts"][0], what="a new run once the old one ended",
                      timeout=30, done=lambda entry: entry["result"] != "duplicate", interval=0.5)
     assert fresh["result"] == "started" and fresh["flow_run_id"] != first["flow_run_id"], fresh
     assert prefect.run(fresh["flow_run_id"])["state"]["type"] == "SCHEDULED"

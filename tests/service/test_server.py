@@ -21,7 +21,7 @@ from medic.core.polling import retry
 from medic_lab import control
 from medic_lab.state import LabState
 from tests.support.flows import metric, wait_metric
-from tests.support.intake import intake_headers
+from tests.support.intake import intake_headers, send_alert
 from tests.support.lab_health import Inject, broken, restored, seen  # noqa: F401 (fixtures)
 from tests.support.prefect_api import prefect_json
 from tests.support.server import (
@@ -99,7 +99,7 @@ def _post(server: MedicServer, payload: dict | bytes, **headers: str) -> httpx.R
     if isinstance(payload, bytes):
         return httpx.post(f"{server.url}/alertmanager", content=payload,
                           headers={"content-type": "application/json", **intake_headers(), **headers})
-    return httpx.post(f"{server.url}/alertmanager", json=payload, headers=intake_headers())
+    return send_alert(server.url, payload)
 
 
 def test_alert_from_alertmanager_is_remediated_with_no_other_input(lab: LabState, server: MedicServer,

@@ -10,7 +10,7 @@ import httpx
 
 from medic_lab.reaper import stat_fields
 from medic_lab.state import LabState
-from tests.support.intake import intake_headers
+from tests.support.intake import send_alert
 from tests.support.lab_health import seen
 from tests.support.prefect_api import prefect_json
 from tests.support.server import MedicServer, alert_payload
@@ -97,7 +97,7 @@ FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 
 def post_alert(server: MedicServer, payload: dict) -> dict:
     """One notification as Alertmanager sends it; the answer for its one alert."""
-    response = httpx.post(f"{server.url}/alertmanager", json=payload, headers=intake_headers(), timeout=30)
+    response = send_alert(server.url, payload)
     assert response.status_code == 200, response.text
     return response.json()["alerts"][0]
 
