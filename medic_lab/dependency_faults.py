@@ -53,17 +53,13 @@ class LabFault:
 # --- lab daemons: stop, remember how they ran, start again --------------------------------------------
 
 
-def _daemon_pid(lab: LabState, name: str) -> int | None:
-    return spawned_pid(lab.lab_dir, name)
-
-
 def _record(lab: LabState, name: str) -> Path:
     return lab.lab_dir / "faults" / f"{name}.json"
 
 
 def _stop_daemon(lab: LabState, name: str) -> str:
     """SIGTERM the daemon's process group (spawned in its own session) and wait until it has exited."""
-    pid = _daemon_pid(lab, name)
+    pid = spawned_pid(lab.lab_dir, name)
     if pid is None:
         return f"{name} was already down"
     argv = [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
@@ -90,7 +86,7 @@ def _group_members(pgid: int) -> list[int]:
 
 
 def _start_daemon(lab: LabState, name: str, ready_url: str, *, env: dict[str, str] | None = None) -> str:
-    if _daemon_pid(lab, name) is not None:
+    if spawned_pid(lab.lab_dir, name) is not None:
         return f"{name} is already running"
     record = _record(lab, name)
     if not record.is_file():

@@ -15,8 +15,8 @@ import contextlib
 import re
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import httpx
 from prefect.client.orchestration import get_client
@@ -37,6 +37,7 @@ from medic.orchestration.prefect_compat import (
 
 __all__ = ["ensure_concurrency_limit", "exclusive_slot", "remediation_lock_name"]
 
+T = TypeVar("T")
 _LIMIT_NAME_UNSAFE = re.compile(r"[^a-z0-9._-]+")
 _KNOWN_LIMITS: set[tuple[str | None, str, int]] = set()
 # Holders (and would-be holders) of each limit name in this process, across its threads and loops: the
@@ -57,6 +58,12 @@ class _NoAnswer(PrefectError):
     """Prefect did not answer (refused, reset, timed out): maybe a restart, worth asking again."""
 
 
+async def _through_outage(attempt: Callable[[], Awaitable[T]], outage_wait_s: float) -> T:
+    """`attempt()`, asked again (0.5 s, growing to 5 s) while it raises _NoAnswer, for up to `outage_wait_s`."""
+    return await retry_async(attempt, delays=backoff(0.5, factor=1.5, cap=5.0), retry_on=(_NoAnswer,),
+                             timeout=outage_wait_s)
+
+
 def _missing(name: str) -> str:
     return f"concurrency limit {name!r} does not exist; call ensure_concurrency_limit() first"
 
@@ -74,8 +81,7 @@ async def ensure_concurrency_limit(name: str, limit: int = 1, *, outage_wait_s: 
     if limit < 0:
         raise PrefectError(f"concurrency limit {name!r}: limit must be >= 0, got {limit}")
     try:
-        await retry_async(lambda: _set_limit(name, limit), delays=backoff(0.5, factor=1.5, cap=5.0),
-                          retry_on=(_NoAnswer,), timeout=outage_wait_s)
+        await _through_outage(lambda: _set_limit(name, limit), outage_wait_s)
     except PrefectError:
         raise
     except Exception as exc:  # noqa: BLE001 - any client failure is "Prefect cannot answer"
@@ -168,8 +174,7 @@ async def _enter(name: str, wait_seconds: float) -> Any | None:
 async def _held(name: str, wait_seconds: float, outage_wait_s: float) -> AsyncIterator[bool]:
     """One slot of `name`, refusals turned into False, an unanswered acquisition asked again."""
     try:
-        holder = await retry_async(lambda: _enter(name, wait_seconds), delays=backoff(0.5, factor=1.5, cap=5.0),
-                                   retry_on=(_NoAnswer,), timeout=outage_wait_s)
+        holder = await _through_outage(lambda: _enter(name, wait_seconds), outage_wait_s)
     except _NoAnswer as exc:
         waited = f" for {outage_wait_s:g} s" if outage_wait_s > 0 else ""
         raise PrefectError(f"{exc}; Prefect did not answer{waited}: check that the Prefect API answers "
